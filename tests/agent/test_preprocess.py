@@ -1,0 +1,28 @@
+import numpy as np
+import pytest
+
+from agent.preprocess import DEFAULT_SPEC, PreprocessSpec, preprocess
+
+
+def test_grey_roi_is_repeated_and_normalised():
+    roi = np.full((200, 200), 255, np.uint8)
+    x = preprocess(roi)
+    assert x.shape == (3, 128, 128) and x.dtype == np.float32
+    expected = (1.0 - np.array(DEFAULT_SPEC.mean)) / np.array(DEFAULT_SPEC.std)
+    assert np.allclose(x[:, 0, 0], expected, atol=1e-6)
+
+
+def test_band_order_is_kept():
+    roi = np.zeros((128, 128, 3), np.uint8)
+    roi[..., 2] = 255
+    x = preprocess(roi)
+    assert x[2].mean() > x[0].mean()
+
+
+def test_spec_roundtrip_and_errors():
+    spec = PreprocessSpec(input_size=64)
+    assert PreprocessSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(ValueError, match="uint8"):
+        preprocess(np.zeros((128, 128), np.float32))
+    with pytest.raises(ValueError, match="mean/std"):
+        PreprocessSpec.from_dict({"channels": 1, "mean": [0.5, 0.5, 0.5], "std": [1, 1, 1]})
