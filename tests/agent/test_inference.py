@@ -1,0 +1,214 @@
+"""Backends on real onnxruntime and the real TFLite runtime, with models built here.
+
+One tiny conv net is exported four ways (ONNX fp32, TFLite fp32 NCHW, TFLite fp32 NHWC, TFLite
+int8 through the PT2E quantiser); a hand-written ONNX graph with uint8 input and output checks
+that quantisation parameters are read from the graph.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent import codes
+from agent.inference import open_backend
+from agent.inference.base import layout_of
+from agent.preprocess import DEFAULT_SPEC, preprocess
+
+torch = pytest.importorskip("torch")
+
+BITS = 32
+FP32_AGREEMENT = 0.99  # fp32 runtimes: at most ~1 bit in 100 may flip on a near-zero output
+INT8_AGREEMENT = 0.85  # int8 vs fp32 on an uncalibrated toy net
+
+
+class TinyNet(torch.nn.Module):
+    def __init__(self, nhwc: bool = False) -> None:
+        super().__init__()
+        self.nhwc = nhwc
+        self.conv1 = torch.nn.Conv2d(3, 8, 5, stride=4, padding=2)
+        self.conv2 = torch.nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.fc = torch.nn.Linear(16, BITS)
+
+    def forward(self, x):
+        if self.nhwc:
+            x = x.permute(0, 3, 1, 2)
+        x = torch.relu(self.conv1(x))
+        x = torch.relu(self.conv2(x))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def _rois(n: int, seed: int) -> np.ndarray:
+    """Smooth random grey ROIs with line texture, like a palm ROI more than white noise."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        base = cv2.GaussianBlur(rng.normal(128, 50, (128, 128)), (0, 0), 6)
+        lines = cv2.GaussianBlur(rng.normal(0, 60, (128, 128)), (0, 0), 1.5)
+        out.append(np.clip(base + lines, 0, 255).astype(np.uint8))
+    return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    import litert_torch
+    from litert_torch.quantize import pt2e_quantizer as pq
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e import quantize_pt2e
+
+    d = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    net = TinyNet().eval()
+    sample = torch.zeros(1, 3, 128, 128)
+    paths = {"onnx": d / "m.onnx"}
+    torch.onnx.export(
+        net,
+        (sample,),
+        str(paths["onnx"]),
+        dynamo=False,
+        input_names=["x"],
+        output_names=["u"],
+        dynamic_axes={"x": {0: "n"}, "u": {0: "n"}},
+    )
+    paths["tflite"] = d / "m.tflite"
+    litert_torch.convert(net, (sample,)).export(str(paths["tflite"]))
+
+    nhwc = TinyNet(nhwc=True).eval()
+    nhwc.load_state_dict(net.state_dict())
+    paths["tflite_nhwc"] = d / "m_nhwc.tflite"
+    litert_torch.convert(nhwc, (sample.permute(0, 2, 3, 1),)).export(str(paths["tflite_nhwc"]))
+
+    quantizer = pq.PT2EQuantizer().set_global(pq.get_symmetric_quantization_config())
+    q = quantize_pt2e.prepare_pt2e(torch.export.export(net, (sample,)).module(), quantizer)
+    for roi in _rois(16, seed=99):
+        q(torch.from_numpy(preprocess(roi)[None]))
+    q = quantize_pt2e.convert_pt2e(q, fold_quantize=False)
+    paths["tflite_int8"] = d / "m_int8.tflite"
+    litert_torch.convert(q, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(
+        str(paths["tflite_int8"])
+    )
+    return net, paths
+
+
+def _reference(net, rois: np.ndarray) -> np.ndarray:
+    x = torch.from_numpy(np.stack([preprocess(r) for r in rois]))
+    with torch.no_grad():
+        return net(x).numpy()
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return float((codes.unpack(a, BITS) == codes.unpack(b, BITS)).mean())
+
+
+def test_onnx_and_tflite_give_the_same_codes(models):
+    net, paths = models
+    rois = _rois(24, seed=1)
+    ref = _reference(net, rois)
+    with open_backend(paths["onnx"]) as ob, open_backend(paths["tflite"]) as tb:
+        assert (ob.runtime, tb.runtime) == ("onnxruntime", "tflite")
+        assert ob.layout == tb.layout == "NCHW"
+        np.testing.assert_allclose(ob.outputs(rois), ref, atol=1e-4)
+        np.testing.assert_allclose(tb.outputs(rois), ref, atol=1e-4)
+        agree = _agreement(ob.hash(rois), tb.hash(rois))
+    print(f"onnx_vs_tflite_fp32_bit_agreement={agree:.4f}")
+    assert agree >= FP32_AGREEMENT
+    assert ob.hash(rois).shape == (24, 1) and ob.hash(rois).dtype == np.uint32
+
+
+def test_nhwc_model_is_fed_nhwc(models):
+    net, paths = models
+    rois = _rois(5, seed=2)
+    with open_backend(paths["tflite_nhwc"]) as b:
+        assert b.layout == "NHWC"
+        assert b.input.shape == (1, 128, 128, 3)
+        np.testing.assert_allclose(b.outputs(rois), _reference(net, rois), atol=1e-4)
+
+
+def test_int8_reads_bits_against_the_zero_point(models):
+    net, paths = models
+    rois = _rois(24, seed=3)
+    with open_backend(paths["tflite_int8"], threads=2) as b:
+        assert b.input.dtype == np.int8 and b.input.quantised
+        assert b.output.dtype == np.int8 and b.output.quantised
+        raw = b.run(b.tensor(rois))
+        assert raw.dtype == np.int8
+        got = b.hash(rois)
+        np.testing.assert_array_equal(got, codes.pack(raw > b.output.zero_point))
+        np.testing.assert_array_equal(got, codes.pack(b.outputs(rois) > 0))
+        ref_codes = codes.pack(_reference(net, rois))
+        agree = _agreement(got, ref_codes)
+    print(f"int8_vs_fp32_bit_agreement={agree:.4f} output_zero_point={b.output.zero_point}")
+    assert agree >= INT8_AGREEMENT
+
+
+def _uint8_onnx(path, w: np.ndarray, b: np.ndarray, in_q, out_q) -> None:
+    """x uint8 (n,3,128,128) -> Dequantize -> Conv 8x8/8 -> mean -> Flatten -> Quantize u8."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(b, "b"),
+        numpy_helper.from_array(np.float32(in_q[0]), "xs"),
+        numpy_helper.from_array(np.uint8(in_q[1]), "xz"),
+        numpy_helper.from_array(np.float32(out_q[0]), "ys"),
+        numpy_helper.from_array(np.uint8(out_q[1]), "yz"),
+    ]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["x", "xs", "xz"], ["xf"]),
+        helper.make_node("Conv", ["xf", "w", "b"], ["c"], kernel_shape=[8, 8], strides=[8, 8]),
+        helper.make_node("GlobalAveragePool", ["c"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("QuantizeLinear", ["f", "ys", "yz"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "u8",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, ["n", 3, 128, 128])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, ["n", BITS])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_onnx_uint8_io_reads_scale_and_zero_point_from_graph(tmp_path):
+    rng = np.random.default_rng(4)
+    w = rng.normal(0, 0.05, (BITS, 3, 8, 8)).astype(np.float32)
+    bias = rng.normal(0, 0.1, BITS).astype(np.float32)
+    in_q, out_q = (0.02, 128), (0.01, 131)
+    path = tmp_path / "u8.onnx"
+    _uint8_onnx(path, w, bias, in_q, out_q)
+    rois = _rois(6, seed=5)
+    with open_backend(path) as be:
+        assert (be.input.scale, be.input.zero_point) == pytest.approx(in_q)
+        assert (be.output.scale, be.output.zero_point) == pytest.approx(out_q)
+        x = be.tensor(rois)
+        xq = np.clip(np.round(x / in_q[0]) + in_q[1], 0, 255)
+        xf = (xq - in_q[1]) * in_q[0]
+        # numpy reference of the same graph on the dequantised input
+        patches = xf.reshape(6, 3, 16, 8, 16, 8)
+        ref = np.einsum("ncyhxw,kchw->nk", patches, w) / (16 * 16) + bias
+        np.testing.assert_allclose(be.outputs(rois), ref, atol=out_q[0])
+        raw = be.run(x)
+        np.testing.assert_array_equal(be.hash(rois), codes.pack(raw > out_q[1]))
+        # reading '> 0' on a uint8 output would set almost every bit: the zero point matters
+        assert (codes.unpack(be.hash(rois), BITS).mean()) < 0.9
+
+
+def test_layout_and_open_errors(tmp_path, models):
+    _, paths = models
+    with pytest.raises(ValueError, match="unknown runtime"):
+        open_backend(paths["onnx"], runtime="tensorrt")
+    with pytest.raises(FileNotFoundError):
+        open_backend(tmp_path / "missing.onnx")
+    with open_backend(paths["onnx"]) as b:
+        bad = type(b.input)("x", (1, 3, 96, 96), np.dtype(np.float32))
+        with pytest.raises(ValueError, match="neither NCHW nor NHWC"):
+            layout_of(bad, DEFAULT_SPEC)
+    # the same file through the runtime named explicitly
+    with open_backend(paths["tflite"], runtime="ai_edge_litert") as b:
+        assert b.hash(_rois(3, seed=6)).shape == (3, 1)
