@@ -111,10 +111,11 @@ def test_onnx_and_tflite_give_the_same_codes(models):
         assert ob.layout == tb.layout == "NCHW"
         np.testing.assert_allclose(ob.outputs(rois), ref, atol=1e-4)
         np.testing.assert_allclose(tb.outputs(rois), ref, atol=1e-4)
-        agree = _agreement(ob.hash(rois), tb.hash(rois))
+        got = ob.hash(rois)
+        assert got.shape == (24, 1) and got.dtype == np.uint32
+        agree = _agreement(got, tb.hash(rois))
     print(f"onnx_vs_tflite_fp32_bit_agreement={agree:.4f}")
     assert agree >= FP32_AGREEMENT
-    assert ob.hash(rois).shape == (24, 1) and ob.hash(rois).dtype == np.uint32
 
 
 def test_nhwc_model_is_fed_nhwc(models):
