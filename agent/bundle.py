@@ -1,0 +1,429 @@
+"""The bundle: the one artefact that crosses from the workstation to the device.
+
+A directory (or a ``.tar`` of one) holding ``manifest.json``, one model file per modality, format
+and precision, and the identity centroids. The manifest schema lives here, on the device side,
+so that the exporter writes exactly what the device reads (``export/bundle_writer`` imports it).
+
+Loading is deliberately strict: every file's size and sha256 are checked before anything is
+used, a configured public key makes the Ed25519 signature over ``manifest.json`` mandatory, and
+an unknown format version or bit order is refused rather than guessed at. A device that ran a
+model with the wrong hash, bit order or normalisation would make wrong decisions silently.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import tarfile
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent import codes
+from agent.preprocess import PreprocessSpec
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"  # base64 of the raw Ed25519 signature over manifest.json's bytes
+MODALITIES = ("print", "vein")
+FORMATS = ("onnx", "tflite")
+PRECISIONS = ("fp32", "int8")
+MODES = ("print", "vein", "multi", "cross", "centroid")
+# threshold keys besides "eer", as export/metrics writes the FMRs
+FMR_KEYS = ("0.01", "0.001", "0.0001")
+
+
+class BundleError(ValueError):
+    """A bundle that must not be used; the message names the file or field at fault."""
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    file: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class TensorQuant:
+    """Affine quantization of an int8 model's input or output: real = scale * (q - zero_point)."""
+
+    scale: float
+    zero_point: int
+    dtype: str = "int8"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    modality: str
+    format: str
+    precision: str
+    file: str
+    sha256: str
+    size: int
+    layout: str = "NCHW"  # the input tensor's layout, 1 x C x S x S for NCHW
+    input_dtype: str = "float32"
+    output_dtype: str = "float32"
+    input_quant: TensorQuant | None = None  # set when the model takes integer tensors
+    output_quant: TensorQuant | None = None  # set when the model gives integer tensors
+    quantization: dict[str, Any] = field(default_factory=dict)  # how it was quantized
+
+
+@dataclass(frozen=True)
+class Modality:
+    preprocess: dict[str, Any]
+    channel_order: list[str]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    format_version: int
+    bits: int
+    bit_order: str
+    input_size: int
+    modalities: dict[str, Modality]
+    models: list[ModelEntry]
+    centroids: FileEntry
+    thresholds: dict[str, dict[str, float]]  # mode -> {"eer", "0.01", "0.001", "0.0001"} -> bits
+    parity: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def files(self) -> list[FileEntry]:
+        """Every file the manifest vouches for."""
+        entries = [FileEntry(m.file, m.sha256, m.size) for m in self.models]
+        return [*entries, self.centroids]
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Manifest:
+        _need(isinstance(d, dict), "manifest.json: top level must be a JSON object")
+        version = _get(d, "format_version", int, "manifest")
+        if version != FORMAT_VERSION:
+            raise BundleError(
+                f"manifest.json: format_version {version} is not supported by this device "
+                f"(it reads version {FORMAT_VERSION}); export the bundle with a matching version"
+            )
+        bits = _get(d, "bits", int, "manifest")
+        try:
+            codes.check_bits(bits)
+        except ValueError as exc:
+            raise BundleError(f"manifest.json: bits: {exc}") from exc
+        order = _get(d, "bit_order", str, "manifest")
+        if order != codes.BIT_ORDER:
+            raise BundleError(
+                f"manifest.json: bit_order {order!r} differs from this device's "
+                f"{codes.BIT_ORDER!r}; codes would be read wrongly"
+            )
+        modalities = {}
+        for name, m in _get(d, "modalities", dict, "manifest").items():
+            where = f"modalities.{name}"
+            _need(name in MODALITIES, f"manifest.json: {where}: unknown modality")
+            _need(isinstance(m, dict), f"manifest.json: {where} must be an object")
+            modalities[name] = Modality(
+                preprocess=_get(m, "preprocess", dict, where),
+                channel_order=list(_get(m, "channel_order", list, where)),
+            )
+        models = [
+            _model_entry(m, f"models[{i}]", modalities)
+            for i, m in enumerate(_get(d, "models", list, "manifest"))
+        ]
+        c = _get(d, "centroids", dict, "manifest")
+        centroids = FileEntry(
+            _get(c, "file", str, "centroids"),
+            _get(c, "sha256", str, "centroids"),
+            _get(c, "size", int, "centroids"),
+        )
+        thresholds = {}
+        for mode, row in _get(d, "thresholds", dict, "manifest").items():
+            _need(isinstance(row, dict), f"manifest.json: thresholds.{mode} must be an object")
+            thresholds[mode] = {k: float(v) for k, v in row.items()}
+        return cls(
+            format_version=version,
+            bits=bits,
+            bit_order=order,
+            input_size=_get(d, "input_size", int, "manifest"),
+            modalities=modalities,
+            models=models,
+            centroids=centroids,
+            thresholds=thresholds,
+            parity=d.get("parity") or {},
+            evaluation=d.get("evaluation") or {},
+            training=d.get("training") or {},
+            created=str(d.get("created", "")),
+        )
+
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise BundleError(message)
+
+
+def _get(d: dict, key: str, typ: type, where: str) -> Any:
+    if key not in d:
+        raise BundleError(f"manifest.json: {where}.{key} is missing")
+    value = d[key]
+    if typ is float and isinstance(value, int):
+        value = float(value)
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise BundleError(
+            f"manifest.json: {where}.{key} must be {typ.__name__}, got {type(value).__name__}"
+        )
+    return value
+
+
+def _quant(d: Any, where: str) -> TensorQuant | None:
+    if d is None:
+        return None
+    _need(isinstance(d, dict), f"manifest.json: {where} must be an object or null")
+    return TensorQuant(
+        _get(d, "scale", float, where),
+        _get(d, "zero_point", int, where),
+        str(d.get("dtype", "int8")),
+    )
+
+
+def _model_entry(m: Any, where: str, modalities: dict[str, Modality]) -> ModelEntry:
+    _need(isinstance(m, dict), f"manifest.json: {where} must be an object")
+    entry = ModelEntry(
+        modality=_get(m, "modality", str, where),
+        format=_get(m, "format", str, where),
+        precision=_get(m, "precision", str, where),
+        file=_get(m, "file", str, where),
+        sha256=_get(m, "sha256", str, where),
+        size=_get(m, "size", int, where),
+        layout=str(m.get("layout", "NCHW")),
+        input_dtype=str(m.get("input_dtype", "float32")),
+        output_dtype=str(m.get("output_dtype", "float32")),
+        input_quant=_quant(m.get("input_quant"), f"{where}.input_quant"),
+        output_quant=_quant(m.get("output_quant"), f"{where}.output_quant"),
+        quantization=dict(m.get("quantization") or {}),
+    )
+    _need(
+        entry.modality in modalities,
+        f"manifest.json: {where}.modality {entry.modality!r} has no entry under modalities",
+    )
+    _need(entry.format in FORMATS, f"manifest.json: {where}.format {entry.format!r} unknown")
+    _need(
+        entry.precision in PRECISIONS,
+        f"manifest.json: {where}.precision {entry.precision!r} unknown",
+    )
+    _need(entry.layout in ("NCHW", "NHWC"), f"manifest.json: {where}.layout {entry.layout!r}")
+    return entry
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_public_key(key: str | Path | bytes) -> Any:
+    """An Ed25519 public key from a PEM file, or from raw/base64 32-byte key material."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    data = key if isinstance(key, bytes) else Path(key).read_bytes()
+    if b"-----BEGIN" in data:
+        pub = serialization.load_pem_public_key(data)
+        if not isinstance(pub, Ed25519PublicKey):
+            raise BundleError(f"public key {key!s}: not an Ed25519 key")
+        return pub
+    raw = data if len(data) == 32 else base64.b64decode(data.strip(), validate=True)
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def _check_signature(root: Path, public_key: str | Path | bytes | None) -> bool:
+    sig_path = root / SIGNATURE
+    if public_key is None:
+        if sig_path.exists():
+            logger.warning("bundle=%s signature=present public_key=none: not verified", root)
+        return False
+    if not sig_path.exists():
+        raise BundleError(
+            f"{sig_path}: missing; this device has a public key configured and refuses "
+            "unsigned bundles (export with --sign-key)"
+        )
+    from cryptography.exceptions import InvalidSignature
+
+    pub = load_public_key(public_key)
+    try:
+        signature = base64.b64decode(sig_path.read_bytes().strip(), validate=True)
+        pub.verify(signature, (root / MANIFEST).read_bytes())
+    except (InvalidSignature, ValueError) as exc:
+        raise BundleError(
+            f"{sig_path}: the Ed25519 signature over {MANIFEST} does not verify with the "
+            "configured public key; the bundle was altered or signed with another key"
+        ) from exc
+    return True
+
+
+def verify_files(root: Path, manifest: Manifest) -> None:
+    """Size and sha256 of every file the manifest names; the first mismatch is an error."""
+    for entry in manifest.files():
+        path = (root / entry.file).resolve()
+        if root.resolve() not in path.parents:
+            raise BundleError(f"manifest.json: file {entry.file!r} points outside the bundle")
+        if not path.is_file():
+            raise BundleError(f"{path}: listed in manifest.json but missing from the bundle")
+        size = path.stat().st_size
+        if size != entry.size:
+            raise BundleError(f"{path}: size {size} bytes, manifest.json says {entry.size}")
+        digest = sha256_file(path)
+        if digest != entry.sha256:
+            raise BundleError(
+                f"{path}: sha256 {digest} differs from manifest.json's {entry.sha256}; "
+                "the file was altered or belongs to another bundle"
+            )
+
+
+@dataclass
+class Bundle:
+    """A verified bundle: everything the device needs to hash, match and decide."""
+
+    root: Path
+    manifest: Manifest
+    signed: bool
+    centroid_codes: np.ndarray  # packed (n_ids, words), agent.codes bit order
+    centroid_labels: np.ndarray
+
+    @property
+    def bits(self) -> int:
+        return self.manifest.bits
+
+    @property
+    def bit_order(self) -> str:
+        return self.manifest.bit_order
+
+    @property
+    def thresholds(self) -> dict[str, dict[str, float]]:
+        return self.manifest.thresholds
+
+    @property
+    def parity(self) -> dict[str, Any]:
+        return self.manifest.parity
+
+    @property
+    def evaluation(self) -> dict[str, Any]:
+        return self.manifest.evaluation
+
+    def preprocess(self, modality: str) -> PreprocessSpec:
+        if modality not in self.manifest.modalities:
+            raise BundleError(
+                f"bundle {self.root} has no {modality!r} modality "
+                f"(it has {sorted(self.manifest.modalities)})"
+            )
+        return PreprocessSpec.from_dict(self.manifest.modalities[modality].preprocess)
+
+    def models(self, modality: str | None = None) -> list[ModelEntry]:
+        return [m for m in self.manifest.models if modality in (None, m.modality)]
+
+    def model(self, modality: str, fmt: str, precision: str) -> ModelEntry:
+        for m in self.manifest.models:
+            if (m.modality, m.format, m.precision) == (modality, fmt, precision):
+                return m
+        have = [f"{m.modality}/{m.format}/{m.precision}" for m in self.manifest.models]
+        raise BundleError(
+            f"bundle {self.root} has no {modality}/{fmt}/{precision} model; it has {have}"
+        )
+
+    def model_path(self, modality: str, fmt: str, precision: str) -> Path:
+        return self.root / self.model(modality, fmt, precision).file
+
+    def threshold(self, mode: str, at: str = "0.001") -> float:
+        """The accept threshold (accept when distance <= it) for ``mode`` at an FMR or "eer"."""
+        row = self.thresholds.get(mode)
+        if row is None or at not in row:
+            raise BundleError(
+                f"manifest.json: thresholds.{mode}.{at} is missing "
+                f"(modes: {sorted(self.thresholds)}, points: {(*FMR_KEYS, 'eer')})"
+            )
+        return row[at]
+
+
+def _extract(tar_path: Path, dest: Path | None) -> Path:
+    dest = Path(tempfile.mkdtemp(prefix="palm-bundle-")) if dest is None else Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(tar_path) as tar:
+            tar.extractall(dest, filter="data")  # refuses absolute paths, links out, devices
+    except (tarfile.TarError, OSError) as exc:
+        raise BundleError(f"{tar_path}: not a readable bundle archive: {exc}") from exc
+    found = list(dest.rglob(MANIFEST))
+    if len(found) != 1:
+        raise BundleError(f"{tar_path}: expected exactly one {MANIFEST}, found {len(found)}")
+    return found[0].parent
+
+
+def load_centroids(path: Path, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            packed, labels = z["codes"], z["labels"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise BundleError(f"{path}: not a centroids file with 'codes' and 'labels': {exc}") from exc
+    if (
+        packed.dtype != codes.word_dtype(bits)
+        or packed.ndim != 2
+        or (packed.shape[1] != codes.n_words(bits))
+    ):
+        raise BundleError(
+            f"{path}: codes are {packed.dtype} {packed.shape}, expected "
+            f"{codes.word_dtype(bits)} (n, {codes.n_words(bits)}) for {bits} bits"
+        )
+    if labels.shape != (packed.shape[0],):
+        raise BundleError(f"{path}: {labels.shape[0]} labels for {packed.shape[0]} centroids")
+    return packed, labels
+
+
+def load_bundle(
+    path: str | Path,
+    public_key: str | Path | bytes | None = None,
+    extract_to: str | Path | None = None,
+) -> Bundle:
+    """Open and verify a bundle directory or ``.tar``; raises :class:`BundleError` if unusable.
+
+    With ``public_key`` set the bundle must carry a valid signature; without it the hashes are
+    still checked (they catch corruption, the signature catches substitution).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"{path}: no such bundle directory or archive")
+    dest = None if extract_to is None else Path(extract_to)
+    root = path if path.is_dir() else _extract(path, dest)
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{manifest_path}: missing; is {path} a bundle?")
+    signed = _check_signature(root, public_key)
+    try:
+        raw = json.loads(manifest_path.read_bytes())
+    except ValueError as exc:
+        raise BundleError(f"{manifest_path}: not valid JSON: {exc}") from exc
+    manifest = Manifest.from_dict(raw)
+    verify_files(root, manifest)
+    for name in manifest.modalities:
+        try:
+            PreprocessSpec.from_dict(manifest.modalities[name].preprocess)
+        except (TypeError, ValueError) as exc:
+            raise BundleError(f"manifest.json: modalities.{name}.preprocess: {exc}") from exc
+    packed, labels = load_centroids(root / manifest.centroids.file, manifest.bits)
+    logger.info(
+        "bundle=%s loaded bits=%d models=%d identities=%d signed=%s",
+        root,
+        manifest.bits,
+        len(manifest.models),
+        len(labels),
+        signed,
+    )
+    return Bundle(root, manifest, signed, packed, labels)

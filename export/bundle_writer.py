@@ -1,0 +1,122 @@
+"""Writing a bundle: files with their sha256 and size, manifest.json, signature, tar, keys.
+
+The manifest is built from ``agent.bundle.Manifest`` (the device's own schema) and read back
+through ``agent.bundle.load_bundle`` before the exporter reports success, so a bundle the device
+would refuse is never announced as written.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent import codes
+from agent.bundle import MANIFEST, SIGNATURE, FileEntry, Manifest, sha256_file
+
+logger = logging.getLogger(__name__)
+
+CENTROIDS = "centroids.npz"
+
+
+def file_entry(root: Path, name: str) -> FileEntry:
+    path = root / name
+    return FileEntry(name, sha256_file(path), path.stat().st_size)
+
+
+def write_centroids(root: Path, centroids: np.ndarray, labels: Any) -> FileEntry:
+    """±1 (n_ids, K) centroids -> packed codes in the device's bit order, plus their labels."""
+    c = np.asarray(centroids)
+    packed = codes.pack(c, zero_point=0.0)
+    lab = np.asarray(labels)
+    if lab.dtype.kind not in "iu":
+        lab = lab.astype(str)  # never object arrays: the device loads without pickle
+    with open(root / CENTROIDS, "wb") as f:
+        np.savez(f, codes=packed, labels=lab)
+    return file_entry(root, CENTROIDS)
+
+
+def write_manifest(root: Path, manifest: Manifest) -> Path:
+    path = root / MANIFEST
+    text = json.dumps(manifest.to_dict(), indent=2, sort_keys=True, default=_plain)
+    path.write_text(text + "\n", encoding="utf-8")
+    stale = root / SIGNATURE
+    if stale.exists():  # a signature over an older manifest would be refused anyway
+        stale.unlink()
+    return path
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"manifest value of type {type(value).__name__} is not JSON")
+
+
+def load_private_key(path: str | Path) -> Any:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path}: not an Ed25519 private key (make one with palm-export keygen)")
+    return key
+
+
+def sign(root: Path, private_key: str | Path) -> Path:
+    """Ed25519 signature over manifest.json's exact bytes; the manifest pins every file's hash."""
+    key = load_private_key(private_key)
+    signature = key.sign((root / MANIFEST).read_bytes())
+    path = root / SIGNATURE
+    path.write_text(base64.b64encode(signature).decode("ascii") + "\n", encoding="ascii")
+    logger.info("bundle=%s signed key=%s", root, private_key)
+    return path
+
+
+def keygen(private_path: Path, public_path: Path) -> None:
+    """A fresh Ed25519 key pair as PEM; the private key file is readable by its owner only."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    for p in (private_path, public_path):
+        if p.exists():
+            raise FileExistsError(f"{p} exists; refusing to overwrite a key")
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    public_path.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+
+def make_tar(root: Path, tar_path: Path) -> Path:
+    """The bundle directory as one archive (members under the directory's name, sorted)."""
+
+    def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        return info
+
+    with tarfile.open(tar_path, "w") as tar:
+        tar.add(root, arcname=root.name, recursive=False, filter=clean)
+        for path in sorted(root.iterdir()):
+            if path.is_file():
+                tar.add(path, arcname=f"{root.name}/{path.name}", filter=clean)
+    return tar_path

@@ -1,0 +1,102 @@
+"""One modality's hashing net -> ONNX, fp32 and statically calibrated int8 (QDQ).
+
+The graph takes a fixed 1 x C x S x S float32 NCHW tensor (the output of
+``agent.preprocess.preprocess`` with a batch axis) and gives 1 x K float32 outputs, for both
+precisions: onnxruntime's QDQ int8 keeps float input and output, so the device code is the same.
+Activations are uint8 because onnxruntime on x86 is no faster than fp32 with int8 activations.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+OPSET = 17
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+
+
+def fold_batchnorm(net: Any) -> Any:
+    """Eval-mode copy with every Conv+BatchNorm pair folded into one Conv.
+
+    Both converters take the folded graph, so they quantize the same weights the device runs.
+    A net torch.fx cannot trace is returned unfused (the ONNX exporter still folds in eval mode).
+    """
+    import copy
+
+    from torch.fx.experimental.optimization import fuse
+
+    net = copy.deepcopy(net).eval()
+    try:
+        return fuse(net)
+    except Exception as exc:  # fx cannot trace every module; folding is an optimisation
+        logger.warning("batchnorm_fold=skipped reason=%s", exc)
+        return net
+
+
+def export_fp32(net: Any, channels: int, size: int, path: Path) -> None:
+    import torch
+
+    sample = torch.zeros(1, channels, size, size)
+    with torch.no_grad():
+        torch.onnx.export(
+            fold_batchnorm(net),
+            (sample,),
+            str(path),
+            dynamo=False,  # the TorchScript exporter gives one stable static graph here
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            do_constant_folding=True,
+        )
+    logger.info("onnx=fp32 path=%s bytes=%d", path, path.stat().st_size)
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, calib: np.ndarray) -> dict[str, Any]:
+    """Static per-channel int8 QDQ from ``calib`` (N, C, S, S float32, training split only)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        """One calibration tensor per call, then None."""
+
+        def __init__(self) -> None:
+            self._it = iter(np.asarray(calib, dtype=np.float32))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(self._it, None)
+            return None if x is None else {INPUT_NAME: x[None]}
+
+    reader = Reader()
+    quantize_static(
+        str(fp32_path),
+        str(int8_path),
+        reader,
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+    logger.info(
+        "onnx=int8 path=%s bytes=%d calib=%d", int8_path, int8_path.stat().st_size, len(calib)
+    )
+    return {
+        "method": "onnxruntime quantize_static",
+        "format": "QDQ",
+        "activations": "uint8 per-tensor",
+        "weights": "int8 per-channel",
+        "calibration": "minmax",
+        "calibration_images": len(calib),
+        "io": "float32",
+    }
