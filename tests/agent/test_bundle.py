@@ -1,0 +1,168 @@
+"""load_bundle refuses every bundle it must not use, and exposes what a good one holds."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent import codes
+from agent.bundle import (
+    FORMAT_VERSION,
+    MANIFEST,
+    SIGNATURE,
+    BundleError,
+    Manifest,
+    Modality,
+    ModelEntry,
+    load_bundle,
+)
+from agent.preprocess import DEFAULT_SPEC
+from export.bundle_writer import file_entry, keygen, make_tar, sign, write_centroids, write_manifest
+
+BITS = 32
+
+
+def _write(root: Path) -> Manifest:
+    """A small bundle; model files are opaque bytes here (the loader only hashes them)."""
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    models = []
+    for modality in ("print", "vein"):
+        name = f"{modality}.fp32.onnx"
+        (root / name).write_bytes(rng.bytes(3000))
+        e = file_entry(root, name)
+        models.append(ModelEntry(modality, "onnx", "fp32", e.file, e.sha256, e.size))
+    centroids = np.where(rng.random((6, BITS)) > 0.5, 1.0, -1.0)
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        bits=BITS,
+        bit_order=codes.BIT_ORDER,
+        input_size=128,
+        modalities={m: Modality(DEFAULT_SPEC.to_dict(), ["grey"] * 3) for m in ("print", "vein")},
+        models=models,
+        centroids=write_centroids(root, centroids, [f"id{i}" for i in range(6)]),
+        thresholds={"print": {"eer": 9.0, "0.01": 7.0, "0.001": 5.0, "0.0001": 3.0}},
+    )
+    write_manifest(root, manifest)
+    return manifest
+
+
+@pytest.fixture
+def bundle_dir(tmp_path: Path) -> Path:
+    _write(tmp_path / "bundle")
+    return tmp_path / "bundle"
+
+
+def test_good_bundle_exposes_its_contents(bundle_dir: Path):
+    b = load_bundle(bundle_dir)
+    assert b.bits == BITS and b.bit_order == codes.BIT_ORDER
+    assert b.model_path("vein", "onnx", "fp32") == bundle_dir / "vein.fp32.onnx"
+    assert b.preprocess("print") == DEFAULT_SPEC
+    assert b.threshold("print", "0.001") == 5.0 and b.threshold("print", "eer") == 9.0
+    assert b.centroid_codes.dtype == np.uint32 and b.centroid_codes.shape == (6, 1)
+    assert list(b.centroid_labels) == [f"id{i}" for i in range(6)]
+    assert not b.signed
+    with pytest.raises(BundleError, match="no print/tflite/int8 model"):
+        b.model_path("print", "tflite", "int8")
+
+
+def test_centroids_round_trip_in_device_bit_order(tmp_path: Path):
+    c = np.where(np.random.default_rng(1).random((5, BITS)) > 0.5, 1.0, -1.0)
+    write_centroids(tmp_path, c, np.arange(5))
+    with np.load(tmp_path / "centroids.npz") as z:
+        assert np.array_equal(codes.unpack(z["codes"], BITS), c > 0)
+
+
+def test_tampered_model_file_is_refused(bundle_dir: Path):
+    data = bytearray((bundle_dir / "print.fp32.onnx").read_bytes())
+    data[100] ^= 1
+    (bundle_dir / "print.fp32.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"print\.fp32\.onnx: sha256"):
+        load_bundle(bundle_dir)
+
+
+def test_truncated_or_missing_file_is_refused(bundle_dir: Path):
+    with open(bundle_dir / "vein.fp32.onnx", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(BundleError, match=r"vein\.fp32\.onnx: size 3001"):
+        load_bundle(bundle_dir)
+    (bundle_dir / "centroids.npz").unlink()
+    (bundle_dir / "vein.fp32.onnx").unlink()
+    with pytest.raises(BundleError, match="missing from the bundle"):
+        load_bundle(bundle_dir)
+
+
+def _edit(bundle_dir: Path, edit) -> None:
+    d = json.loads((bundle_dir / MANIFEST).read_text())
+    edit(d)
+    (bundle_dir / MANIFEST).write_text(json.dumps(d))
+
+
+def test_tampered_manifest_hash_is_refused(bundle_dir: Path):
+    _edit(bundle_dir, lambda d: d["models"][0].update(sha256="0" * 64))
+    with pytest.raises(BundleError, match="sha256"):
+        load_bundle(bundle_dir)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.update(format_version=FORMAT_VERSION + 1), "format_version 2 is not supp"),
+        (lambda d: d.update(bit_order="msb0"), "bit_order 'msb0' differs"),
+        (lambda d: d.update(bits=33), "bits: code length 33"),
+        (lambda d: d.pop("centroids"), r"manifest\.centroids is missing"),
+        (lambda d: d["models"][1].update(size="big"), r"models\[1\]\.size must be int"),
+        (lambda d: d["models"][0].update(format="pt"), r"models\[0\]\.format 'pt' unknown"),
+        (lambda d: d["models"][0].update(file="../x"), "outside the bundle"),
+        (lambda d: d["modalities"]["vein"]["preprocess"].update(mean=[0.5]), "vein.preprocess"),
+    ],
+)
+def test_bad_manifest_fields_are_named(bundle_dir: Path, edit, message: str):
+    _edit(bundle_dir, edit)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(bundle_dir)
+
+
+def test_signature_is_required_and_checked_when_a_key_is_configured(tmp_path: Path):
+    root = tmp_path / "bundle"
+    _write(root)
+    keygen(tmp_path / "k.pem", tmp_path / "k.pub")
+    with pytest.raises(BundleError, match="refuses unsigned bundles"):
+        load_bundle(root, public_key=tmp_path / "k.pub")
+    sign(root, tmp_path / "k.pem")
+    assert load_bundle(root, public_key=tmp_path / "k.pub").signed
+    # another key's signature is refused
+    keygen(tmp_path / "other.pem", tmp_path / "other.pub")
+    with pytest.raises(BundleError, match="does not verify"):
+        load_bundle(root, public_key=tmp_path / "other.pub")
+    # a manifest edit that keeps valid JSON and valid hashes still breaks the signature
+    _edit(root, lambda d: d["thresholds"]["print"].update({"0.001": 30.0}))
+    with pytest.raises(BundleError, match="does not verify"):
+        load_bundle(root, public_key=tmp_path / "k.pub")
+    # a corrupted signature file is refused, not crashed on
+    sign(root, tmp_path / "k.pem")
+    (root / SIGNATURE).write_text("not base64 !!\n")
+    with pytest.raises(BundleError, match="does not verify"):
+        load_bundle(root, public_key=tmp_path / "k.pub")
+
+
+def test_tar_bundle_loads_and_is_verified(tmp_path: Path):
+    root = tmp_path / "bundle"
+    _write(root)
+    keygen(tmp_path / "k.pem", tmp_path / "k.pub")
+    sign(root, tmp_path / "k.pem")
+    tar = make_tar(root, tmp_path / "bundle.tar")
+    b = load_bundle(tar, public_key=tmp_path / "k.pub", extract_to=tmp_path / "x")
+    assert b.signed and b.root == tmp_path / "x" / "bundle"
+    # a tar of a tampered directory is refused
+    (root / "vein.fp32.onnx").write_bytes(b"\0" * 3000)
+    shutil.rmtree(tmp_path / "x")
+    with pytest.raises(BundleError, match="sha256"):
+        load_bundle(make_tar(root, tmp_path / "bad.tar"), extract_to=tmp_path / "x")
+    (tmp_path / "junk.tar").write_bytes(b"junk")
+    with pytest.raises(BundleError, match="not a readable bundle archive"):
+        load_bundle(tmp_path / "junk.tar")
