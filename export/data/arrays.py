@@ -1,0 +1,106 @@
+"""A data set in memory: every ROI decoded once, resized to the network's input size, as uint8.
+
+Both the file layouts and the synthetic generator end here, so training, evaluation and the
+exporter all see one structure. Bands stay as captured (a grey vein image is (S, S, 1)); the
+repetition to 3 channels and the normalisation happen per sample in agent.preprocess.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from agent.preprocess import DEFAULT_SPEC, PreprocessSpec, to_channels
+from export.data.layouts import Record, layout_error, scan
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PalmArrays:
+    """print (N, S, S, Cp) uint8, vein (N, S, S, 1) uint8 or None, labels (N,) int64 index into
+    ``identities`` (sorted names), samples (N,) each capture's sample key within its identity."""
+
+    print: np.ndarray
+    vein: np.ndarray | None
+    labels: np.ndarray
+    identities: list[str]
+    samples: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, rows: np.ndarray) -> PalmArrays:
+        return PalmArrays(
+            self.print[rows],
+            None if self.vein is None else self.vein[rows],
+            self.labels[rows],
+            self.identities,
+            self.samples[rows],
+        )
+
+
+def _read(path: Path, size: int, spec: PreprocessSpec) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError(f"cannot decode image {path}; is it a valid image file?")
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    if img.dtype != np.uint8:
+        img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    return to_channels(img, dataclasses.replace(spec, input_size=size, channels=1))[..., 0]
+
+
+def from_records(
+    records: list[Record], spec: PreprocessSpec = DEFAULT_SPEC, workers: int = 4
+) -> PalmArrays:
+    size = spec.input_size
+    files = [f for r in records for f in (*r.print_files, *([r.vein_file] if r.vein_file else []))]
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        decoded = dict(zip(files, pool.map(lambda f: _read(f, size, spec), files), strict=True))
+    prints = np.stack([np.stack([decoded[f] for f in r.print_files], -1) for r in records])
+    veins = None
+    if records[0].vein_file is not None:
+        veins = np.stack([decoded[r.vein_file] for r in records])[..., None]
+    identities = sorted({r.identity for r in records})
+    index = {name: i for i, name in enumerate(identities)}
+    labels = np.array([index[r.identity] for r in records], dtype=np.int64)
+    samples = np.array([r.sample for r in records], dtype=np.int64)
+    logger.info("loaded images=%d identities=%d", len(records), len(identities))
+    return PalmArrays(prints, veins, labels, identities, samples)
+
+
+def load_dataset(
+    ds: str, root: str | Path, spec: PreprocessSpec = DEFAULT_SPEC, workers: int = 4
+) -> PalmArrays:
+    """Scan and decode a data set; a root whose images do not pair up raises LayoutError."""
+    records = scan(ds, root)
+    if len({r.vein_file is None for r in records}) > 1:
+        raise layout_error(ds, Path(root), "some captures have a vein image and some do not")
+    return from_records(records, spec, workers)
+
+
+def from_synth(print_arr: np.ndarray, vein_arr: np.ndarray | None) -> PalmArrays:
+    """Arrays (ids, samples, S, S[, bands]) from export.synth.generate_arrays -> PalmArrays."""
+    n_ids, n_samples = print_arr.shape[:2]
+    p = print_arr.reshape(n_ids * n_samples, *print_arr.shape[2:])
+    if p.ndim == 3:
+        p = p[..., None]
+    v = None
+    if vein_arr is not None:
+        v = vein_arr.reshape(n_ids * n_samples, *vein_arr.shape[2:])
+        v = v[..., None] if v.ndim == 3 else v
+    width = len(str(n_ids))
+    return PalmArrays(
+        np.ascontiguousarray(p),
+        None if v is None else np.ascontiguousarray(v),
+        np.repeat(np.arange(n_ids, dtype=np.int64), n_samples),
+        [f"{i + 1:0{width}d}" for i in range(n_ids)],
+        np.tile(np.arange(1, n_samples + 1, dtype=np.int64), n_ids),
+    )

@@ -1,0 +1,84 @@
+"""The reference split and its record: a seeded half of each identity's samples trains.
+
+Closed set: every identity is in both parts. The split is stored in the checkpoint as explicit
+(identity -> sample keys) lists, not only as a seed, so the exporter gets exactly the images the
+network was trained and tested on even if the data set folder later gains files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.preprocess import PreprocessSpec
+from export.data.arrays import PalmArrays, from_synth, load_dataset
+
+
+def reference_split(arrays: PalmArrays, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (train, test): per identity, ceil(n/2) samples train and the rest test."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for label in range(len(arrays.identities)):
+        rows = np.flatnonzero(arrays.labels == label)
+        rows = rows[np.argsort(arrays.samples[rows], kind="stable")]
+        if len(rows) < 2:
+            raise ValueError(
+                f"identity {arrays.identities[label]!r} has {len(rows)} sample(s); "
+                "the reference split needs at least 2 per identity"
+            )
+        rows = rows[rng.permutation(len(rows))]
+        k = (len(rows) + 1) // 2
+        train.append(np.sort(rows[:k]))
+        test.append(np.sort(rows[k:]))
+    return np.concatenate(train), np.concatenate(test)
+
+
+def split_record(arrays: PalmArrays, rows: np.ndarray) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for r in rows:
+        out.setdefault(arrays.identities[arrays.labels[r]], []).append(int(arrays.samples[r]))
+    return out
+
+
+def rows_of(arrays: PalmArrays, record: dict[str, list[int]]) -> np.ndarray:
+    wanted = {(name, s) for name, samples in record.items() for s in samples}
+    keys = zip((arrays.identities[i] for i in arrays.labels), arrays.samples.tolist(), strict=True)
+    rows = np.array([i for i, k in enumerate(keys) if k in wanted], dtype=np.int64)
+    if len(rows) != len(wanted):
+        raise ValueError(
+            f"the data set holds {len(rows)} of the {len(wanted)} split samples recorded in the "
+            "checkpoint; is --data-root the data set it was trained on?"
+        )
+    return rows
+
+
+def dataset_arrays(dataset: dict[str, Any], spec: PreprocessSpec, root: str | Path | None = None):
+    """Rebuild a checkpoint's data set: its layout on disk, or the synthetic set it was."""
+    if dataset["ds"] == "synth":
+        from export.synth import generate_arrays
+
+        s = dataset["synth"]
+        p, v = generate_arrays(s["ids"], s["samples"], s["level"], s["seed"])
+        return from_synth(p, v)
+    root = root or dataset.get("root") or os.environ.get("PALM_DATA", "./data")
+    return load_dataset(dataset["ds"], root, spec)
+
+
+def load_split(
+    ckpt: dict[str, Any], part: str = "test", root: str | Path | None = None
+) -> PalmArrays:
+    """The train or test images of a checkpoint (uint8, label order = ckpt["labels"]).
+
+    ``root`` overrides the recorded data root. Feed an image to the network with
+    ``agent.preprocess.preprocess(img, PreprocessSpec.from_dict(ckpt["preprocess"]))``.
+    """
+    if part not in ("train", "test"):
+        raise ValueError(f"part must be 'train' or 'test', got {part!r}")
+    spec = PreprocessSpec.from_dict(ckpt["preprocess"])
+    arrays = dataset_arrays(ckpt["dataset"], spec, root)
+    if arrays.identities != list(ckpt["labels"]):
+        raise ValueError("the data set's identities differ from the checkpoint's labels")
+    return arrays.subset(rows_of(arrays, ckpt["split"][part]))
