@@ -1,0 +1,272 @@
+"""The daemon's configuration: typed models, validated once at start.
+
+A device that starts half-configured fails later and far from the cause, so every key is checked
+here: an unknown key, a wrong type, a missing referenced file or an unset ``${PALM_*}`` variable
+is one :class:`ConfigError` whose message names the key path (``mqtt.port: ...``). Secrets are
+:class:`pydantic.SecretStr` so that they never reach a log line or a repr.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ID = r"^[A-Za-z0-9_-]{1,64}$"
+MODES = ("print", "vein", "multi", "cross", "centroid")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, named by its key path, that stops the daemon from starting."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DeviceConfig(_Model):
+    id: str = Field("palm-01", pattern=_ID)
+    name: str = "Palm reader"
+
+
+class HomeAssistantConfig(_Model):
+    enabled: bool = False
+    discovery_prefix: str = "homeassistant"
+
+
+class MqttConfig(_Model):
+    host: str = "localhost"
+    port: int = Field(8883, ge=1, le=65535)
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    topic_prefix: str = Field("palm", pattern=r"^[^#+\s]+$")
+    client_id: str | None = None
+    user: str | None = None
+    password: SecretStr | None = None
+    password_file: str | None = None
+    tls: bool = True
+    tls_ca_certs: str | None = None
+    tls_client_cert: str | None = None
+    tls_client_key: str | None = None
+    tls_insecure: bool = False
+    keepalive: int = Field(30, ge=5, le=3600)
+    qos: Literal[0, 1] = 1
+    stats_interval: float = Field(30.0, gt=0)
+    decision_expiry: int = Field(3600, ge=1)
+    reconnect_min: float = Field(1.0, gt=0)
+    reconnect_max: float = Field(60.0, gt=0)
+    homeassistant: HomeAssistantConfig = HomeAssistantConfig()
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> MqttConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set either password or password_file, not both")
+        if (self.tls_client_cert is None) != (self.tls_client_key is None):
+            raise ValueError("tls_client_cert and tls_client_key go together")
+        return self
+
+    def secret(self) -> str | None:
+        """The broker password, read from its file at connect time so a rotated file is used."""
+        if self.password_file is not None:
+            return Path(self.password_file).read_text(encoding="utf-8").strip()
+        return self.password.get_secret_value() if self.password is not None else None
+
+
+class OutboxConfig(_Model):
+    path: str = "/var/lib/palm-agent/outbox.sqlite"
+    max_messages: int = Field(10000, ge=1)
+    flush_timeout: float = Field(5.0, ge=0)
+
+
+class CommandsConfig(_Model):
+    max_payload: int = Field(4096, ge=64, le=1 << 20)
+
+
+class BundleConfig(_Model):
+    path: str = "/var/lib/palm-agent/bundle"
+    public_key: str | None = None
+    runtime: Literal["onnx", "tflite"] = "onnx"
+    precision: Literal["fp32", "int8"] = "fp32"
+    threads: int = Field(2, ge=1, le=64)
+
+
+class StoreConfig(_Model):
+    path: str = "/var/lib/palm-agent/templates.sqlite"
+    key_path: str = "/var/lib/palm-agent/device.key"
+
+
+class AgreementConfig(_Model):
+    k: int = Field(1, ge=1)
+    n: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _k_le_n(self) -> AgreementConfig:
+        if self.k > self.n:
+            raise ValueError(f"k ({self.k}) must not exceed n ({self.n})")
+        return self
+
+
+class MatchConfig(_Model):
+    mode: Literal["print", "vein", "multi", "cross", "centroid"] = "multi"
+    identify: bool = True
+    subject: str | None = None
+    fmr: str = "0.1%"
+    threshold: int | None = Field(None, ge=0)
+    agreement: AgreementConfig = AgreementConfig()
+
+    @model_validator(mode="after")
+    def _verify_needs_subject(self) -> MatchConfig:
+        if not self.identify and self.subject is None:
+            raise ValueError("1:1 verification (identify: false) needs a subject")
+        return self
+
+
+class IlluminationConfig(_Model):
+    kind: Literal["none", "gpio"] = "none"
+    print_pin: int | None = None
+    vein_pin: int | None = None
+    settle_ms: int = Field(30, ge=0)
+
+
+class CameraConfig(_Model):
+    source: Literal["replay", "opencv", "picamera2"] = "opencv"
+    device: str = "/dev/video0"
+    pipeline: str | None = None
+    replay_path: str | None = None
+    loop: bool = False
+    width: int = Field(640, ge=16)
+    height: int = Field(480, ge=16)
+    fps: float = Field(15.0, gt=0)
+    illumination: IlluminationConfig = IlluminationConfig()
+    reopen_min: float = Field(0.5, gt=0)
+    reopen_max: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _replay_needs_path(self) -> CameraConfig:
+        if self.source == "replay" and self.replay_path is None:
+            raise ValueError("source 'replay' needs replay_path")
+        return self
+
+
+class TriggerConfig(_Model):
+    kind: Literal["presence", "button", "command"] = "presence"
+    button_pin: int | None = None
+    cooldown: float = Field(1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _button_needs_pin(self) -> TriggerConfig:
+        if self.kind == "button" and self.button_pin is None:
+            raise ValueError("trigger 'button' needs button_pin")
+        return self
+
+
+class EnrollConfig(_Model):
+    captures: int = Field(5, ge=1, le=50)
+    max_spread: int = Field(6, ge=0)
+    timeout: float = Field(30.0, gt=0)
+
+
+class LedConfig(_Model):
+    granted_pin: int | None = None
+    denied_pin: int | None = None
+
+
+class LoggingConfig(_Model):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Config(_Model):
+    device: DeviceConfig = DeviceConfig()
+    mqtt: MqttConfig = MqttConfig()
+    outbox: OutboxConfig = OutboxConfig()
+    commands: CommandsConfig = CommandsConfig()
+    bundle: BundleConfig = BundleConfig()
+    store: StoreConfig = StoreConfig()
+    match: MatchConfig = MatchConfig()
+    camera: CameraConfig = CameraConfig()
+    trigger: TriggerConfig = TriggerConfig()
+    enroll: EnrollConfig = EnrollConfig()
+    leds: LedConfig = LedConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+
+# keys whose value names a file that must exist when the daemon starts
+_MUST_EXIST = (
+    ("mqtt", "password_file"),
+    ("mqtt", "tls_ca_certs"),
+    ("mqtt", "tls_client_cert"),
+    ("mqtt", "tls_client_key"),
+    ("bundle", "public_key"),
+)
+
+
+def _substitute(node: Any, path: str, env: dict[str, str]) -> Any:
+    """Replace ``${PALM_*}`` references in string values; an unset or foreign name is an error."""
+    if isinstance(node, dict):
+        return {k: _substitute(v, f"{path}.{k}" if path else str(k), env) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, f"{path}[{i}]", env) for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def repl(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if not name.startswith("PALM_"):
+            raise ConfigError(f"{path}: only ${{PALM_*}} variables may be referenced, not {name}")
+        if name not in env:
+            raise ConfigError(f"{path}: environment variable {name} is not set")
+        return env[name]
+
+    return _ENV_REF.sub(repl, node)
+
+
+def _describe(err: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"{key}: unknown key (check the spelling against firmware_config/default.yaml)"
+    given = err.get("input")
+    shown = "" if err["type"] == "missing" or "password" in key else f" (got {given!r})"
+    return f"{key}: {err['msg']}{shown}"
+
+
+def parse_config(data: Any, env: dict[str, str] | None = None, check_files: bool = True) -> Config:
+    """A mapping (as read from YAML) -> :class:`Config`, or one :class:`ConfigError`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"(top level): expected a mapping of sections, got {type(data).__name__}")
+    data = _substitute(data, "", dict(os.environ) if env is None else env)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        lines = [_describe(err) for err in e.errors()]
+        raise ConfigError("; ".join(lines)) from None
+    if check_files:
+        for section, key in _MUST_EXIST:
+            value = getattr(getattr(cfg, section), key)
+            if value is not None and not Path(value).is_file():
+                raise ConfigError(f"{section}.{key}: file {value} does not exist")
+    return cfg
+
+
+def load_config(
+    path: str | Path, env: dict[str, str] | None = None, check_files: bool = True
+) -> Config:
+    """Read and validate a YAML config file; every failure is a :class:`ConfigError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist (pass --config FILE)")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    return parse_config(data, env=env, check_files=check_files)
+
+
+def redacted(cfg: Config) -> dict[str, Any]:
+    """The config as a dict safe to log: secrets stay masked."""
+    return cfg.model_dump(mode="json")

@@ -1,0 +1,328 @@
+"""MQTT transport (paho-mqtt 2.x): decisions through the outbox, availability, stats, commands.
+
+Topics, under ``<topic_prefix>/<device id>``:
+  ``availability`` retained QoS 1: ``online`` on connect, ``stopped`` on a clean stop and
+  ``offline`` as the last will; ``decision`` QoS 1, never retained (a replayed "granted" must not
+  open a door), with a message expiry on MQTT 5; ``stats``; ``error``; ``cmd`` (in) and ``reply``.
+
+Ordering across outages: a pump thread hands outbox rows to paho only while connected, at most a
+window at a time. paho re-sends its own unacknowledged window on reconnect, so after a reconnect
+the pump waits until that window is acknowledged before sending newer rows: replay stays in
+order. After a restart the window is empty and the pump starts from the oldest row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import ssl
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.config import MqttConfig
+from agent.outbox import Outbox
+from agent.reporter import CommandSink, Reporter
+
+logger = logging.getLogger(__name__)
+
+WINDOW = 20  # rows handed to paho and not yet acknowledged (paho's own in-flight default)
+_UNSUPPORTED_PROTOCOL = (1, 132)  # 3.1.1 CONNACK code 1 / MQTT 5 reason 132
+EVENT_TYPES = ["granted", "denied", "unknown", "error"]
+
+
+class MqttReporter(Reporter):
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        device_id: str,
+        outbox: Outbox,
+        device_name: str = "Palm reader",
+        version: str = "0",
+    ) -> None:
+        self.cfg = cfg
+        self.device_id = device_id
+        self.device_name = device_name
+        self.version = version
+        self.outbox = outbox
+        base = f"{cfg.topic_prefix}/{device_id}"
+        self.topics = {
+            name: f"{base}/{name}"
+            for name in ("availability", "decision", "stats", "error", "cmd", "reply")
+        }
+        self._v5 = cfg.protocol != "3.1.1"
+        self._client: mqtt.Client | None = None
+        self._on_command: CommandSink | None = None
+        self._connected = threading.Event()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._acks: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
+        self._commands: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue(maxsize=256)
+        self._inflight: dict[int, int] = {}  # paho mid -> outbox row id (pump thread only)
+        self._last_handed = 0
+        self._resync = False
+        self._fallback = False
+        self._threads: list[threading.Thread] = []
+
+    # -- Reporter ---------------------------------------------------------------------------
+    def start(self, on_command: CommandSink) -> None:
+        self._on_command = on_command
+        self._client = self._make_client()
+        for target, name in ((self._pump, "mqtt-pump"), (self._command_worker, "mqtt-commands")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def decision(self, doc: dict[str, Any]) -> None:
+        payload = json.dumps(doc, separators=(",", ":")).encode()
+        self.outbox.add(self.topics["decision"], payload, self.cfg.qos)
+        self._wake.set()
+
+    def stats(self, doc: dict[str, Any]) -> None:
+        self._send(self.topics["stats"], doc, qos=0)
+
+    def error(self, doc: dict[str, Any]) -> None:
+        self._send(self.topics["error"], doc, qos=1)
+
+    def counters(self) -> dict[str, Any]:
+        return {
+            "connected": self._connected.is_set(),
+            "protocol": "5" if self._v5 else "3.1.1",
+            "outbox_depth": self.outbox.depth(),
+            "outbox_dropped": self.outbox.counter("dropped"),
+            "outbox_expired": self.outbox.counter("expired"),
+            "outbox_refused": self.outbox.counter("refused"),
+        }
+
+    def stop(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self._connected.is_set() and self.outbox.depth() and time.monotonic() < deadline:
+            self._wake.set()
+            time.sleep(0.02)
+        self._stop.set()
+        self._wake.set()
+        self._commands.put(None)
+        for t in self._threads:
+            t.join(timeout=2.0)
+        client = self._client
+        if client is None:
+            return
+        if self._connected.is_set():
+            info = client.publish(self.topics["availability"], b"stopped", qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=max(0.5, deadline - time.monotonic()))
+            except (RuntimeError, ValueError) as e:
+                logger.warning("mqtt could not publish stopped: %s", e)
+        client.disconnect()
+        client.loop_stop()
+        logger.info("mqtt stopped outbox_depth=%d", self.outbox.depth())
+
+    # -- client -----------------------------------------------------------------------------
+    def _make_client(self) -> mqtt.Client:
+        cfg = self.cfg
+        protocol = mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id or self.device_id,
+            protocol=protocol,
+            clean_session=None if self._v5 else True,
+        )
+        client.enable_logger(logger)
+        if cfg.user is not None:
+            client.username_pw_set(cfg.user, cfg.secret())
+        if cfg.tls:
+            client.tls_set(
+                ca_certs=cfg.tls_ca_certs,
+                certfile=cfg.tls_client_cert,
+                keyfile=cfg.tls_client_key,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            client.tls_insecure_set(cfg.tls_insecure)
+        client.will_set(self.topics["availability"], b"offline", qos=1, retain=True)
+        client.reconnect_delay_set(cfg.reconnect_min, cfg.reconnect_max)  # type: ignore[arg-type]
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive)
+        client.loop_start()
+        logger.info(
+            "mqtt connecting host=%s port=%d tls=%s protocol=%s client_id=%s",
+            cfg.host, cfg.port, cfg.tls, "5" if self._v5 else "3.1.1", cfg.client_id or self.device_id,
+        )  # fmt: skip
+        return client
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            logger.error("mqtt connect refused reason=%s", reason_code)
+            if (
+                self._v5
+                and self.cfg.protocol == "auto"
+                and reason_code.value in _UNSUPPORTED_PROTOCOL
+            ):
+                self._fallback = True
+                self._wake.set()
+            return
+        logger.info("mqtt connected session_present=%s", flags.session_present)
+        client.publish(self.topics["availability"], b"online", qos=1, retain=True)
+        client.subscribe(self.topics["cmd"], qos=1)
+        if self.cfg.homeassistant.enabled:
+            client.subscribe(f"{self.cfg.homeassistant.discovery_prefix}/status", qos=1)
+            self._publish_discovery(client)
+        self._connected.set()
+        self._wake.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if self._connected.is_set():
+            logger.warning("mqtt disconnected reason=%s", reason_code)
+        self._connected.clear()
+        self._resync = True
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        # called on paho's thread, possibly before publish() returned: hand over, do not touch state
+        self._acks.put((mid, reason_code.value if hasattr(reason_code, "value") else 0))
+        self._wake.set()
+
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        ha_status = f"{self.cfg.homeassistant.discovery_prefix}/status"
+        if self.cfg.homeassistant.enabled and msg.topic == ha_status:
+            if msg.payload == b"online":
+                self._publish_discovery(client)
+            return
+        try:
+            self._commands.put_nowait(msg)
+        except queue.Full:
+            logger.warning("mqtt command queue full; dropping command")
+
+    # -- threads ----------------------------------------------------------------------------
+    def _pump(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            try:
+                self._drain_acks()
+                if self._fallback:
+                    self._fall_back()
+                if self._connected.is_set():
+                    self._send_pending()
+            except Exception:
+                logger.exception("mqtt pump error")
+                time.sleep(0.5)
+        self._drain_acks()
+
+    def _drain_acks(self) -> None:
+        while True:
+            try:
+                mid, rc = self._acks.get_nowait()
+            except queue.Empty:
+                return
+            row = self._inflight.pop(mid, None)
+            if row is None:
+                continue
+            if rc >= 128:
+                logger.error("mqtt broker refused decision row=%d reason=%d", row, rc)
+                self.outbox.discard(row, "refused")
+            else:
+                self.outbox.ack(row)
+
+    def _send_pending(self) -> None:
+        if self._resync and self._inflight:
+            return  # paho is re-sending the previous window; newer rows wait behind it
+        self._resync = False
+        room = WINDOW - len(self._inflight)
+        if room <= 0:
+            return
+        client = self._client
+        assert client is not None
+        for row in self.outbox.after(self._last_handed, room):
+            props = None
+            if self._v5:
+                remaining = int(self.cfg.decision_expiry - (time.time() - row.created))
+                if remaining <= 0:
+                    self.outbox.discard(row.id, "expired")
+                    self._last_handed = row.id
+                    continue
+                props = Properties(PacketTypes.PUBLISH)
+                props.MessageExpiryInterval = remaining
+            info = client.publish(
+                row.topic, row.payload, qos=row.qos, retain=False, properties=props
+            )
+            self._inflight[info.mid] = row.id
+            self._last_handed = row.id
+
+    def _fall_back(self) -> None:
+        self._fallback = False
+        logger.warning("mqtt broker does not speak MQTT 5; falling back to 3.1.1")
+        old = self._client
+        if old is not None:
+            old.loop_stop()
+        self._v5 = False
+        self._inflight.clear()
+        self._last_handed = 0
+        self._client = self._make_client()
+
+    def _command_worker(self) -> None:
+        while True:
+            msg = self._commands.get()
+            if msg is None or self._stop.is_set():
+                return
+            assert self._on_command is not None
+            try:
+                reply = self._on_command(msg.payload)
+            except Exception as e:  # the sink validates; this is the last guard
+                logger.exception("command handler crashed")
+                reply = {"ok": False, "error": {"code": "internal", "message": str(e)}}
+            self._reply(msg, reply)
+
+    def _reply(self, msg: mqtt.MQTTMessage, reply: dict[str, Any]) -> None:
+        topic, props = self.topics["reply"], None
+        req = getattr(msg, "properties", None)
+        if self._v5 and req is not None and getattr(req, "ResponseTopic", None):
+            topic = req.ResponseTopic
+            props = Properties(PacketTypes.PUBLISH)
+            if getattr(req, "CorrelationData", None) is not None:
+                props.CorrelationData = req.CorrelationData
+        self._send(topic, reply, qos=1, properties=props)
+
+    def _send(self, topic: str, doc: dict[str, Any], qos: int, properties=None) -> None:
+        client = self._client
+        if client is None or not self._connected.is_set():
+            return
+        payload = json.dumps(doc, separators=(",", ":")).encode()
+        client.publish(topic, payload, qos=qos, retain=False, properties=properties)
+
+    def _publish_discovery(self, client: mqtt.Client) -> None:
+        ha = self.cfg.homeassistant
+        doc = {
+            "name": "Palm decision",
+            "unique_id": f"{self.device_id}_decision",
+            "object_id": f"{self.device_id}_decision",
+            "state_topic": self.topics["decision"],
+            "event_types": EVENT_TYPES,
+            "value_template": (
+                "{{ {'event_type': value_json.decision, 'subject': value_json.subject, "
+                "'mode': value_json.mode} | tojson }}"
+            ),
+            "availability": [
+                {
+                    "topic": self.topics["availability"],
+                    "value_template": "{{ 'online' if value == 'online' else 'offline' }}",
+                }
+            ],
+            "device": {
+                "identifiers": [f"palm-agent-{self.device_id}"],
+                "name": self.device_name,
+                "manufacturer": "palm-cohash",
+                "model": "palm-agent",
+                "sw_version": self.version,
+            },
+        }
+        topic = f"{ha.discovery_prefix}/event/{self.device_id}/decision/config"
+        client.publish(topic, json.dumps(doc).encode(), qos=1, retain=True)
+        logger.info("mqtt home assistant discovery published topic=%s", topic)

@@ -1,0 +1,118 @@
+"""The on-disk outbox: a decision is durable before it is published and gone only after PUBACK.
+
+paho keeps unacknowledged QoS 1 messages in memory only, so a daemon restarted while the broker is
+away would lose them. Rows are kept in insertion order (an autoincrement id) and replayed in that
+order. The outbox is bounded: past ``max_messages`` the oldest rows are dropped, and the drops are
+counted in the database so the count survives restarts and reaches the stats topic.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Pending:
+    id: int
+    topic: str
+    payload: bytes
+    qos: int
+    created: float
+
+
+class Outbox:
+    """A bounded, ordered, persistent FIFO of messages waiting for their PUBACK."""
+
+    def __init__(self, path: str | Path, max_messages: int = 10000) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.max_messages = max_messages
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a decision acknowledged to the pipeline must survive a power cut
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def add(self, topic: str, payload: bytes, qos: int = 1) -> int:
+        """Store one message (before it is published); drop the oldest past the bound."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._db.execute(
+                    "INSERT INTO outbox (topic, payload, qos, created) VALUES (?, ?, ?, ?)",
+                    (topic, payload, qos, time.time()),
+                )
+                excess = self._depth() - self.max_messages
+                if excess > 0:
+                    self._db.execute(
+                        "DELETE FROM outbox WHERE id IN "
+                        "(SELECT id FROM outbox ORDER BY id LIMIT ?)",
+                        (excess,),
+                    )
+                    self._bump("dropped", excess)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return int(cur.lastrowid)
+
+    def after(self, last_id: int, limit: int = 100) -> list[Pending]:
+        """Pending messages with id > last_id, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, topic, payload, qos, created FROM outbox WHERE id > ? "
+                "ORDER BY id LIMIT ?",
+                (last_id, limit),
+            ).fetchall()
+        return [Pending(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows]
+
+    def ack(self, msg_id: int) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM outbox WHERE id = ?", (msg_id,))
+
+    def discard(self, msg_id: int, counter: str) -> None:
+        """Remove a message that will never be delivered (refused, expired) and count why."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            deleted = self._db.execute("DELETE FROM outbox WHERE id = ?", (msg_id,)).rowcount
+            if deleted:
+                self._bump(counter, deleted)
+            self._db.execute("COMMIT")
+
+    def depth(self) -> int:
+        with self._lock:
+            return self._depth()
+
+    def counter(self, name: str) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _depth(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def _bump(self, name: str, n: int) -> None:
+        self._db.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            (name, n),
+        )

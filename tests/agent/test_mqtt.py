@@ -1,0 +1,217 @@
+"""MqttReporter against the session's real mosquitto, observed with mosquitto_sub and paho."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.commands import Dispatcher
+from agent.config import parse_config
+from agent.mqtt import MqttReporter
+from agent.outbox import Outbox
+
+from .conftest import CTL_PASS, CTL_USER, DEVICE_PASS
+
+
+def reporter(broker, device, tmp_path, outbox=None, **over) -> MqttReporter:
+    cfg = parse_config({"device": {"id": device}, "mqtt": broker.mqtt_section(device, **over)})
+    box = outbox or Outbox(tmp_path / f"{device}-outbox.sqlite")
+    return MqttReporter(cfg.mqtt, device, box, device_name="Test door", version="t")
+
+
+def wait_until(pred, timeout=10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def ctl_client(broker, v5=True) -> mqtt.Client:
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
+    c.username_pw_set(CTL_USER, CTL_PASS)
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+    return c
+
+
+def test_decisions_availability_and_clean_stop(running_broker, subscribe, tmp_path):
+    sub = subscribe("palm/dev1/#")
+    r = reporter(running_broker, "dev1", tmp_path)
+    r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
+    assert sub.wait(lambda m: m[0] == "palm/dev1/availability" and m[3] == "online")
+    for i in range(5):
+        r.decision({"seq": i, "decision": "denied"})
+    got = sub.wait(lambda m: m[0] == "palm/dev1/decision", count=5)
+    assert [json.loads(m[3])["seq"] for m in got] == list(range(5))
+    assert all(m[2] == 1 and not m[1] for m in got)  # QoS 1, never retained
+    assert wait_until(lambda: r.outbox.depth() == 0)  # removed on PUBACK
+    r.stop(timeout=2)
+    assert sub.wait(lambda m: m[0] == "palm/dev1/availability" and m[3] == "stopped")
+    # availability is retained, decisions are not: a late subscriber sees only "stopped"
+    late = subscribe("palm/dev1/#")
+    time.sleep(0.3)
+    assert [m[3] for m in late.messages] == ["stopped"]
+
+
+def test_decision_carries_message_expiry_on_mqtt5(running_broker, tmp_path):
+    seen: list[mqtt.MQTTMessage] = []
+    c = ctl_client(running_broker)
+    c.on_message = lambda cl, ud, msg: seen.append(msg)
+    c.subscribe("palm/dev2/decision", qos=1)
+    time.sleep(0.2)
+    r = reporter(running_broker, "dev2", tmp_path, decision_expiry=120)
+    r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
+    r.decision({"seq": 1})
+    assert wait_until(lambda: seen)
+    assert 0 < seen[0].properties.MessageExpiryInterval <= 120
+    r.stop(timeout=2)
+    c.loop_stop()
+    c.disconnect()
+
+
+def test_outage_reconnect_and_restart_replay_in_order(running_broker, subscribe, tmp_path):
+    sub = subscribe("palm/dev3/decision", session="ctl-dev3-order")
+    box_path = tmp_path / "outbox.sqlite"
+    a = reporter(running_broker, "dev3", tmp_path, outbox=Outbox(box_path))
+    a.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
+    assert wait_until(lambda: a.counters()["connected"])
+    seq = 0
+    for _ in range(10):
+        a.decision({"seq": seq})
+        seq += 1
+    running_broker.stop()  # mid-stream: some of these may still be in flight
+    for _ in range(10):
+        a.decision({"seq": seq})
+        seq += 1
+    a.stop(timeout=0.5)  # broker away: nothing can be flushed, the rows stay on disk
+    assert a.outbox.depth() > 0
+    b = reporter(running_broker, "dev3", tmp_path, outbox=Outbox(box_path))  # "restarted"
+    b.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
+    for _ in range(10):
+        b.decision({"seq": seq})
+        seq += 1
+    running_broker.start()
+    sub.proc.wait(timeout=5) if sub.proc.poll() is not None else None
+    sub.stop()
+    sub.start()  # the persistent session kept everything queued for us meanwhile
+    assert wait_until(lambda: b.outbox.depth() == 0, timeout=15)
+    got = sub.wait(lambda m: m[0] == "palm/dev3/decision", count=seq, timeout=10)
+    seqs = [json.loads(m[3])["seq"] for m in got]
+    assert sorted(set(seqs)) == list(range(seq)), "a decision was lost"
+    # in order: duplicates (QoS 1) may repeat an earlier message, never overtake
+    firsts = [s for i, s in enumerate(seqs) if s not in seqs[:i]]
+    assert firsts == list(range(seq))
+    b.stop(timeout=2)
+
+
+def test_tls_client_cert_and_acl_confine_device(running_broker, subscribe, tmp_path):
+    pki = running_broker.pki
+    cert, key = pki.clients["dev4"]
+    tls = {
+        "port": running_broker.tls_port,
+        "tls": True,
+        "tls_ca_certs": str(pki.ca),
+        "tls_client_cert": str(cert),
+        "tls_client_key": str(key),
+    }
+    sub = subscribe("palm/#")
+    box = Outbox(tmp_path / "dev4.sqlite")
+    box.add("palm/dev5/decision", b'{"forged": true}')  # another device's topic: refused
+    r = reporter(running_broker, "dev4", tmp_path, outbox=box, **tls)
+    r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
+    r.decision({"seq": 1})
+    assert sub.wait(lambda m: m[0] == "palm/dev4/decision")
+    assert wait_until(lambda: r.counters()["outbox_refused"] == 1)
+    assert r.outbox.depth() == 0
+    assert not sub.on("palm/dev5/decision")
+
+    # the same device through paho directly: MQTT 5 reports the ACL refusal as reason 135
+    acks: list[int] = []
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.username_pw_set("dev4", DEVICE_PASS)
+    c.tls_set(ca_certs=str(pki.ca), certfile=str(cert), keyfile=str(key))
+    c.on_publish = lambda cl, ud, mid, rc, props: acks.append(rc.value)
+    c.connect("127.0.0.1", running_broker.tls_port)
+    c.loop_start()
+    c.publish("palm/dev5/decision", b"x", qos=1).wait_for_publish(5)
+    c.publish("palm/dev4/decision", b"{}", qos=1).wait_for_publish(5)
+    assert acks == [135, 0]
+    c.loop_stop()
+    c.disconnect()
+    r.stop(timeout=2)
+
+
+def test_tls_verification_rejects_unknown_ca(running_broker, tmp_path):
+    from .conftest import make_pki
+
+    other = make_pki(tmp_path / "other", ("dev6",))
+    cert, key = running_broker.pki.clients["dev6"]
+    r = reporter(
+        running_broker, "dev6", tmp_path, port=running_broker.tls_port, tls=True,
+        tls_ca_certs=str(other.ca), tls_client_cert=str(cert), tls_client_key=str(key),
+    )  # fmt: skip
+    r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
+    assert not wait_until(lambda: r.counters()["connected"], timeout=1.5)
+    r.stop(timeout=0.2)
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_command_reply_routing(running_broker, tmp_path, protocol):
+    replies: list[mqtt.MQTTMessage] = []
+    got = threading.Event()
+
+    def on_message(cl, ud, msg):
+        replies.append(msg)
+        got.set()
+
+    c = ctl_client(running_broker, v5=protocol == "5")
+    c.on_message = on_message
+    c.subscribe("palm/dev7/reply/#", qos=1)
+    r = reporter(running_broker, "dev7", tmp_path, protocol=protocol)
+    r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
+    assert wait_until(lambda: r.counters()["connected"])
+    time.sleep(0.2)
+    props = None
+    if protocol == "5":
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = "palm/dev7/reply/ctl"
+        props.CorrelationData = b"req-42"
+    c.publish("palm/dev7/cmd", b'{"cmd": "fly", "id": 7}', qos=1, properties=props)
+    assert got.wait(5)
+    doc = json.loads(replies[0].payload)
+    assert doc["ok"] is False and doc["id"] == 7 and doc["error"]["code"] == "unknown_command"
+    if protocol == "5":
+        assert replies[0].topic == "palm/dev7/reply/ctl"
+        assert replies[0].properties.CorrelationData == b"req-42"
+    else:
+        assert replies[0].topic == "palm/dev7/reply"
+    r.stop(timeout=1)
+    c.loop_stop()
+    c.disconnect()
+
+
+def test_home_assistant_discovery_and_republish(running_broker, subscribe, tmp_path):
+    sub = subscribe("homeassistant/event/dev8/#")
+    r = reporter(running_broker, "dev8", tmp_path, homeassistant={"enabled": True})
+    r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
+    first = sub.wait(lambda m: m[0].endswith("/config"))
+    doc = json.loads(first[0][3])
+    assert doc["state_topic"] == "palm/dev8/decision"
+    assert doc["event_types"] == ["granted", "denied", "unknown", "error"]
+    assert doc["availability"][0]["topic"] == "palm/dev8/availability"
+    assert doc["device"]["identifiers"] == ["palm-agent-dev8"]
+    c = ctl_client(running_broker)
+    c.publish("homeassistant/status", b"online", qos=1).wait_for_publish(5)
+    assert len(sub.wait(lambda m: m[0].endswith("/config"), count=2)) >= 2
+    r.stop(timeout=1)
+    c.loop_stop()
+    c.disconnect()
