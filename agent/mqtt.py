@@ -153,8 +153,8 @@ class MqttReporter(Reporter):
         client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive)
         client.loop_start()
         logger.info(
-            "mqtt connecting host=%s port=%d tls=%s protocol=%s client_id=%s",
-            cfg.host, cfg.port, cfg.tls, "5" if self._v5 else "3.1.1", cfg.client_id or self.device_id,
+            "mqtt connecting host=%s port=%d tls=%s protocol=%s",
+            cfg.host, cfg.port, cfg.tls, "5" if self._v5 else "3.1.1",
         )  # fmt: skip
         return client
 

@@ -151,9 +151,11 @@ class Broker:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mosquitto exited: {self.log.read_text()[-2000:]}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    with socket.create_connection(("127.0.0.1", self.tls_port), timeout=0.2):
-                        return
+                with (
+                    socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+                    socket.create_connection(("127.0.0.1", self.tls_port), timeout=0.2),
+                ):
+                    return
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError("mosquitto did not start listening")
