@@ -114,7 +114,7 @@ class MatchConfig(_Model):
     mode: Literal["print", "vein", "multi", "cross", "centroid"] = "multi"
     identify: bool = True
     subject: str | None = None
-    fmr: str = "0.1%"
+    fmr: Literal["0.01", "0.001", "0.0001", "eer"] = "0.001"
     threshold: int | None = Field(None, ge=0)
     agreement: AgreementConfig = AgreementConfig()
 

@@ -1,0 +1,100 @@
+"""Config loading: every failure is one ConfigError naming the key; secrets never leak."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent.config import ConfigError, load_config, parse_config, redacted
+
+ROOT = Path(__file__).resolve().parents[2]
+PROFILES = sorted((ROOT / "firmware_config").glob("*.yaml"))
+
+
+def write(tmp_path: Path, doc) -> Path:
+    p = tmp_path / "agent.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
+def test_profiles_load(profile):
+    cfg = load_config(profile, env={"PALM_MQTT_PASSWORD": "x"}, check_files=False)
+    assert cfg.mqtt.tls is True  # verification on by default in every shipped profile
+
+
+def test_profiles_exist():
+    assert {p.name for p in PROFILES} >= {"default.yaml", "raspberry-pi.yaml", "jetson.yaml"}
+
+
+def test_default_profile_documents_every_key():
+    from agent.config import Config
+
+    text = (ROOT / "firmware_config" / "default.yaml").read_text()
+    doc = yaml.safe_load(text)
+
+    def keys(model, prefix=""):
+        for name, f in model.model_fields.items():
+            sub = f.annotation if isinstance(f.annotation, type) else None
+            if sub is not None and hasattr(sub, "model_fields"):
+                yield from keys(sub, f"{prefix}{name}.")
+            else:
+                yield f"{prefix}{name}"
+
+    for key in keys(Config):
+        node = doc
+        for part in key.split("."):
+            assert part in node, f"default.yaml does not list {key}"
+            node = node[part]
+
+
+@pytest.mark.parametrize(
+    ("doc", "key"),
+    [
+        ({"mqtt": {"prot": 1883}}, "mqtt.prot: unknown key"),
+        ({"mqtt": {"port": "1883"}}, "mqtt.port:"),
+        ({"mqtt": {"port": 70000}}, "mqtt.port:"),
+        ({"match": {"mode": "palm"}}, "match.mode:"),
+        ({"match": {"agreement": {"k": 3, "n": 2}}}, "match.agreement:"),
+        ({"camera": {"source": "replay"}}, "camera:"),
+        ({"devices": {}}, "devices: unknown key"),
+        ({"mqtt": {"tls": "yes"}}, "mqtt.tls:"),
+    ],
+)
+def test_errors_name_the_key(tmp_path, doc, key):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, doc), env={})
+    assert str(e.value).startswith(key), str(e.value)
+
+
+def test_missing_files_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    doc = {"mqtt": {"tls_ca_certs": str(tmp_path / "ca.pem")}}
+    with pytest.raises(ConfigError, match=r"^mqtt\.tls_ca_certs: file .* does not exist"):
+        load_config(write(tmp_path, doc), env={})
+
+
+def test_env_substitution_and_secrets_stay_secret(tmp_path, caplog):
+    doc = {"mqtt": {"user": "dev1", "password": "${PALM_MQTT_PASSWORD}"}}
+    cfg = load_config(write(tmp_path, doc), env={"PALM_MQTT_PASSWORD": "hunter2"})
+    assert cfg.mqtt.secret() == "hunter2"
+    assert "hunter2" not in repr(cfg) and "hunter2" not in str(redacted(cfg))
+    with pytest.raises(ConfigError, match=r"^mqtt\.password: environment variable PALM_MQTT"):
+        load_config(write(tmp_path, doc), env={})
+    with pytest.raises(ConfigError, match=r"^mqtt\.user: only \$\{PALM_\*\}"):
+        parse_config({"mqtt": {"user": "${HOME}"}}, env={"HOME": "/root"})
+
+
+def test_password_file_is_read_and_wrong_values_are_not_echoed(tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret\n")
+    cfg = parse_config({"mqtt": {"password_file": str(pw)}})
+    assert cfg.mqtt.secret() == "s3cret"
+    with pytest.raises(ConfigError) as e:
+        parse_config({"mqtt": {"password": 12345678}})
+    assert "12345678" not in str(e.value)
+    with pytest.raises(ConfigError, match="either password or password_file"):
+        parse_config({"mqtt": {"password": "a", "password_file": str(pw)}})

@@ -1,0 +1,31 @@
+"""The SQLite outbox: ordered, persistent across reopen, bounded with counted drops."""
+
+from __future__ import annotations
+
+from agent.outbox import Outbox
+
+
+def test_order_ack_and_persistence(tmp_path):
+    p = tmp_path / "o.sqlite"
+    box = Outbox(p)
+    ids = [box.add("t", f"{i}".encode()) for i in range(5)]
+    box.ack(ids[1])
+    box.close()
+    box = Outbox(p)  # a restarted daemon sees what was not acknowledged, in order
+    assert [m.payload for m in box.after(0)] == [b"0", b"2", b"3", b"4"]
+    assert [m.id for m in box.after(ids[2], limit=1)] == [ids[3]]
+    assert box.depth() == 4
+
+
+def test_bound_drops_oldest_and_counts(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite", max_messages=3)
+    for i in range(7):
+        box.add("t", f"{i}".encode())
+    assert [m.payload for m in box.after(0)] == [b"4", b"5", b"6"]
+    assert box.counter("dropped") == 4
+    first = box.after(0)[0]
+    box.discard(first.id, "refused")
+    box.discard(first.id, "refused")  # a second discard of the same row counts nothing
+    assert box.counter("refused") == 1 and box.depth() == 2
+    box.close()
+    assert Outbox(tmp_path / "o.sqlite", max_messages=3).counter("dropped") == 4
