@@ -1,0 +1,263 @@
+"""Decisions in the five deployment modes: 1:1 verification and 1:N identification.
+
+Every mode is a list of comparisons (a probe against the templates of one modality, or against
+the bundle's identity centroids); a decision fuses their distances. Distances are normalised by
+K before fusion so that a score means the same for any code length:
+
+- ``print`` / ``vein``: one comparison against that modality's templates.
+- ``multi``: print probe vs print templates and vein probe vs vein templates.
+- ``cross``: print probe vs vein templates and/or vein probe vs print templates (co-hashing puts
+  both modalities of one palm near the same code, so either can stand in for the other).
+- ``centroid``: probe(s) vs the subject's identity centroid from the bundle (subjects the model was
+  trained on); centroids are raw codes, so they are compared with the raw probe.
+
+Fusion ``mean`` accepts when the mean normalised distance is <= t/K; ``both`` accepts only when
+every comparison is <= t (the score is then the worst one). With one comparison they agree.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from agent import capacity, codes
+from agent.gallery import Gallery, PackedGallery
+
+logger = logging.getLogger(__name__)
+
+MODES = ("print", "vein", "multi", "cross", "centroid")
+FUSIONS = ("mean", "both")
+
+
+@dataclass
+class Candidate:
+    subject: str
+    score: float
+    distances: dict[str, int]
+
+
+@dataclass
+class Decision:
+    """One verification or identification outcome, as reported upstream (MQTT, logs)."""
+
+    mode: str
+    subject: str | None
+    distances: dict[str, int]  # bits, per comparison (e.g. "print", "print_vs_vein")
+    score: float  # fused normalised distance, 0 (identical) .. 1
+    threshold: float  # normalised: accept when score <= threshold
+    threshold_bits: float
+    accepted: bool
+    reason: str  # match | no_match | not_enrolled | empty_gallery
+    candidates: list[Candidate] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Thresholds:
+    """Acceptance thresholds per mode, in bits (a float for mean-fused modes)."""
+
+    def __init__(self, bits: int, per_mode: Mapping[str, float]) -> None:
+        codes.check_bits(bits)
+        unknown = set(per_mode) - set(MODES)
+        if unknown:
+            raise ValueError(f"thresholds for unknown modes {sorted(unknown)}; modes are {MODES}")
+        self.bits = bits
+        self.per_mode = dict(per_mode)
+
+    def for_mode(self, mode: str) -> float:
+        if mode not in self.per_mode:
+            raise ValueError(f"no threshold for mode {mode!r}; configure one (bits or a FMR)")
+        return self.per_mode[mode]
+
+    @classmethod
+    def from_bits(cls, bits: int, threshold: float, **per_mode: float) -> Thresholds:
+        """The same threshold for every mode, with optional per-mode overrides."""
+        return cls(bits, {**dict.fromkeys(MODES, threshold), **per_mode})
+
+    @classmethod
+    def from_fmr(cls, bits: int, target_fmr: float, fusion: str = "mean") -> Thresholds:
+        """Closed-form thresholds for random codes (see :mod:`agent.capacity`)."""
+        return cls(bits, {m: _closed_form(bits, target_fmr, m, fusion) for m in MODES})
+
+    @classmethod
+    def from_table(
+        cls, bits: int, table: Mapping[str, Mapping[str, float]], target_fmr: float
+    ) -> Thresholds:
+        """A bundle's calibrated ``{mode: {"0.001": bits}}``; closed form for modes it lacks."""
+        per_mode = {}
+        for mode in MODES:
+            row = {float(f): t for f, t in table.get(mode, {}).items()}
+            hit = [t for f, t in row.items() if abs(f - target_fmr) <= 1e-9 * max(f, target_fmr)]
+            if hit:
+                per_mode[mode] = float(hit[0])
+            else:
+                per_mode[mode] = _closed_form(bits, target_fmr, mode, "mean")
+                logger.info(
+                    "threshold_closed_form mode=%s fmr=%g bits=%s (not in bundle table)",
+                    mode,
+                    target_fmr,
+                    per_mode[mode],
+                )
+        return cls(bits, per_mode)
+
+
+def _closed_form(bits: int, target_fmr: float, mode: str, fusion: str) -> float:
+    comparisons = 2 if mode == "multi" else 1
+    t = capacity.threshold_for_fmr(bits, target_fmr, comparisons, fusion)
+    if t is None:
+        raise ValueError(
+            f"no threshold reaches FMR {target_fmr:g} with {bits}-bit codes in mode {mode}; "
+            "use longer codes or a looser target"
+        )
+    return t
+
+
+class Matcher:
+    """Decisions against a gallery (and optionally the bundle's identity centroids)."""
+
+    def __init__(
+        self,
+        gallery: Gallery,
+        thresholds: Thresholds,
+        centroids: Mapping[str, np.ndarray] | None = None,
+        fusion: str = "mean",
+    ) -> None:
+        if fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion {fusion!r}; use one of {FUSIONS}")
+        self.gallery = gallery
+        self.thresholds = thresholds
+        self.fusion = fusion
+        self.bits = thresholds.bits
+        self.centroids = None
+        if centroids:
+            labels = list(centroids)
+            packed = np.concatenate([np.asarray(centroids[k]).reshape(1, -1) for k in labels])
+            self.centroids = PackedGallery(labels, packed, self.bits)
+
+    def verify(
+        self,
+        mode: str,
+        probe_print: np.ndarray | None = None,
+        probe_vein: np.ndarray | None = None,
+        subject: str = "",
+    ) -> Decision:
+        """1:1: is this the claimed subject?"""
+        comps = self._comparisons(mode, probe_print, probe_vein)
+        t = self.thresholds.for_mode(mode)
+        distances = {}
+        for name, probe, gal in comps:
+            d = gal.distance_to(subject, probe) if gal is not None else None
+            if d is None:
+                return self._decision(mode, None, {}, t, "not_enrolled")
+            distances[name] = d
+        score = self._fuse(list(distances.values()))
+        accepted = score <= t / self.bits
+        return self._decision(
+            mode,
+            subject if accepted else None,
+            distances,
+            t,
+            "match" if accepted else "no_match",
+            score,
+        )
+
+    def identify(
+        self,
+        mode: str,
+        probe_print: np.ndarray | None = None,
+        probe_vein: np.ndarray | None = None,
+        top_k: int = 1,
+    ) -> Decision:
+        """1:N: who is this, if anyone? Candidates are the top_k by fused score."""
+        comps = self._comparisons(mode, probe_print, probe_vein)
+        t = self.thresholds.for_mode(mode)
+        if any(gal is None or len(gal) == 0 for _, _, gal in comps):
+            return self._decision(mode, None, {}, t, "empty_gallery")
+        if len(comps) == 1:
+            name, probe, gal = comps[0]
+            cands = [
+                Candidate(gal.labels[i], d / self.bits, {name: d})
+                for i, d in gal.search(probe, top_k)
+            ]
+        else:
+            cands = self._identify_fused(comps, top_k)
+        if not cands:
+            return self._decision(mode, None, {}, t, "empty_gallery")
+        best = cands[0]
+        accepted = best.score <= t / self.bits
+        return self._decision(
+            mode,
+            best.subject if accepted else None,
+            best.distances,
+            t,
+            "match" if accepted else "no_match",
+            best.score,
+            cands,
+        )
+
+    def _identify_fused(self, comps: list, top_k: int) -> list[Candidate]:
+        """Full distance vectors per comparison, aligned on the subjects present in all."""
+        labels = comps[0][2].labels
+        common = [x for x in labels if all(g.index_of(x) is not None for _, _, g in comps[1:])]
+        cols = []
+        for _, probe, gal in comps:
+            d = gal.distances(probe)
+            cols.append(d[[gal.index_of(x) for x in common]] if gal.labels != common else d)
+        dist = np.stack(cols, axis=1)
+        scores = dist.max(axis=1) if self.fusion == "both" else dist.mean(axis=1)
+        order = np.argsort(scores, kind="stable")[:top_k]
+        names = [name for name, _, _ in comps]
+        return [
+            Candidate(
+                common[i],
+                float(scores[i]) / self.bits,
+                dict(zip(names, dist[i].tolist(), strict=True)),
+            )
+            for i in order
+        ]
+
+    def _comparisons(self, mode: str, probe_print, probe_vein) -> list:
+        """(name, probe in the gallery's representation, templates) for each comparison."""
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
+        given = {"print": probe_print, "vein": probe_vein}
+        needed = {"print": ["print"], "vein": ["vein"], "multi": ["print", "vein"]}.get(mode)
+        if needed is not None:
+            missing = [m for m in needed if given[m] is None]
+            if missing:
+                raise ValueError(f"mode {mode} needs a {' and a '.join(missing)} probe")
+            return [(m, self.gallery.prepare_probe(given[m]), self.gallery.get(m)) for m in needed]
+        present = [m for m in ("print", "vein") if given[m] is not None]
+        if not present:
+            raise ValueError(f"mode {mode} needs a print or a vein probe (or both)")
+        if mode == "centroid":
+            if self.centroids is None:
+                raise ValueError("mode centroid needs the bundle's identity centroids")
+            return [(f"{m}_vs_centroid", given[m], self.centroids) for m in present]
+        other = {"print": "vein", "vein": "print"}
+        return [
+            (f"{m}_vs_{other[m]}", self.gallery.prepare_probe(given[m]), self.gallery.get(other[m]))
+            for m in present
+        ]
+
+    def _fuse(self, distances: list[int]) -> float:
+        worst_or_mean = max(distances) if self.fusion == "both" else sum(distances) / len(distances)
+        return worst_or_mean / self.bits
+
+    def _decision(self, mode, subject, distances, t, reason, score=1.0, cands=None) -> Decision:
+        return Decision(
+            mode=mode,
+            subject=subject,
+            distances=distances,
+            score=score,
+            threshold=t / self.bits,
+            threshold_bits=t,
+            accepted=reason == "match",
+            reason=reason,
+            candidates=cands or [],
+        )

@@ -1,0 +1,157 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent import codes, gallery
+from agent.gallery import Gallery, PackedGallery
+from agent.match import Decision, Matcher, Thresholds
+
+
+def _codes(rng, n, bits):
+    return codes.pack_bits(rng.random((n, bits)) > 0.5)
+
+
+def _flip(code, bits, positions):
+    v = codes.to_int(code)
+    for p in positions:
+        v ^= 1 << p
+    return codes.from_int(v, bits)
+
+
+def _naive_topk(probe, gal, k):
+    p = codes.to_int(probe)
+    d = [(p ^ codes.to_int(c)).bit_count() for c in gal]
+    return sorted((d[i], i) for i in range(len(d)))[:k]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    bits=st.sampled_from(codes.SUPPORTED_BITS),
+    n=st.sampled_from([1, 3, 15, 40, 700, 2500]),
+    k=st.sampled_from([1, 2, 5]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_search_equals_naive_bit_count(bits, n, k, seed):
+    rng = np.random.default_rng(seed)
+    # few distinct codes, so ties are common and the tie rule (lower index) is exercised
+    pool = _codes(rng, 6, bits)
+    gal = np.concatenate([pool[rng.integers(0, 6, n // 2)], _codes(rng, n - n // 2, bits)])
+    probes = np.concatenate([pool[:2], _codes(rng, 2, bits)])
+    g = PackedGallery([f"s{i}" for i in range(n)], gal, bits)
+    bi, bd = g.search_batch(probes, k)
+    for j, probe in enumerate(probes):
+        ref = _naive_topk(probe, gal, k)
+        assert g.search(probe, k) == [(i, d) for d, i in ref]
+        assert bi[j].tolist() == [i for _, i in ref] and bd[j].tolist() == [d for d, _ in ref]
+        assert g.distances(probe).tolist() == [
+            (codes.to_int(probe) ^ codes.to_int(c)).bit_count() for c in gal
+        ]
+
+
+def test_chunked_paths_agree(monkeypatch):
+    # small chunks so one test walks the multi-chunk single and batch searches
+    monkeypatch.setattr(gallery, "CHUNK", 64)
+    monkeypatch.setattr(gallery, "BATCH_ELEMS", 256)
+    monkeypatch.setattr(gallery, "SORT_BELOW", 8)
+    rng = np.random.default_rng(7)
+    for bits in (16, 32, 128):
+        gal = np.concatenate([_codes(rng, 500, bits)] * 2)  # duplicates across chunks
+        probes = _codes(rng, 5, bits)
+        g = PackedGallery([str(i) for i in range(len(gal))], gal, bits)
+        bi, _ = g.search_batch(probes, 5)
+        for j, probe in enumerate(probes):
+            for k in (1, 5):
+                ref = _naive_topk(probe, gal, k)
+                assert g.search(probe, k) == [(i, d) for d, i in ref]
+            assert bi[j].tolist() == [i for _, i in _naive_topk(probe, gal, 5)]
+
+
+BITS = 32
+
+
+@pytest.fixture
+def world():
+    """Ten subjects with unrelated print and vein templates and identity centroids."""
+    rng = np.random.default_rng(3)
+    labels = [f"id{i}" for i in range(10)]
+    prints, veins, cents = _codes(rng, 10, BITS), _codes(rng, 10, BITS), _codes(rng, 10, BITS)
+    gal = Gallery(
+        {"print": PackedGallery(labels, prints, BITS), "vein": PackedGallery(labels, veins, BITS)}
+    )
+    centroids = dict(zip(labels, cents, strict=True))
+    return labels, prints, veins, centroids, gal
+
+
+def test_single_modality_modes(world):
+    _, prints, veins, _, gal = world
+    m = Matcher(gal, Thresholds.from_bits(BITS, 4))
+    probe = _flip(prints[3], BITS, [0, 9])
+    d = m.identify("print", probe_print=probe, top_k=3)
+    assert (d.accepted, d.subject, d.distances, d.reason) == (True, "id3", {"print": 2}, "match")
+    assert d.score == pytest.approx(2 / BITS) and d.threshold == pytest.approx(4 / BITS)
+    assert d.candidates[0].subject == "id3" and len(d.candidates) == 3
+    assert m.verify("print", probe_print=probe, subject="id3").accepted
+    other = m.verify("print", probe_print=probe, subject="id4")
+    assert not other.accepted and other.subject is None and other.reason == "no_match"
+    far = _flip(veins[5], BITS, range(5))
+    assert not m.identify("vein", probe_vein=far).accepted
+    assert m.identify("vein", probe_vein=_flip(veins[5], BITS, [1])).subject == "id5"
+    assert m.verify("vein", probe_vein=veins[5], subject="nobody").reason == "not_enrolled"
+    assert isinstance(d.to_dict()["candidates"][0]["distances"], dict)
+
+
+def test_multi_mean_versus_both(world):
+    _, prints, veins, _, gal = world
+    p = _flip(prints[2], BITS, [1])  # 1 bit off
+    v = _flip(veins[2], BITS, range(7))  # 7 bits off
+    t = Thresholds.from_bits(BITS, 4)
+    mean = Matcher(gal, t, fusion="mean").verify("multi", p, v, subject="id2")
+    both = Matcher(gal, t, fusion="both").verify("multi", p, v, subject="id2")
+    assert mean.distances == both.distances == {"print": 1, "vein": 7}
+    assert mean.accepted and mean.score == pytest.approx(4 / BITS)
+    assert not both.accepted and both.score == pytest.approx(7 / BITS)
+    ident = Matcher(gal, t, fusion="mean").identify("multi", p, v, top_k=2)
+    assert ident.subject == "id2" and ident.candidates[0].distances == {"print": 1, "vein": 7}
+    with pytest.raises(ValueError, match="needs a vein probe"):
+        Matcher(gal, t).identify("multi", probe_print=p)
+
+
+def test_cross_mode_compares_against_the_other_modality(world):
+    _, prints, veins, _, gal = world
+    m = Matcher(gal, Thresholds.from_bits(BITS, 3))
+    # a print probe close to subject 6's vein template (co-hashing makes them close)
+    d = m.identify("cross", probe_print=_flip(veins[6], BITS, [4]))
+    assert (d.subject, d.distances) == ("id6", {"print_vs_vein": 1})
+    both = m.verify(
+        "cross", _flip(veins[6], BITS, [4]), _flip(prints[6], BITS, [1, 2]), subject="id6"
+    )
+    assert both.accepted and both.distances == {"print_vs_vein": 1, "vein_vs_print": 2}
+    # the print probe's own print template does not count in cross mode
+    assert not m.verify("cross", probe_print=prints[6], subject="id6").accepted
+
+
+def test_centroid_mode_uses_raw_centroids(world):
+    _, _, _, centroids, gal = world
+    m = Matcher(gal, Thresholds.from_bits(BITS, 3), centroids=centroids)
+    d = m.identify("centroid", probe_vein=_flip(centroids["id8"], BITS, [0, 1]))
+    assert (d.subject, d.distances) == ("id8", {"vein_vs_centroid": 2})
+    assert not m.verify("centroid", probe_print=centroids["id8"], subject="id1").accepted
+    with pytest.raises(ValueError, match="centroids"):
+        Matcher(gal, Thresholds.from_bits(BITS, 3)).identify(
+            "centroid", probe_print=centroids["id8"]
+        )
+
+
+def test_empty_gallery_and_thresholds():
+    m = Matcher(Gallery({}), Thresholds.from_bits(BITS, 4))
+    d = m.identify("print", probe_print=codes.from_int(5, BITS))
+    assert isinstance(d, Decision) and d.reason == "empty_gallery" and not d.accepted
+    t = Thresholds.from_fmr(BITS, 1e-3)
+    assert t.for_mode("print") == 6 and t.for_mode("multi") == 9.5
+    assert Thresholds.from_fmr(BITS, 1e-3, fusion="both").for_mode("multi") == 10
+    table = {"print": {"0.001": 5, "0.0001": 3}, "multi": {"1e-3": 7.5}}
+    t = Thresholds.from_table(BITS, table, 1e-3)
+    assert (t.for_mode("print"), t.for_mode("multi"), t.for_mode("vein")) == (5, 7.5, 6)
+    with pytest.raises(ValueError, match="unknown modes"):
+        Thresholds(BITS, {"palm": 3})
