@@ -1,0 +1,293 @@
+"""Enrolled templates in SQLite: protected codes only, one transaction per change.
+
+Why SQLite with WAL and ``synchronous=FULL``: an enrollment (subject row, every sample, the
+majority template) commits as one transaction, so a power cut or SIGKILL leaves either the whole
+subject or none of it, and ``PRAGMA integrity_check`` stays clean. Readers (the daemon's gallery)
+never block the CLI writing, and vice versa.
+
+Only protected codes (see :mod:`agent.protect`) reach the disk: no image, no raw code. The
+store remembers the id of the key that protected it and refuses another key, which would
+otherwise make every probe silently fail to match. ``meta.version`` counts changes, so an
+in-memory gallery reloads exactly when something changed, even from another process.
+
+Majority template: per bit, the value most samples agree on; a tie (even sample count) takes the
+first sample's bit. That rule commutes with the keyed transform, so the majority of protected
+samples equals the protected majority, and ``rekey`` needs no raw codes kept anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent import codes
+from agent.protect import Protector
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS: list[str] = [
+    # 1: subjects, their templates, and store-wide facts (bits, key id, change counter)
+    """
+    CREATE TABLE subjects (
+        id INTEGER PRIMARY KEY,
+        label TEXT NOT NULL UNIQUE,
+        created REAL NOT NULL,
+        updated REAL NOT NULL,
+        revoked REAL
+    );
+    CREATE TABLE templates (
+        id INTEGER PRIMARY KEY,
+        subject INTEGER NOT NULL REFERENCES subjects(id) ON DELETE CASCADE,
+        modality TEXT NOT NULL CHECK (modality IN ('print', 'vein')),
+        kind TEXT NOT NULL CHECK (kind IN ('sample', 'majority')),
+        code BLOB NOT NULL,
+        bits INTEGER NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE INDEX templates_by_subject ON templates(subject, modality, kind);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    INSERT INTO meta VALUES ('version', '0');
+    """,
+]
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be used as asked (wrong key, newer schema, bad enrollment)."""
+
+
+def majority(samples: np.ndarray, bits: int) -> np.ndarray:
+    """Bitwise majority of (n, words) codes; ties take the first sample's bit."""
+    b = codes.unpack(samples, bits)
+    ones = b.sum(axis=0) * 2
+    n = len(b)
+    out = np.where(ones == n, b[0], ones > n)
+    return codes.pack_bits(out[None, :])[0]
+
+
+class TemplateStore:
+    """The device's enrolled subjects; codes go in raw and are stored protected."""
+
+    def __init__(self, path: str | Path, protector: Protector) -> None:
+        self.path = Path(path)
+        self.protector = protector
+        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+        self.bits = self._check_key(protector)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> TemplateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def stored_bits(path: str | Path) -> int | None:
+        """Code length of an existing store (None if it has none yet), without needing a key."""
+        if not Path(path).exists():
+            raise StoreError(f"no template database at {path}")
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            try:
+                row = db.execute("SELECT value FROM meta WHERE key='bits'").fetchone()
+            except sqlite3.OperationalError:
+                return None
+        return int(row[0]) if row else None
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE .. COMMIT, bumping the change counter; rolls back on any error."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+            self.db.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def _migrate(self) -> None:
+        current = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if current > len(MIGRATIONS):
+            raise StoreError(
+                f"{self.path} has schema version {current}, newer than this software "
+                f"({len(MIGRATIONS)}); upgrade palm-cohash"
+            )
+        for version in range(current, len(MIGRATIONS)):
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version = {version + 1}")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            logger.info("store_migrated path=%s schema=%d", self.path, version + 1)
+
+    def _meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _check_key(self, protector: Protector) -> int:
+        key_id, bits = self._meta("key_id"), self._meta("bits")
+        if key_id is None:
+            with self._tx() as db:
+                db.execute("INSERT INTO meta VALUES ('key_id', ?)", (protector.key_id,))
+                db.execute("INSERT INTO meta VALUES ('bits', ?)", (str(protector.bits),))
+            return protector.bits
+        if key_id != protector.key_id:
+            raise StoreError(
+                f"{self.path} was protected with device key {key_id}, not {protector.key_id}; "
+                "use the key file it was enrolled with (a pending rekey leaves it as KEY.new)"
+            )
+        if int(bits) != protector.bits:
+            raise StoreError(f"{self.path} holds {bits}-bit codes, the protector {protector.bits}")
+        return int(bits)
+
+    def version(self) -> int:
+        """Change counter: moves on every committed enrollment, revocation or rekey."""
+        return int(self._meta("version"))
+
+    def enroll(
+        self,
+        label: str,
+        print_codes: np.ndarray | None = None,
+        vein_codes: np.ndarray | None = None,
+    ) -> None:
+        """Store a subject's samples and majority templates in one transaction."""
+        given = {m: c for m, c in (("print", print_codes), ("vein", vein_codes)) if c is not None}
+        if not label or not given:
+            raise StoreError("enroll needs a label and print and/or vein codes")
+        dtype, words = codes.word_dtype(self.bits), codes.n_words(self.bits)
+        rows = []
+        for modality, raw in given.items():
+            raw = np.asarray(raw)
+            if raw.dtype != dtype or raw.ndim != 2 or raw.shape[1] != words or not len(raw):
+                raise StoreError(
+                    f"{modality} codes must be (n, {words}) {dtype} for {self.bits}-bit codes, "
+                    f"got {raw.shape} {raw.dtype}"
+                )
+            for code in self.protector.protect(raw):
+                rows.append((modality, "sample", code))
+            rows.append((modality, "majority", self.protector.protect(majority(raw, self.bits))[0]))
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT id, revoked FROM subjects WHERE label = ?", (label,)
+            ).fetchone()
+            if row is not None and row[1] is None:
+                raise StoreError(f"subject {label!r} is already enrolled; revoke it first")
+            if row is None:
+                sid = db.execute(
+                    "INSERT INTO subjects(label, created, updated) VALUES (?, ?, ?)",
+                    (label, now, now),
+                ).lastrowid
+            else:
+                sid = row[0]
+                db.execute(
+                    "UPDATE subjects SET revoked = NULL, updated = ? WHERE id = ?", (now, sid)
+                )
+            db.executemany(
+                "INSERT INTO templates(subject, modality, kind, code, bits, created) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(sid, m, k, c.tobytes(), self.bits, now) for m, k, c in rows],
+            )
+        logger.info("enrolled label=%s modalities=%s", label, ",".join(given))
+
+    def revoke(self, label: str) -> None:
+        """Delete a subject's templates; the subject row stays, marked revoked, for the audit."""
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT id, revoked FROM subjects WHERE label = ?", (label,)
+            ).fetchone()
+            if row is None or row[1] is not None:
+                raise StoreError(f"no enrolled subject {label!r}")
+            db.execute("DELETE FROM templates WHERE subject = ?", (row[0],))
+            db.execute(
+                "UPDATE subjects SET revoked = ?, updated = ? WHERE id = ?", (now, now, row[0])
+            )
+        logger.info("revoked label=%s", label)
+
+    def list(self, include_revoked: bool = False) -> list[dict[str, Any]]:
+        where = "" if include_revoked else "WHERE revoked IS NULL"
+        rows = self.db.execute(
+            f"SELECT label, created, updated, revoked FROM subjects {where} ORDER BY id"
+        )
+        return [dict(zip(("label", "created", "updated", "revoked"), r, strict=True)) for r in rows]
+
+    def show(self, label: str) -> dict[str, Any]:
+        """A subject and a count of its templates (never the codes themselves)."""
+        row = self.db.execute(
+            "SELECT id, label, created, updated, revoked FROM subjects WHERE label = ?", (label,)
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"no subject {label!r}")
+        counts = self.db.execute(
+            "SELECT modality, kind, count(*) FROM templates WHERE subject = ? "
+            "GROUP BY modality, kind ORDER BY modality, kind",
+            (row[0],),
+        ).fetchall()
+        info = dict(zip(("id", "label", "created", "updated", "revoked"), row, strict=True))
+        info["templates"] = {f"{m}/{k}": n for m, k, n in counts}
+        return info
+
+    def stats(self) -> dict[str, Any]:
+        q = self.db.execute
+        per = dict(q("SELECT modality, count(*) FROM templates GROUP BY modality").fetchall())
+        return {
+            "subjects": q("SELECT count(*) FROM subjects WHERE revoked IS NULL").fetchone()[0],
+            "revoked": q("SELECT count(*) FROM subjects WHERE revoked IS NOT NULL").fetchone()[0],
+            "templates": per,
+            "bits": self.bits,
+            "key_id": self.protector.key_id,
+            "schema": q("PRAGMA user_version").fetchone()[0],
+            "version": self.version(),
+        }
+
+    def gallery(self, modality: str) -> tuple[list[str], np.ndarray]:
+        """Labels and protected majority codes (n, words) of active subjects, for matching."""
+        rows = self.db.execute(
+            "SELECT s.label, t.code FROM templates t JOIN subjects s ON s.id = t.subject "
+            "WHERE t.modality = ? AND t.kind = 'majority' AND s.revoked IS NULL ORDER BY s.id",
+            (modality,),
+        ).fetchall()
+        dtype, words = codes.word_dtype(self.bits), codes.n_words(self.bits)
+        packed = np.frombuffer(b"".join(r[1] for r in rows), dtype=dtype).reshape(-1, words)
+        return [r[0] for r in rows], packed
+
+    def rekey(self, new: Protector) -> None:
+        """Re-protect every template under a new key, in one transaction (renewability)."""
+        if new.bits != self.bits:
+            raise StoreError(f"the new protector is for {new.bits} bits, the store {self.bits}")
+        dtype, words = codes.word_dtype(self.bits), codes.n_words(self.bits)
+        with self._tx() as db:
+            rows = db.execute("SELECT id, code FROM templates").fetchall()
+            if rows:
+                old = np.frombuffer(b"".join(r[1] for r in rows), dtype=dtype).reshape(-1, words)
+                fresh = new.protect(self.protector.unprotect(old))
+                db.executemany(
+                    "UPDATE templates SET code = ? WHERE id = ?",
+                    [(c.tobytes(), r[0]) for c, r in zip(fresh, rows, strict=True)],
+                )
+            db.execute("UPDATE meta SET value = ? WHERE key = 'key_id'", (new.key_id,))
+        logger.info(
+            "rekeyed templates=%d old_key=%s new_key=%s",
+            len(rows),
+            self.protector.key_id,
+            new.key_id,
+        )
+        self.protector = new
