@@ -1,0 +1,248 @@
+"""Full-hand frame -> palm ROI, rotation-normalised, with OpenCV only.
+
+The palm coordinate frame comes from two finger valleys (index-middle and ring-little): they
+sit on bone and web skin that barely move when the hand opens or tilts, unlike the palm's outline.
+
+ROI convention (the synthetic hand generator computes its ground truth with the same function,
+:func:`square_from_valleys`, from the valleys of its own geometry):
+
+- ``d`` = distance between the two valleys; ``n`` = unit normal of the valley line pointing into
+  the palm (away from the fingers); ``u`` = ``(n_y, -n_x)``, the ROI's x axis in frame pixels.
+- side = ``SIDE_RATIO * d``; the ROI's top edge is ``GAP_RATIO * d`` below the valley line;
+  centre = valley midpoint + ``n * (GAP_RATIO * d + side / 2)``.
+- ``angle_deg`` = ``atan2(u_y, u_x)`` in degrees, in image coordinates (y down), so positive is
+  clockwise on screen; 0 means fingers point straight up the frame.
+- corners are top-left, top-right, bottom-right, bottom-left of the ROI image, in frame pixels.
+  The cut ROI has the fingers up; a left hand is not mirrored unless asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SIDE_RATIO = 1.25
+GAP_RATIO = 0.25
+
+
+@dataclass(frozen=True)
+class RoiSquare:
+    """A rotated square in frame pixels (see the module docstring for the convention)."""
+
+    centre: tuple[float, float]
+    side: float
+    angle_deg: float
+
+    def axes(self) -> tuple[np.ndarray, np.ndarray]:
+        a = math.radians(self.angle_deg)
+        u = np.array([math.cos(a), math.sin(a)])
+        return u, np.array([-u[1], u[0]])  # n: u rotated +90 degrees on screen (into the palm)
+
+    def corners(self) -> np.ndarray:
+        u, n = self.axes()
+        c, h = np.asarray(self.centre, float), self.side / 2
+        return np.stack(
+            [c - h * u - h * n, c + h * u - h * n, c + h * u + h * n, c - h * u + h * n]
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "centre": [float(v) for v in self.centre],
+            "side": float(self.side),
+            "angle_deg": float(self.angle_deg),
+            "corners": self.corners().round(3).tolist(),
+        }
+
+
+def square_from_valleys(
+    v_a: np.ndarray,
+    v_b: np.ndarray,
+    palm_point: np.ndarray,
+    side_ratio: float = SIDE_RATIO,
+    gap_ratio: float = GAP_RATIO,
+) -> RoiSquare:
+    """The ROI square from the two valleys and any point on the palm side of their line."""
+    v_a, v_b = np.asarray(v_a, float), np.asarray(v_b, float)
+    line = v_b - v_a
+    d = float(np.hypot(*line))
+    n = np.array([-line[1], line[0]]) / d
+    mid = (v_a + v_b) / 2
+    if np.dot(np.asarray(palm_point, float) - mid, n) < 0:
+        n = -n
+    side = side_ratio * d
+    centre = mid + n * (gap_ratio * d + side / 2)
+    u = np.array([n[1], -n[0]])
+    angle = math.degrees(math.atan2(u[1], u[0]))
+    return RoiSquare((float(centre[0]), float(centre[1])), side, angle)
+
+
+def cut(frame: np.ndarray, square: RoiSquare, out_size: int = 128) -> np.ndarray:
+    """Resample the square into an ``out_size`` image, fingers up."""
+    src = square.corners()[:3].astype(np.float32)
+    dst = np.float32([[0, 0], [out_size, 0], [out_size, out_size]])
+    m = cv2.getAffineTransform(src, dst)
+    return cv2.warpAffine(
+        frame, m, (out_size, out_size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+    )
+
+
+@dataclass(frozen=True)
+class RoiConfig:
+    """How to find the palm; the daemon config fills it."""
+
+    out_size: int = 128
+    already_roi: bool = False  # data-set frames are ROIs already: skip the search
+    min_hand_frac: float = 0.03  # hand area / frame area below which there is no hand
+    min_valley_depth: float = 0.2  # convexity-defect depth / sqrt(hand area)
+    mirror_left: bool = False
+    side_ratio: float = SIDE_RATIO
+    gap_ratio: float = GAP_RATIO
+
+
+@dataclass
+class RoiResult:
+    """What the search found; ``roi`` is None when it failed, and ``reason`` says why."""
+
+    roi: np.ndarray | None = None
+    square: RoiSquare | None = None
+    reason: str | None = None
+    hand: str | None = None  # "left" / "right" when the thumb valley was seen
+    mask: np.ndarray | None = field(default=None, repr=False)
+    valleys: np.ndarray | None = None  # (2, 2): index-middle / ring-little, in either order
+    touches_border: bool = False
+    hand_frac: float = 0.0
+
+
+def segment(frame: np.ndarray) -> np.ndarray:
+    """Lit hand on a dark background -> uint8 mask (255 = hand), Otsu on a smoothed frame."""
+    grey = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    smooth = cv2.GaussianBlur(grey, (5, 5), 0)
+    _, mask = cv2.threshold(smooth, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+    return cv2.morphologyEx(mask, cv2.MORPH_OPEN, k)
+
+
+def _largest_contour(mask: np.ndarray) -> np.ndarray | None:
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    return max(contours, key=cv2.contourArea) if contours else None
+
+
+def find_valleys(
+    contour: np.ndarray, min_depth_px: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None] | None:
+    """(valley_a, valley_b, a fingertip, thumb valley or None) from the hand contour.
+
+    The deep convexity defects, in contour order, are the gaps between fingers. The three
+    between the four long fingers are nearly evenly spaced and nearly collinear; the
+    thumb-index gap is further and lower, which is how a window of three is chosen.
+    """
+    if len(contour) < 8:
+        return None
+    hull = np.sort(cv2.convexHull(contour, returnPoints=False).reshape(-1))
+    try:
+        defects = cv2.convexityDefects(contour, hull)
+    except cv2.error:
+        return None
+    if defects is None:
+        return None
+    pts = contour.reshape(-1, 2).astype(float)
+    deep = sorted(
+        (int(f), int(s), int(e), depth / 256)
+        for s, e, f, depth in defects.reshape(-1, 4)
+        if depth / 256 >= min_depth_px
+    )
+    if len(deep) < 3:
+        return None
+    best, best_score = None, math.inf
+    m = len(deep)
+    for i in range(m if m > 3 else 1):
+        tri = [deep[(i + k) % m] for k in range(3)]
+        p1, p2, p3 = (pts[t[0]] for t in tri)
+        span = float(np.hypot(*(p3 - p1)))
+        g1, g2 = float(np.hypot(*(p2 - p1))), float(np.hypot(*(p3 - p2)))
+        if min(g1, g2) <= 0 or span <= 0:
+            continue
+        cross = (p3 - p1)[0] * (p2 - p1)[1] - (p3 - p1)[1] * (p2 - p1)[0]
+        dev = abs(cross) / span
+        depths = [t[3] for t in tri]
+        score = max(g1, g2) / min(g1, g2) + 2 * dev / span + max(depths) / min(depths) - 1
+        if score < best_score:
+            others = [deep[(i + k) % m] for k in range(3, m)]
+            best, best_score = (tri, others), score
+    if best is None or best_score > 3.0:
+        return None
+    tri, others = best
+    tip = pts[tri[1][1]]
+    v_a, v_b = pts[tri[0][0]], pts[tri[2][0]]
+    # The defect point is the farthest from the fingertip chord, which slides along the web when
+    # neighbouring fingers differ in length. The valley is the web's deepest point into the palm.
+    for _ in range(2):
+        line = v_b - v_a
+        n = np.array([-line[1], line[0]])
+        if np.dot(tip - (v_a + v_b) / 2, n) > 0:
+            n = -n
+        v_a, v_b = (_deepest(pts, t[1], t[2], n) for t in (tri[0], tri[2]))
+    thumb = None
+    if others:
+        # the thumb gap is the deep defect next to the window, on one of its two ends
+        mid = (v_a + v_b) / 2
+        thumb = max((pts[o[0]] for o in others), key=lambda p: float(np.hypot(*(p - mid))))
+    return v_a, v_b, tip, thumb
+
+
+def _deepest(pts: np.ndarray, start: int, end: int, direction: np.ndarray) -> np.ndarray:
+    """The bottom of the contour between two hull points, deepest along unit ``direction``.
+
+    The mean of the points within a pixel of the deepest one: a web's bottom is flat for a few
+    pixels, and a single argmax would wander along it with the noise.
+    """
+    seg = pts[start : end + 1] if start <= end else np.concatenate([pts[start:], pts[: end + 1]])
+    depth = seg @ (direction / np.hypot(*direction))
+    return seg[depth >= depth.max() - 1.0].mean(axis=0)
+
+
+def extract(frame: np.ndarray, config: RoiConfig = RoiConfig()) -> RoiResult:
+    """Find the palm ROI in a full-hand frame (or pass a data-set ROI through)."""
+    if config.already_roi:
+        roi = frame if frame.shape[:2] == (config.out_size,) * 2 else _resize(frame, config)
+        h, w = frame.shape[:2]
+        return RoiResult(roi=roi, square=RoiSquare((w / 2, h / 2), float(min(h, w)), 0.0))
+    mask = segment(frame)
+    contour = _largest_contour(mask)
+    h, w = mask.shape
+    area = cv2.contourArea(contour) if contour is not None else 0.0
+    result = RoiResult(mask=mask, hand_frac=area / (h * w))
+    if contour is None or result.hand_frac < config.min_hand_frac:
+        result.reason = "no_hand"
+        return result
+    x, y, bw, bh = cv2.boundingRect(contour)
+    result.touches_border = x <= 0 or y <= 0 or x + bw >= w or y + bh >= h
+    found = find_valleys(contour, config.min_valley_depth * math.sqrt(area))
+    if found is None:
+        result.reason = "fingers_not_found"
+        logger.debug("roi fingers_not_found hand_frac=%.3f", result.hand_frac)
+        return result
+    v_a, v_b, tip, thumb = found
+    mid = (v_a + v_b) / 2
+    palm_point = mid - (tip - mid)  # the palm lies opposite the fingertips
+    sq = square_from_valleys(v_a, v_b, palm_point, config.side_ratio, config.gap_ratio)
+    result.square, result.valleys = sq, np.stack([v_a, v_b])
+    if thumb is not None:
+        u, _ = sq.axes()
+        # palm towards the camera, fingers up: a right hand has its thumb on the right
+        result.hand = "right" if np.dot(thumb - np.asarray(sq.centre), u) > 0 else "left"
+    roi = cut(frame, sq, config.out_size)
+    if config.mirror_left and result.hand == "left":
+        roi = np.ascontiguousarray(roi[:, ::-1])
+    result.roi = roi
+    return result
+
+
+def _resize(frame: np.ndarray, config: RoiConfig) -> np.ndarray:
+    return cv2.resize(frame, (config.out_size, config.out_size), interpolation=cv2.INTER_AREA)
