@@ -27,7 +27,8 @@ MODALITIES = ("print", "vein")
 INT_CROSSOVER = 16  # codes; below this Python ints are faster (bench/match.py, 32-bit, k=1)
 CHUNK = 131072  # codes per chunk for one probe (bench/match.py: 64K-128K are fastest here)
 BATCH_ELEMS = 262144  # probe x code pairs per chunk of a batch search
-SORT_BELOW = 512  # up to this many codes a stable sort takes the top k faster than argmins
+BATCH_2D_MAX = 4096  # above this many codes a batch is searched one probe at a time
+SORT_BELOW = 2048  # up to this many codes a stable sort takes the top k faster than argmins
 
 
 class PackedGallery:
@@ -94,12 +95,20 @@ class PackedGallery:
     def search_batch(self, probes: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`search` for b probes at once: (b, k) indices and distances.
 
-        Each chunk of the gallery is compared with every probe while it is in cache; per chunk
-        the k best of each row are kept, and one sort merges the chunks' candidates at the end.
+        Small galleries: each chunk is compared with every probe at once (fewer numpy calls);
+        per chunk the k best of each row are kept, and one sort merges the chunks' candidates.
         """
         p = self._words(probes).reshape(-1, self.words)
         b, n = len(p), len(self.codes)
         k = min(k, n)
+        if n > BATCH_2D_MAX:
+            # large galleries: the 1-D kernels (contiguous XOR with a scalar) are faster than
+            # a broadcast 2-D one, and a probe's pass over a chunk already amortises the calls
+            found = [self.search(row, k) for row in p]
+            return (
+                np.array([[i for i, _ in f] for f in found], dtype=np.int64),
+                np.array([[d for _, d in f] for f in found], dtype=np.int32),
+            )
         step = max(1, min(n, BATCH_ELEMS // max(1, b)))
         xor = np.empty((b, step), dtype=self.codes.dtype)
         cnt = np.empty((b, step), dtype=np.uint8)

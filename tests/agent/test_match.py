@@ -54,17 +54,22 @@ def test_chunked_paths_agree(monkeypatch):
     monkeypatch.setattr(gallery, "CHUNK", 64)
     monkeypatch.setattr(gallery, "BATCH_ELEMS", 256)
     monkeypatch.setattr(gallery, "SORT_BELOW", 8)
+    monkeypatch.setattr(gallery, "BATCH_2D_MAX", 10**9)
     rng = np.random.default_rng(7)
     for bits in (16, 32, 128):
         gal = np.concatenate([_codes(rng, 500, bits)] * 2)  # duplicates across chunks
         probes = _codes(rng, 5, bits)
         g = PackedGallery([str(i) for i in range(len(gal))], gal, bits)
         bi, _ = g.search_batch(probes, 5)
+        monkeypatch.setattr(gallery, "BATCH_2D_MAX", 0)  # and the probe-at-a-time batch path
+        bi1, bd1 = g.search_batch(probes, 1)
+        monkeypatch.setattr(gallery, "BATCH_2D_MAX", 10**9)
         for j, probe in enumerate(probes):
             for k in (1, 5):
                 ref = _naive_topk(probe, gal, k)
                 assert g.search(probe, k) == [(i, d) for d, i in ref]
             assert bi[j].tolist() == [i for _, i in _naive_topk(probe, gal, 5)]
+            assert (bi1[j, 0], bd1[j, 0]) == _naive_topk(probe, gal, 1)[0][::-1]
 
 
 BITS = 32
