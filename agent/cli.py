@@ -13,7 +13,7 @@ import logging
 import sys
 
 # subcommand modules, in the order --help lists them
-COMMAND_MODULES: tuple[str, ...] = ("agent.gallery_cli",)
+COMMAND_MODULES: tuple[str, ...] = ("agent.gallery_cli", "agent.run_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -152,6 +152,12 @@ class CameraConfig(_Model):
         return self
 
 
+class RoiSettings(_Model):
+    already_roi: bool = False
+    mirror_left: bool = False
+    min_hand_frac: float = Field(0.03, gt=0, lt=1)
+
+
 class TriggerConfig(_Model):
     kind: Literal["presence", "button", "command"] = "presence"
     button_pin: int | None = None
@@ -188,6 +194,7 @@ class Config(_Model):
     store: StoreConfig = StoreConfig()
     match: MatchConfig = MatchConfig()
     camera: CameraConfig = CameraConfig()
+    roi: RoiSettings = RoiSettings()
     trigger: TriggerConfig = TriggerConfig()
     enroll: EnrollConfig = EnrollConfig()
     leds: LedConfig = LedConfig()

@@ -63,7 +63,7 @@ class MqttReporter(Reporter):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._acks: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
-        self._commands: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue(maxsize=256)
+        self._commands: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue(maxsize=1024)
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id (pump thread only)
         self._last_handed = 0
         self._resync = False
@@ -197,8 +197,10 @@ class MqttReporter(Reporter):
             return
         try:
             self._commands.put_nowait(msg)
-        except queue.Full:
-            logger.warning("mqtt command queue full; dropping command")
+        except queue.Full:  # a flood: answer at once rather than leave a request unanswered
+            logger.warning("mqtt command queue full; refusing command")
+            busy = {"schema": 1, "ok": False, "error": {"code": "busy", "message": "try again"}}
+            self._reply(msg, busy)
 
     # -- threads ----------------------------------------------------------------------------
     def _pump(self) -> None:

@@ -290,3 +290,85 @@ def subscribe(running_broker: Broker):
     yield make
     for s in subs:
         s.stop()
+
+
+# -- a small real bundle and replayable captures for the daemon tests ----------------------------
+
+BITS = 32
+
+
+def tiny_onnx(path: Path, seed: int) -> None:
+    """A real ONNX hashing model: 8x8 average pooling, then a fixed random projection to K.
+
+    Similar ROIs give similar codes (a locality-sensitive hash), which is all the daemon's
+    tests need from a network; built with onnx.helper, so no training is involved.
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(seed).standard_normal((3 * 16 * 16, BITS)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "AveragePool", ["input"], ["pooled"], kernel_shape=[8, 8], strides=[8, 8]
+            ),
+            helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+            helper.make_node("MatMul", ["flat", "w"], ["output"]),
+        ],
+        "tiny_hash",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 128, 128])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", BITS])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def make_bundle(root: Path) -> Path:
+    import numpy as np
+
+    from agent import codes
+    from agent.bundle import FORMAT_VERSION, Manifest, Modality, ModelEntry
+    from agent.preprocess import DEFAULT_SPEC
+    from export.bundle_writer import file_entry, write_centroids, write_manifest
+
+    root.mkdir(parents=True)
+    models = []
+    for i, modality in enumerate(("print", "vein")):
+        name = f"{modality}.fp32.onnx"
+        tiny_onnx(root / name, seed=i)
+        e = file_entry(root, name)
+        models.append(ModelEntry(modality, "onnx", "fp32", e.file, e.sha256, e.size))
+    centroids = np.where(np.random.default_rng(5).random((4, BITS)) > 0.5, 1.0, -1.0)
+    row = {"eer": 8.0, "0.01": 7.0, "0.001": 6.0, "0.0001": 4.0}
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        bits=BITS,
+        bit_order=codes.BIT_ORDER,
+        input_size=128,
+        modalities={m: Modality(DEFAULT_SPEC.to_dict(), ["grey"] * 3) for m in ("print", "vein")},
+        models=models,
+        centroids=write_centroids(root, centroids, [f"id{i}" for i in range(4)]),
+        thresholds={m: dict(row) for m in ("print", "vein", "multi", "cross", "centroid")},
+    )
+    write_manifest(root, manifest)
+    return root
+
+
+def palm_roi(subject: int, capture: int):
+    """A 128x128 grey ROI: a smooth texture per subject plus fresh sensor noise per capture."""
+    import cv2
+    import numpy as np
+
+    base = np.random.default_rng(1000 + subject).integers(40, 215, (16, 16)).astype(np.float32)
+    img = cv2.resize(base, (128, 128), interpolation=cv2.INTER_CUBIC)
+    noise = np.random.default_rng(capture * 7919 + subject).normal(0, 3, img.shape)
+    return np.clip(img + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def palm_bundle(tmp_path_factory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("bundle") / "bundle")

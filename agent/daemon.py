@@ -1,0 +1,318 @@
+"""The daemon: wires capture -> vision -> decide -> reporter, commands, stats and sd_notify.
+
+It holds no stage logic. One thread (the main loop) owns the camera, the models and the template
+store; commands arriving on the transport's thread are queued to it and their replies awaited,
+so no stage needs to be thread-safe. The loop pings the systemd watchdog itself, so a hung stage
+stops the pings and systemd restarts the service.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from typing import Any, Protocol
+
+import numpy as np
+
+from agent.commands import CommandError, Dispatcher
+from agent.config import Config
+from agent.decide import MODE_MODALITIES, Agreement, Probe, Settings
+from agent.enroll import EnrollError, enroll
+from agent.notify import Notifier
+from agent.reporter import Reporter
+
+logger = logging.getLogger(__name__)
+
+
+class Source(Protocol):
+    """A camera: frames per modality, or None when none is available right now."""
+
+    state: str
+
+    def read(self) -> Mapping[str, np.ndarray] | None: ...
+    def close(self) -> None: ...
+
+
+class Engine(Protocol):
+    """What a bundle provides: the vision stages, a decider, and its identity."""
+
+    modalities: tuple[str, ...]
+    model_hash: str
+
+    def vision(self, frames: Mapping[str, np.ndarray]) -> Probe: ...
+    def decide(self, probe: Probe, s: Settings, started: float) -> dict[str, Any]: ...
+    def error(self, s: Settings, probe: Probe, started: float, reason: str) -> dict[str, Any]: ...
+    def close(self) -> None: ...
+
+
+class Daemon:
+    def __init__(
+        self,
+        cfg: Config,
+        reporter: Reporter,
+        source: Source,
+        store: Any,
+        load_engine: Callable[[], Engine],
+        rekey: Callable[[], dict[str, Any]],
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.reporter = reporter
+        self.source = source
+        self.store = store
+        self._load_engine = load_engine
+        self._rekey = rekey
+        self.notifier = notifier or Notifier()
+        self.engine = load_engine()
+        m = cfg.match
+        self.settings = Settings(m.mode, m.identify, m.subject)
+        self.agreement = Agreement(m.agreement.k, m.agreement.n)
+        self._stop = threading.Event()
+        self._jobs: queue.Queue[tuple[Callable[[], Any], Future]] = queue.Queue()
+        self._started = time.monotonic()
+        self._decisions: Counter[str] = Counter()
+        self._rejected: Counter[str] = Counter()
+        self._frames = 0
+        self._stage_ms: dict[str, list[float]] = defaultdict(list)
+        self._next_frame = 0.0
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def stop(self, *_: object) -> None:
+        self._stop.set()
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        signal.signal(signal.SIGHUP, lambda *_: self._jobs.put((self.reload, Future())))
+        self.reporter.start(Dispatcher(self, self.cfg.commands.max_payload))
+        self.notifier.ready(self._status())
+        logger.info("daemon running %s", self._status())
+        last_ping = last_stats = time.monotonic()
+        wd = self.notifier.watchdog_interval
+        try:
+            while not self._stop.is_set():
+                self._run_jobs(timeout=0.0 if self._presence() else 0.05)
+                if self._presence():
+                    self._capture_and_decide(explicit=False)
+                now = time.monotonic()
+                if wd is not None and now - last_ping >= wd:
+                    self.notifier.watchdog()
+                    last_ping = now
+                if now - last_stats >= self.cfg.mqtt.stats_interval:
+                    self.reporter.stats(self.stats())
+                    last_stats = now
+        finally:
+            self._shutdown()
+        return 0
+
+    def _shutdown(self) -> None:
+        self.notifier.stopping()
+        logger.info("daemon stopping")
+        self._fail_pending_jobs()
+        self.source.close()
+        logger.info("camera closed state=%s", self.source.state)
+        self.reporter.stop(self.cfg.outbox.flush_timeout)
+        self.engine.close()
+        self.store.close()
+        logger.info("daemon stopped decisions=%s", dict(self._decisions))
+
+    def _presence(self) -> bool:
+        return self.cfg.trigger.kind == "presence"
+
+    # -- the pipeline -----------------------------------------------------------------------
+    def _grab(self) -> tuple[Probe | None, float]:
+        wait = self._next_frame - time.monotonic()
+        if wait > 0:
+            time.sleep(min(wait, 0.05))
+            if self._next_frame > time.monotonic():
+                return None, 0.0
+        started = time.perf_counter()
+        frames = self.source.read()
+        if frames is None:
+            self._next_frame = time.monotonic() + 0.02
+            return None, started
+        self._frames += 1
+        probe = self.engine.vision(frames)
+        probe.timings["capture"] = probe.timings.get("capture", 0.0)
+        return probe, started
+
+    def _capture_and_decide(self, explicit: bool) -> dict[str, Any] | None:
+        probe, started = self._grab()
+        if probe is None:
+            if explicit:
+                raise CommandError(f"no frame from the camera (state {self.source.state})")
+            return None
+        wanted = MODE_MODALITIES[self.settings.mode]
+        needed = wanted if self.settings.mode == "multi" else ()
+        have = [m for m in wanted if m in probe.codes]
+        if not have or any(m not in probe.codes for m in needed):
+            self._rejected[probe.rejected or "no_probe"] += 1
+            if not explicit:
+                return None
+            doc = self.engine.error(self.settings, probe, started, probe.rejected or "no_probe")
+        else:
+            doc = self.engine.decide(probe, self.settings, started)
+            for stage, ms in probe.timings.items():
+                self._stage_ms[stage].append(ms)
+            released = self.agreement.push(doc)
+            if released is None:
+                return None
+            doc = released
+        self.reporter.decision(doc)
+        self._decisions[doc["decision"]] += 1
+        self._next_frame = time.monotonic() + self.cfg.trigger.cooldown
+        logger.info(
+            "decision event=%s decision=%s subject=%s mode=%s latency_ms=%s",
+            doc["event_id"], doc["decision"], doc["subject"], doc["mode"], doc["latency_ms"],
+        )  # fmt: skip
+        return doc
+
+    # -- commands (called on the transport's thread; run on the main loop) ------------------
+    def _on_main(self, fn: Callable[[], Any], timeout: float = 30.0) -> Any:
+        fut: Future = Future()
+        self._jobs.put((fn, fut))
+        return fut.result(timeout=timeout)
+
+    def _run_jobs(self, timeout: float) -> None:
+        try:
+            fn, fut = self._jobs.get(timeout=timeout) if timeout else self._jobs.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn())
+                except Exception as e:
+                    fut.set_exception(e)
+            try:
+                fn, fut = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+
+    def _fail_pending_jobs(self) -> None:
+        while True:
+            try:
+                _, fut = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(CommandError("the daemon is stopping"))
+
+    def enroll(self, subject: str, captures: int | None) -> dict[str, Any]:
+        e = self.cfg.enroll
+        return self._on_main(lambda: self.enroll_now(subject, captures), timeout=e.timeout + 30)
+
+    def enroll_now(self, subject: str, captures: int | None = None) -> dict[str, Any]:
+        """Enroll on the calling thread (the CLI, or the main loop for a command)."""
+        e = self.cfg.enroll
+        wanted = MODE_MODALITIES[self.settings.mode]
+        modalities = tuple(m for m in wanted if m in self.engine.modalities) or wanted
+
+        def grab() -> Probe:
+            probe, _ = self._grab()
+            return probe if probe is not None else Probe(rejected="no_frame")
+
+        try:
+            return enroll(
+                subject, modalities, grab, self.store, captures or e.captures, e.max_spread,
+                e.timeout, tick=self._tick,
+            )  # fmt: skip
+        except (EnrollError, ValueError, RuntimeError) as err:
+            raise CommandError(f"enrollment failed: {err}") from err
+
+    def _tick(self) -> None:
+        if self.notifier.watchdog_interval is not None:
+            self.notifier.watchdog()
+
+    def revoke(self, subject: str) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            try:
+                self.store.revoke(subject)
+            except RuntimeError as err:
+                raise CommandError(str(err)) from err
+            return {"revoked": subject}
+
+        return self._on_main(run)
+
+    def list_subjects(self) -> dict[str, Any]:
+        return self._on_main(lambda: {"subjects": [s["label"] for s in self.store.list()]})
+
+    def set_mode(
+        self, mode: str | None, identify: bool | None, subject: str | None
+    ) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            new = Settings(
+                mode or self.settings.mode,
+                self.settings.identify if identify is None else identify,
+                subject if subject is not None else self.settings.subject,
+            )
+            if not new.identify and not new.subject:
+                raise CommandError("1:1 verification (identify false) needs a subject")
+            self.settings = new
+            self.agreement.reset()
+            logger.info("mode changed %s", self._status())
+            self.notifier.status(self._status())
+            return {"mode": new.mode, "identify": new.identify, "subject": new.subject}
+
+        return self._on_main(run)
+
+    def reload(self) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            try:
+                fresh = self._load_engine()
+            except Exception as err:
+                raise CommandError(f"reload failed, keeping the current bundle: {err}") from err
+            old, self.engine = self.engine, fresh
+            old.close()
+            logger.info("bundle reloaded model_hash=%s", fresh.model_hash)
+            return {"model_hash": fresh.model_hash}
+
+        return self._on_main(run)
+
+    def capture(self) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            doc = self._capture_and_decide(explicit=True)
+            if doc is None:
+                return {"decision": None, "pending": "agreement"}
+            return {
+                "event_id": doc["event_id"],
+                "decision": doc["decision"],
+                "subject": doc["subject"],
+            }
+
+        return self._on_main(run)
+
+    def rekey(self) -> dict[str, Any]:
+        return self._on_main(self._rekey)
+
+    # -- reporting --------------------------------------------------------------------------
+    def _status(self) -> str:
+        s = self.settings
+        kind = "1:N" if s.identify else f"1:1 subject={s.subject}"
+        return f"mode={s.mode} {kind} model={self.engine.model_hash[:12]}"
+
+    def stats(self) -> dict[str, Any]:
+        up = time.monotonic() - self._started
+        latency = {k: round(sum(v) / len(v), 2) for k, v in self._stage_ms.items() if v}
+        self._stage_ms.clear()
+        return {
+            "device": self.cfg.device.id,
+            "uptime_s": round(up, 1),
+            "decisions": dict(self._decisions),
+            "rejected": dict(self._rejected),
+            "frames": self._frames,
+            "fps": round(self._frames / up, 2) if up > 0 else 0.0,
+            "latency_ms": latency,
+            "gallery_size": len(self.store.list()),
+            "camera": self.source.state,
+            "mode": self.settings.mode,
+            "identify": self.settings.identify,
+            "model_hash": self.engine.model_hash,
+            **self.reporter.counters(),
+        }

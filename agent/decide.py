@@ -1,0 +1,232 @@
+"""Frames -> one decision document: ROI, quality gate, co-hash, match, k-of-n agreement.
+
+The document is what leaves the device (schema below); it carries distances and the model hash so
+that a decision can be audited, and never an image or a code.
+
+Outcomes: ``granted`` (a match), ``denied`` (1:1 claim not met), ``unknown`` (1:N, nobody close
+enough, or nobody enrolled), ``error`` (the pipeline could not decide: a failed quality gate on an
+explicit capture, a camera failure, an inference error).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent import roi
+from agent.config import Config
+from agent.match import Decision, Matcher, Thresholds
+from agent.roi import RoiConfig
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = 1
+# which probes each mode wants; cross and centroid use whichever modalities the camera gives
+MODE_MODALITIES = {
+    "print": ("print",),
+    "vein": ("vein",),
+    "multi": ("print", "vein"),
+    "cross": ("print", "vein"),
+    "centroid": ("print", "vein"),
+}
+
+
+def manifest_hash(bundle_root: Path) -> str:
+    """sha256 of manifest.json: names the exact models, preprocessing and thresholds in use."""
+    return hashlib.sha256((Path(bundle_root) / "manifest.json").read_bytes()).hexdigest()
+
+
+@dataclass
+class Probe:
+    """What the vision stages made of one capture: codes per modality, quality per modality."""
+
+    codes: dict[str, np.ndarray] = field(default_factory=dict)
+    quality: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rejected: str | None = None  # the first quality reason that stopped a modality
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> ms
+
+
+# frame(s) -> Probe; the daemon builds it from agent.roi / agent.quality / agent.inference
+Vision = Callable[[Mapping[str, np.ndarray]], Probe]
+
+
+@dataclass
+class Settings:
+    mode: str
+    identify: bool
+    subject: str | None
+
+
+class Decider:
+    """Turns a :class:`Probe` into a decision document with a :class:`Matcher`."""
+
+    def __init__(self, matcher: Matcher, device_id: str, model_hash: str) -> None:
+        self.matcher = matcher
+        self.device_id = device_id
+        self.model_hash = model_hash
+
+    def decide(self, probe: Probe, s: Settings, started: float) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        p, v = probe.codes.get("print"), probe.codes.get("vein")
+        if s.identify:
+            d = self.matcher.identify(s.mode, probe_print=p, probe_vein=v)
+        else:
+            d = self.matcher.verify(s.mode, probe_print=p, probe_vein=v, subject=s.subject or "")
+        probe.timings["match"] = (time.perf_counter() - t0) * 1e3
+        return self.document(s, probe, started, decision=d)
+
+    def document(
+        self,
+        s: Settings,
+        probe: Probe,
+        started: float,
+        decision: Decision | None = None,
+        error: str | None = None,
+    ) -> dict[str, Any]:
+        if decision is None:
+            outcome, reason, subject, distances, threshold = "error", error, None, {}, None
+        else:
+            reason, subject = decision.reason, decision.subject
+            distances, threshold = decision.distances, decision.threshold_bits
+            outcome = "granted" if decision.accepted else "unknown" if s.identify else "denied"
+        return {
+            "schema": SCHEMA,
+            "event_id": str(uuid.uuid4()),
+            "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+            "device": self.device_id,
+            "mode": s.mode,
+            "identify": s.identify,
+            "claimed": None if s.identify else s.subject,
+            "subject": subject,
+            "decision": outcome,
+            "reason": reason,
+            "distances": {k: int(v) for k, v in distances.items()},
+            "threshold": threshold,
+            "quality": probe.quality,
+            "model_hash": self.model_hash,
+            "latency_ms": round((time.perf_counter() - started) * 1e3, 2),
+        }
+
+
+class Agreement:
+    """k-of-n: hold frame decisions until k of the last n agree on one granted subject.
+
+    With k = n = 1 every frame's decision passes straight through. Otherwise a ``granted`` is
+    released as soon as k of the window grant the same subject, and a non-granted decision
+    (the last one) once n frames passed without agreement; the window then starts afresh.
+    """
+
+    def __init__(self, k: int = 1, n: int = 1) -> None:
+        self.k, self.n = k, n
+        self._window: deque[dict[str, Any]] = deque(maxlen=n)
+
+    def push(self, doc: dict[str, Any]) -> dict[str, Any] | None:
+        if doc["decision"] == "error":
+            return doc  # errors are reported at once, they are not votes
+        self._window.append(doc)
+        granted = Counter(d["subject"] for d in self._window if d["decision"] == "granted")
+        if granted:
+            subject, votes = granted.most_common(1)[0]
+            if votes >= self.k:
+                out = self._last_for(subject)
+                self._window.clear()
+                out["agreement"] = {"k": self.k, "n": self.n, "votes": votes}
+                return out
+        if len(self._window) == self.n:
+            self._window.clear()
+            best = granted.most_common(1)[0][1] if granted else 0
+            return {**doc, "agreement": {"k": self.k, "n": self.n, "votes": best}}
+        return None
+
+    def reset(self) -> None:
+        self._window.clear()
+
+    def _last_for(self, subject: str) -> dict[str, Any]:
+        return dict(next(d for d in reversed(self._window) if d["subject"] == subject))
+
+
+class BundleEngine:
+    """The stages a bundle provides, loaded together so that a reload swaps them together."""
+
+    def __init__(self, cfg: Config, store: Any) -> None:
+        from agent.bundle import load_bundle
+        from agent.gallery import StoreGallery
+        from agent.inference import open_backend
+
+        bc = cfg.bundle
+        b = load_bundle(bc.path, bc.public_key)
+        if b.bits != store.bits:
+            raise ValueError(
+                f"bundle codes are {b.bits} bits, the template store holds {store.bits}"
+            )
+        self.modalities = tuple(m for m in ("print", "vein") if m in b.manifest.modalities)
+        self.backends = {
+            m: open_backend(
+                b.model_path(m, bc.runtime, bc.precision), bc.runtime, bc.threads, b.preprocess(m)
+            )
+            for m in self.modalities
+        }
+        self.model_hash = manifest_hash(b.root)
+        centroids = dict(zip(map(str, b.centroid_labels), b.centroid_codes, strict=True))
+        matcher = Matcher(StoreGallery(store), _thresholds(cfg, b), centroids)
+        self.decider = Decider(matcher, cfg.device.id, self.model_hash)
+        r = cfg.roi
+        self.roi_config = RoiConfig(
+            already_roi=r.already_roi, mirror_left=r.mirror_left, min_hand_frac=r.min_hand_frac
+        )
+        logger.info(
+            "bundle loaded path=%s model_hash=%s modalities=%s",
+            bc.path,
+            self.model_hash,
+            self.modalities,
+        )
+
+    def vision(self, frames: Mapping[str, np.ndarray]) -> Probe:
+        probe = Probe()
+        for m, frame in frames.items():
+            if m not in self.backends:
+                continue
+            t0 = time.perf_counter()
+            found = roi.extract(frame, self.roi_config)
+            t1 = time.perf_counter()
+            probe.timings["roi"] = probe.timings.get("roi", 0.0) + (t1 - t0) * 1e3
+            if found.roi is None:
+                probe.quality[m] = {"ok": False, "reason": found.reason}
+                probe.rejected = probe.rejected or found.reason
+                continue
+            probe.quality[m] = {"ok": True}
+            probe.codes[m] = self.backends[m].hash([found.roi])[0]
+            probe.timings["hash"] = (
+                probe.timings.get("hash", 0.0) + (time.perf_counter() - t1) * 1e3
+            )
+        return probe
+
+    def decide(self, probe: Probe, s: Settings, started: float) -> dict[str, Any]:
+        return self.decider.decide(probe, s, started)
+
+    def error(self, s: Settings, probe: Probe, started: float, reason: str) -> dict[str, Any]:
+        return self.decider.document(s, probe, started, error=reason)
+
+    def close(self) -> None:
+        for b in self.backends.values():
+            b.close()
+
+
+def _thresholds(cfg: Config, b: Any) -> Thresholds:
+    if cfg.match.threshold is not None:
+        return Thresholds.from_bits(b.bits, cfg.match.threshold)
+    if cfg.match.fmr == "eer":
+        return Thresholds(
+            b.bits, {m: row["eer"] for m, row in b.thresholds.items() if "eer" in row}
+        )
+    return Thresholds.from_table(b.bits, b.thresholds, float(cfg.match.fmr))

@@ -1,0 +1,112 @@
+"""``palm-agent run`` (the service) and ``palm-agent enroll SUBJECT`` (on the device).
+
+Everything is built from the validated config before anything starts, so a bad config, a missing
+bundle or a foreign key file stops the process with one message and exit code 2 (systemd's
+Restart=on-failure then backs off) instead of a half-started daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+EXIT_CONFIG = 2
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    run = subparsers.add_parser("run", help="run the daemon (systemd: Type=notify)")
+    run.add_argument("--config", required=True, type=Path, help="YAML config (firmware_config/)")
+    run.set_defaults(func=cmd_run)
+    en = subparsers.add_parser("enroll", help="enroll a subject from the device's camera")
+    en.add_argument("subject", help="label of the subject to enroll")
+    en.add_argument("--config", required=True, type=Path, help="YAML config (firmware_config/)")
+    en.add_argument("--captures", type=int, default=None, help="good captures per modality")
+    en.set_defaults(func=cmd_enroll)
+
+
+def build(config_path: Path, with_reporter: bool = True) -> Any:
+    """Config -> a ready :class:`agent.daemon.Daemon` (not yet running)."""
+    from agent.config import load_config
+
+    cfg = load_config(config_path)  # first: a bad config is reported before anything loads
+    logging.getLogger().setLevel(cfg.logging.level)
+
+    from agent.capture import open_source
+    from agent.daemon import Daemon
+    from agent.decide import BundleEngine
+    from agent.gallery_cli import _rekey
+    from agent.mqtt import MqttReporter
+    from agent.notify import Notifier
+    from agent.outbox import Outbox
+    from agent.protect import DeviceKey, Protector
+    from agent.store import TemplateStore
+
+    key = DeviceKey.load_or_create(cfg.store.key_path)
+    bits = _bundle_bits(cfg.bundle.path, cfg.bundle.public_key)
+    store = TemplateStore(cfg.store.path, Protector(key, bits))
+    reporter = None
+    if with_reporter:
+        outbox = Outbox(cfg.outbox.path, cfg.outbox.max_messages)
+        from agent import __version__ as version
+
+        reporter = MqttReporter(cfg.mqtt, cfg.device.id, outbox, cfg.device.name, version)
+    return Daemon(
+        cfg,
+        reporter,  # type: ignore[arg-type]
+        open_source(cfg),
+        store,
+        load_engine=lambda: BundleEngine(cfg, store),
+        rekey=lambda: _rekey(store, Path(cfg.store.key_path)),
+        notifier=Notifier(),
+    )
+
+
+def _bundle_bits(path: str, public_key: str | None) -> int:
+    from agent.bundle import load_bundle
+
+    return load_bundle(path, public_key).bits
+
+
+def _startup_errors() -> tuple[type[BaseException], ...]:
+    from agent.bundle import BundleError
+    from agent.config import ConfigError
+    from agent.protect import KeyFileError
+    from agent.store import StoreError
+
+    return (ConfigError, BundleError, KeyFileError, StoreError, FileNotFoundError, ValueError)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        daemon = build(args.config)
+    except _startup_errors() as e:
+        print(f"palm-agent: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    return daemon.run()
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from agent.commands import CommandError
+
+    try:
+        daemon = build(args.config, with_reporter=False)
+    except _startup_errors() as e:
+        print(f"palm-agent: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        result = daemon.enroll_now(args.subject, args.captures)
+    except CommandError as e:
+        print(f"palm-agent: {e}", file=sys.stderr)
+        return 1
+    finally:
+        daemon.source.close()
+        daemon.engine.close()
+        daemon.store.close()
+    print(json.dumps(result))
+    return 0
