@@ -1,0 +1,95 @@
+"""Vision -> decision with a real bundle, store and onnxruntime; enrollment; k-of-n agreement."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import pytest
+
+from agent.config import parse_config
+from agent.decide import Agreement, BundleEngine, Probe, Settings
+from agent.enroll import EnrollError, enroll
+from agent.protect import DeviceKey, Protector
+from agent.store import TemplateStore
+
+from .conftest import palm_roi
+
+
+@pytest.fixture
+def engine_store(palm_bundle, tmp_path):
+    cfg = parse_config(
+        {
+            "device": {"id": "bench"},
+            "bundle": {"path": str(palm_bundle), "threads": 1},
+            "roi": {"already_roi": True},
+        },
+        check_files=False,
+    )
+    store = TemplateStore(
+        tmp_path / "t.sqlite", Protector(DeviceKey.load_or_create(tmp_path / "k"), 32)
+    )
+    engine = BundleEngine(cfg, store)
+    yield engine, store
+    engine.close()
+    store.close()
+
+
+def frames(subject: int, i: int) -> dict:
+    return {"print": palm_roi(subject, i), "vein": palm_roi(subject + 50, i)}
+
+
+def grabber(engine, subjects):
+    counter = itertools.count()
+    cycle = itertools.cycle(subjects)
+    return lambda: engine.vision(frames(next(cycle), next(counter)))
+
+
+def test_enroll_then_identify_and_verify(engine_store):
+    engine, store = engine_store
+    out = enroll("alice", ("print", "vein"), grabber(engine, [0]), store, 4, 10, 5.0)
+    assert out["captures"] == {"print": 4, "vein": 4} and max(out["spread"].values()) <= 10
+    ident = Settings("multi", True, None)
+    doc = engine.decide(engine.vision(frames(0, 99)), ident, time.perf_counter())
+    assert (doc["decision"], doc["subject"]) == ("granted", "alice")
+    assert doc["distances"]["print"] <= doc["threshold"]
+    doc = engine.decide(engine.vision(frames(1, 99)), ident, time.perf_counter())
+    assert (doc["decision"], doc["subject"]) == ("unknown", None)
+    claim = Settings("vein", False, "alice")
+    doc = engine.decide(engine.vision(frames(1, 98)), claim, time.perf_counter())
+    assert doc["decision"] == "denied" and doc["claimed"] == "alice"
+    doc = engine.decide(
+        engine.vision(frames(0, 98)), Settings("cross", True, None), time.perf_counter()
+    )
+    assert set(doc["distances"]) == {"print_vs_vein", "vein_vs_print"}
+
+
+def test_enroll_refuses_inconsistent_captures(engine_store):
+    engine, store = engine_store
+    with pytest.raises(EnrollError, match="inconsistent print captures"):
+        enroll("mallory", ("print", "vein"), grabber(engine, [0, 1]), store, 4, 3, 5.0)
+    assert store.list() == []
+
+
+def test_enroll_reports_why_it_timed_out(engine_store):
+    _, store = engine_store
+    with pytest.raises(EnrollError, match=r"timeout.*no_hand"):
+        enroll("bob", ("print",), lambda: Probe(rejected="no_hand"), store, 3, 5, 0.2)
+
+
+def doc(decision: str, subject: str | None) -> dict:
+    return {"decision": decision, "subject": subject}
+
+
+def test_agreement_k_of_n():
+    a = Agreement(k=2, n=3)
+    assert a.push(doc("granted", "alice")) is None
+    assert a.push(doc("unknown", None)) is None
+    out = a.push(doc("granted", "alice"))
+    assert out["decision"] == "granted" and out["agreement"]["votes"] == 2
+    assert a.push(doc("granted", "bob")) is None
+    assert a.push(doc("unknown", None)) is None
+    out = a.push(doc("granted", "alice"))  # three frames, no two agree: the last one is reported
+    assert out["subject"] == "alice" and out["agreement"]["votes"] == 1
+    assert a.push(doc("error", None))["decision"] == "error"  # errors are not held back
+    assert Agreement().push(doc("denied", None))["decision"] == "denied"
