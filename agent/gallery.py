@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from agent.store import TemplateStore
 
 MODALITIES = ("print", "vein")
-INT_CROSSOVER = 16  # codes; below this Python ints are faster (bench/match.py, 32-bit, k=1)
+INT_CROSSOVER = 12  # codes; below this Python ints are faster (bench/match.py, 32-bit, k=1)
 CHUNK = 131072  # codes per chunk for one probe (bench/match.py: 64K-128K are fastest here)
 BATCH_ELEMS = 262144  # probe x code pairs per chunk of a batch search
 BATCH_2D_MAX = 4096  # above this many codes a batch is searched one probe at a time
@@ -186,7 +186,7 @@ class PackedGallery:
                     if d == 0:
                         break  # nothing later can beat it: ties go to the lower index
                 continue
-            if len(best) == k and int(cnt.min()) >= bound:
+            if len(best) == k and int(cnt[cnt.argmin()]) >= bound:  # argmin is SIMD, min is not
                 continue
             for _ in range(min(k, e - s)):
                 i = int(cnt.argmin())

@@ -69,7 +69,10 @@ def crossover(rng: np.random.Generator) -> dict:
             arrays = gallery.PackedGallery(range(n), g, 32)
         finally:
             gallery.INT_CROSSOVER = saved
-        times[n] = (best_ms(lambda: ints.search(p, 1)), best_ms(lambda: arrays.search(p, 1)))
+        times[n] = (
+            best_ms(lambda g=ints, p=p: g.search(p, 1)),
+            best_ms(lambda g=arrays, p=p: g.search(p, 1)),
+        )
     faster = [n for n, (ti, ta) in times.items() if ta < ti]
     return {
         "crossover_n": min(faster) if faster else None,
