@@ -100,6 +100,7 @@ class RoiConfig:
     already_roi: bool = False  # data-set frames are ROIs already: skip the search
     min_hand_frac: float = 0.03  # hand area / frame area below which there is no hand
     min_valley_depth: float = 0.2  # convexity-defect depth / sqrt(hand area)
+    min_contrast: float = 20.0  # grey levels between hand and background
     mirror_left: bool = False
     side_ratio: float = SIDE_RATIO
     gap_ratio: float = GAP_RATIO
@@ -119,11 +120,18 @@ class RoiResult:
     hand_frac: float = 0.0
 
 
-def segment(frame: np.ndarray) -> np.ndarray:
-    """Lit hand on a dark background -> uint8 mask (255 = hand), Otsu on a smoothed frame."""
+def segment(frame: np.ndarray, min_contrast: float = 20.0) -> np.ndarray:
+    """Lit hand on a dark background -> uint8 mask (255 = hand), Otsu on a smoothed frame.
+
+    Otsu always splits, even an empty scene; when the two classes differ by less than
+    ``min_contrast`` grey levels there is nothing lit in front of the camera.
+    """
     grey = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
     smooth = cv2.GaussianBlur(grey, (5, 5), 0)
     _, mask = cv2.threshold(smooth, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    fg = mask > 0
+    if fg.all() or not fg.any() or smooth[fg].mean() - smooth[~fg].mean() < min_contrast:
+        return np.zeros_like(mask)
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
     return cv2.morphologyEx(mask, cv2.MORPH_OPEN, k)
 
@@ -213,7 +221,7 @@ def extract(frame: np.ndarray, config: RoiConfig = RoiConfig()) -> RoiResult:
         roi = frame if frame.shape[:2] == (config.out_size,) * 2 else _resize(frame, config)
         h, w = frame.shape[:2]
         return RoiResult(roi=roi, square=RoiSquare((w / 2, h / 2), float(min(h, w)), 0.0))
-    mask = segment(frame)
+    mask = segment(frame, config.min_contrast)
     contour = _largest_contour(mask)
     h, w = mask.shape
     area = cv2.contourArea(contour) if contour is not None else 0.0

@@ -1,0 +1,112 @@
+"""Palm ROI search on synthetic full-hand frames whose ground truth is exact."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from agent import roi
+
+hands = pytest.importorskip("export.synth.hands")
+
+GOAL_FOUND = 0.95
+MAX_CENTRE_ERR = 0.05  # of the ROI side
+MAX_ANGLE_ERR = 5.0  # degrees
+
+
+def _errors(found: roi.RoiResult, truth: dict) -> tuple[float, float]:
+    centre = np.hypot(*(np.asarray(found.square.centre) - truth["centre"])) / truth["side"]
+    angle = abs((found.square.angle_deg - truth["angle_deg"] + 180) % 360 - 180)
+    return float(centre), float(angle)
+
+
+def test_roi_found_accurately_on_medium_frames():
+    n, good, centres, angles, hand_ok = 100, 0, [], [], 0
+    for i in range(n):
+        frame, truth = hands.render_hand_frame(
+            i % 25, i // 25, seed=11, level="medium", hand=("left", "right")[i % 2]
+        )
+        found = roi.extract(frame)
+        if found.roi is None:
+            continue
+        c, a = _errors(found, truth)
+        centres.append(c)
+        angles.append(a)
+        hand_ok += found.hand == truth["hand"]
+        good += c <= MAX_CENTRE_ERR and a <= MAX_ANGLE_ERR
+    print(
+        f"roi_medium frames={n} found_within_goal={good / n:.3f} detected={len(centres)} "
+        f"centre_err_median={np.median(centres):.4f} "
+        f"centre_err_p95={np.percentile(centres, 95):.4f} "
+        f"angle_err_median={np.median(angles):.3f} angle_err_p95={np.percentile(angles, 95):.3f} "
+        f"hand_correct={hand_ok}/{len(centres)}"
+    )
+    assert good / n >= GOAL_FOUND
+    assert hand_ok >= 0.95 * len(centres)
+
+
+def test_rotating_the_frame_rotates_the_square_and_keeps_the_roi():
+    frame, _ = hands.render_hand_frame(3, 0, seed=5, level="easy", size=(480, 480))
+    base = roi.extract(frame)
+    turned = roi.extract(cv2.rotate(frame, cv2.ROTATE_90_CLOCKWISE))
+    assert base.roi is not None and turned.roi is not None
+    diff = (turned.square.angle_deg - base.square.angle_deg) % 360
+    assert abs(diff - 90) < 2.0
+    assert abs(turned.square.side - base.square.side) < 0.02 * base.square.side
+    corr = np.corrcoef(base.roi.ravel().astype(float), turned.roi.ravel().astype(float))[0, 1]
+    assert corr > 0.9
+
+
+def test_square_convention():
+    # fingers straight up: valleys on a horizontal line, palm below
+    sq = roi.square_from_valleys([100, 100], [160, 100], palm_point=[130, 200])
+    assert sq.angle_deg == pytest.approx(0.0)
+    assert sq.side == pytest.approx(roi.SIDE_RATIO * 60)
+    assert sq.centre == pytest.approx((130, 100 + roi.GAP_RATIO * 60 + sq.side / 2))
+    tl, tr, _, bl = sq.corners()
+    assert tl[1] < bl[1] and tl[0] < tr[0]  # top-left is towards the fingers, on the left
+    # the same hand turned 30 degrees clockwise on screen (y points down)
+    a = np.radians(30)
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    sq30 = roi.square_from_valleys(rot @ [100, 100], rot @ [160, 100], rot @ [130, 200])
+    assert sq30.angle_deg == pytest.approx(30.0)
+    np.testing.assert_allclose(sq30.corners(), sq.corners() @ rot.T, atol=1e-9)
+    # which valley comes first does not matter
+    assert roi.square_from_valleys([160, 100], [100, 100], [130, 200]) == sq
+
+
+def test_cut_is_the_inverse_of_placing_an_image_on_the_square():
+    sq = roi.RoiSquare((200.0, 150.0), 90.0, 20.0)
+    pattern = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
+    pattern = cv2.GaussianBlur(pattern, (0, 0), 2)
+    m = cv2.getAffineTransform(
+        np.float32([[0, 0], [64, 0], [64, 64]]), sq.corners()[:3].astype(np.float32)
+    )
+    frame = cv2.warpAffine(pattern, m, (400, 300))
+    back = roi.cut(frame, sq, 64)
+    assert np.abs(back[4:-4, 4:-4].astype(int) - pattern[4:-4, 4:-4]).mean() < 3
+
+
+def test_failures_are_named():
+    empty = np.full((240, 320), 12, np.uint8)
+    assert roi.extract(empty).reason == "no_hand"
+    fist = empty.copy()
+    cv2.ellipse(fist, (160, 120), (70, 90), 0, 0, 360, 180, -1)
+    assert roi.extract(fist).reason == "fingers_not_found"
+    frame, _ = hands.render_hand_frame(0, 0, seed=1)
+    assert roi.extract(frame).reason is None
+
+
+def test_already_roi_frames_skip_the_search():
+    img = np.random.default_rng(1).integers(0, 255, (160, 160), dtype=np.uint8)
+    res = roi.extract(img, roi.RoiConfig(already_roi=True, out_size=128))
+    assert res.roi.shape == (128, 128) and res.reason is None
+
+
+def test_mirror_left_flips_left_hands_only():
+    frame, truth = hands.render_hand_frame(2, 0, seed=4, hand="left")
+    plain = roi.extract(frame)
+    mirrored = roi.extract(frame, roi.RoiConfig(mirror_left=True))
+    assert plain.hand == truth["hand"] == "left"
+    np.testing.assert_array_equal(mirrored.roi, plain.roi[:, ::-1])
