@@ -1,0 +1,104 @@
+"""The one interface every camera or replay source implements.
+
+Sources raise :class:`CaptureError` (or a subclass) for anything that goes wrong, never another
+exception type, so the daemon's loop has one thing to catch; :mod:`agent.capture.reopen` turns
+those into reports and reopens with back-off.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import cv2
+import numpy as np
+
+T = TypeVar("T")
+
+
+class CaptureError(RuntimeError):
+    """The source failed; reopening may help."""
+
+
+class GrabTimeout(CaptureError):
+    """No frame arrived within the timeout."""
+
+
+class EndOfStream(CaptureError):
+    """A replay played once has no more frames: not a failure, nothing to reopen."""
+
+
+@dataclass
+class Frame:
+    image: np.ndarray  # uint8 (H, W) grey, or (H, W, 3) BGR when the source keeps colour
+    timestamp: float  # time.monotonic() when the frame was taken
+    index: int  # frames read from this source since it was opened
+    source: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Source(ABC):
+    """open() / read(timeout) / close(); read raises CaptureError, GrabTimeout, EndOfStream."""
+
+    name: str = "source"
+
+    @abstractmethod
+    def open(self) -> None: ...
+
+    @abstractmethod
+    def read(self, timeout: float = 1.0) -> Frame: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @property
+    @abstractmethod
+    def is_open(self) -> bool: ...
+
+    def __enter__(self) -> Source:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class TimedCalls:
+    """Runs a blocking driver call on a worker thread so that a hung camera cannot hang us.
+
+    After a timeout the worker may still be stuck inside the driver; it is abandoned and the
+    next call gets a fresh worker, and the caller (the reopen wrapper) closes the device.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._pool: cf.ThreadPoolExecutor | None = None
+
+    def call(self, fn: Callable[[], T], timeout: float) -> T:
+        if self._pool is None:
+            self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix=f"grab-{self._name}")
+        future = self._pool.submit(fn)
+        try:
+            return future.result(timeout=timeout)
+        except cf.TimeoutError:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+            raise GrabTimeout(f"{self._name}: no frame within {timeout:.3f} s") from None
+
+    def shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
+def to_grey(image: np.ndarray, order: str = "bgr") -> np.ndarray:
+    """uint8 colour or grey -> uint8 (H, W); the NIR pipeline works on one band."""
+    if image.ndim == 2:
+        return image
+    if image.shape[2] == 1:
+        return image[:, :, 0]
+    code = cv2.COLOR_BGR2GRAY if order == "bgr" else cv2.COLOR_RGB2GRAY
+    return cv2.cvtColor(np.ascontiguousarray(image[:, :, :3]), code)

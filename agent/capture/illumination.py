@@ -1,0 +1,110 @@
+"""Print and vein frames: one NIR-capable camera under switched light, or two cameras.
+
+With one camera the white LEDs light the print and the 850 nm LEDs the veins; each switch waits
+a settle delay (LED rise time, the sensor's exposure in progress) and then drops frames the
+camera exposed before the switch, so a print frame never carries vein light or the reverse.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from agent.capture.base import Frame, Source
+
+logger = logging.getLogger(__name__)
+
+MODALITIES = ("print", "vein")
+
+
+class Illumination:
+    """White and 850 nm LED banks on two GPIO pins, through gpiozero."""
+
+    def __init__(
+        self,
+        white_pin: int | str,
+        nir_pin: int | str,
+        settle_s: float = 0.05,
+        active_high: bool = True,
+        pin_factory: Any = None,
+    ) -> None:
+        from gpiozero import LED
+
+        self.white = LED(white_pin, active_high=active_high, pin_factory=pin_factory)
+        self.nir = LED(nir_pin, active_high=active_high, pin_factory=pin_factory)
+        self.settle_s = settle_s
+        self.current: str | None = None
+
+    def select(self, modality: str | None) -> bool:
+        """Light for ``modality`` (None: both off); True when the light changed (and settled)."""
+        if modality not in (*MODALITIES, None):
+            raise ValueError(f"modality must be one of {MODALITIES} or None, got {modality!r}")
+        if modality == self.current:
+            return False
+        self.white.value = modality == "print"
+        self.nir.value = modality == "vein"
+        self.current = modality
+        if modality is not None:
+            time.sleep(self.settle_s)
+        logger.debug("illumination modality=%s", modality)
+        return True
+
+    def close(self) -> None:
+        self.select(None)
+        self.white.close()
+        self.nir.close()
+
+
+class SwitchedLight:
+    """One camera; the light (and optionally exposure/gain) is switched per modality."""
+
+    def __init__(
+        self,
+        source: Source,
+        light: Illumination,
+        controls: dict[str, dict[str, Any]] | None = None,
+        drop_after_switch: int = 1,
+    ) -> None:
+        self.source, self.light = source, light
+        self.controls = controls or {}
+        self.drop_after_switch = drop_after_switch
+
+    def capture(self, modality: str, timeout: float = 1.0) -> Frame:
+        changed = self.light.select(modality)
+        if changed:
+            if modality in self.controls and hasattr(self.source, "set_controls"):
+                self.source.set_controls(self.controls[modality])
+            for _ in range(self.drop_after_switch):
+                self.source.read(timeout)
+        frame = self.source.read(timeout)
+        frame.meta["modality"] = modality
+        return frame
+
+    def capture_pair(self, timeout: float = 1.0) -> tuple[Frame, Frame]:
+        return self.capture("print", timeout), self.capture("vein", timeout)
+
+    def close(self) -> None:
+        self.light.close()
+        self.source.close()
+
+
+class TwoCameras:
+    """A print camera and a vein camera (NIR-filtered, under its own always-on light)."""
+
+    def __init__(self, print_source: Source, vein_source: Source) -> None:
+        self.sources = {"print": print_source, "vein": vein_source}
+
+    def capture(self, modality: str, timeout: float = 1.0) -> Frame:
+        if modality not in self.sources:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        frame = self.sources[modality].read(timeout)
+        frame.meta["modality"] = modality
+        return frame
+
+    def capture_pair(self, timeout: float = 1.0) -> tuple[Frame, Frame]:
+        return self.capture("print", timeout), self.capture("vein", timeout)
+
+    def close(self) -> None:
+        for s in self.sources.values():
+            s.close()

@@ -1,0 +1,120 @@
+"""Raspberry Pi camera through picamera2: a thin adapter over its documented API.
+
+Still configuration, fixed exposure and gain per modality through ``set_controls`` (auto
+exposure would undo the contrast the NIR light gives the veins), ``capture_array`` for frames.
+picamera2 is imported only when a camera is opened, so this file loads anywhere; tests pass a
+factory that builds a stand-in with the same methods.
+
+Formats and the arrays picamera2 returns for them: ``RGB888`` (H, W, 3) with bytes in B, G, R
+order; ``BGR888`` (H, W, 3) in R, G, B order; ``YUV420`` (H * 3 / 2, W), the first H rows being
+the luminance, which is all a grey NIR pipeline needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from agent.capture.base import CaptureError, Frame, Source, TimedCalls, to_grey
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("YUV420", "RGB888", "BGR888")
+
+
+def _default_factory(camera_num: int) -> Any:
+    try:
+        from picamera2 import Picamera2
+    except ImportError as e:
+        raise CaptureError(
+            "picamera2 is not installed: on Raspberry Pi OS `sudo apt install python3-picamera2` "
+            "(and create the venv with --system-site-packages), or use an opencv source"
+        ) from e
+    return Picamera2(camera_num)
+
+
+class Picamera2Source(Source):
+    def __init__(
+        self,
+        camera_num: int = 0,
+        size: tuple[int, int] = (640, 480),
+        fmt: str = "YUV420",
+        controls: dict[str, Any] | None = None,
+        factory: Callable[[int], Any] | None = None,
+    ) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"picamera2 format {fmt!r} not supported; use one of {FORMATS}")
+        self.camera_num, self.size, self.fmt = camera_num, tuple(size), fmt
+        self.controls = dict(controls or {})
+        self._factory = factory or _default_factory
+        self.name = f"picamera2:{camera_num}"
+        self._cam: Any = None
+        self._calls = TimedCalls(self.name)
+        self._count = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self._cam is not None
+
+    def open(self) -> None:
+        try:
+            cam = self._factory(self.camera_num)
+            config = cam.create_still_configuration(main={"size": self.size, "format": self.fmt})
+            cam.configure(config)
+            if self.controls:
+                cam.set_controls(self.controls)
+            cam.start()
+        except CaptureError:
+            raise
+        except Exception as e:  # the driver raises RuntimeError, OSError, IndexError...
+            raise CaptureError(f"{self.name}: could not start the camera: {e}") from e
+        self._cam, self._count = cam, 0
+        logger.info("capture opened source=%s size=%s format=%s", self.name, self.size, self.fmt)
+
+    def set_controls(self, controls: dict[str, Any]) -> None:
+        """Switch exposure/gain (e.g. between print and vein); kept for the next open too."""
+        self.controls.update(controls)
+        if self._cam is not None:
+            try:
+                self._cam.set_controls(controls)
+            except Exception as e:
+                raise CaptureError(f"{self.name}: set_controls failed: {e}") from e
+
+    def close(self) -> None:
+        cam, self._cam = self._cam, None
+        self._calls.shutdown()
+        if cam is None:
+            return
+        for step in (cam.stop, cam.close):
+            try:
+                step()
+            except Exception as e:  # closing a vanished camera must not raise
+                logger.warning("capture close_failed source=%s error=%s", self.name, e)
+
+    def read(self, timeout: float = 1.0) -> Frame:
+        cam = self._cam
+        if cam is None:
+            raise CaptureError(f"{self.name}: read before open")
+        try:
+            array = self._calls.call(lambda: cam.capture_array("main"), timeout)
+        except CaptureError:
+            raise
+        except Exception as e:
+            raise CaptureError(f"{self.name}: capture_array failed: {e}") from e
+        frame = Frame(self._grey(np.asarray(array)), time.monotonic(), self._count, self.name)
+        self._count += 1
+        return frame
+
+    def _grey(self, array: np.ndarray) -> np.ndarray:
+        w, h = self.size
+        if self.fmt == "YUV420":
+            if array.shape != (h * 3 // 2, w):
+                raise CaptureError(f"{self.name}: YUV420 frame of shape {array.shape}")
+            return array[:h, :w]
+        if array.shape[:2] != (h, w):
+            raise CaptureError(f"{self.name}: {self.fmt} frame of shape {array.shape}")
+        return to_grey(array, "bgr" if self.fmt == "RGB888" else "rgb")
