@@ -1,0 +1,341 @@
+"""Capture sources on real files (OpenCV, replay), the picamera2 adapter against a stand-in with
+picamera2's documented API, LED switching on gpiozero's mock pins, and reopening with back-off.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from agent.capture import (
+    CaptureError,
+    EndOfStream,
+    GrabTimeout,
+    Reopening,
+    SourceUnavailable,
+    open_source,
+)
+from agent.capture.illumination import Illumination, SwitchedLight, TwoCameras
+from agent.capture.opencv_source import OpenCVSource
+from agent.capture.picamera2_source import Picamera2Source
+from agent.capture.replay import ReplaySource
+
+hands = pytest.importorskip("export.synth.hands")
+
+
+@pytest.fixture(scope="module")
+def frames_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("hands")
+    paths = hands.write_hand_frames(out, ids=2, samples=3, level="medium", seed=3, video=True)
+    return out, paths
+
+
+def test_replay_folder_plays_once_in_order(frames_dir):
+    out, _ = frames_dir
+    files = sorted((out / "print").glob("*.png"))
+    with ReplaySource(out / "print") as src:
+        got = [src.read() for _ in files]
+        with pytest.raises(EndOfStream):
+            src.read()
+    assert [f.meta["path"] for f in got] == [str(p) for p in files]
+    assert [f.index for f in got] == list(range(len(files)))
+    first = cv2.imread(str(files[0]), cv2.IMREAD_GRAYSCALE)
+    np.testing.assert_array_equal(got[0].image, first)
+    assert json.loads(files[0].with_suffix(".json").read_text())["modality"] == "print"
+
+
+def test_replay_loops_at_the_given_rate(frames_dir):
+    out, _ = frames_dir
+    with ReplaySource(out / "vein", loop=True, fps=40) as src:
+        t0 = time.monotonic()
+        got = [src.read() for _ in range(9)]
+        elapsed = time.monotonic() - t0
+    assert got[6].meta["path"] == got[0].meta["path"]  # 6 images, then round again
+    assert elapsed >= 8 / 40 * 0.95
+
+
+def test_replay_grab_timeout(frames_dir):
+    out, _ = frames_dir
+    with ReplaySource(out / "print", fps=2) as src:
+        src.read()
+        t0 = time.monotonic()
+        with pytest.raises(GrabTimeout):
+            src.read(timeout=0.05)
+        assert time.monotonic() - t0 < 0.3
+
+
+def test_replay_video_matches_the_frames(frames_dir):
+    out, paths = frames_dir
+    assert out / "print.avi" in paths
+    pngs = sorted((out / "print").glob("*.png"))
+    with open_source({"kind": "replay", "path": str(out / "print.avi")}) as src:
+        got = [src.read().image for _ in pngs]
+        with pytest.raises(EndOfStream):
+            src.read()
+    for img, png in zip(got, pngs, strict=True):
+        ref = cv2.imread(str(png), cv2.IMREAD_GRAYSCALE)
+        assert img.shape == ref.shape == (480, 640)
+        assert np.abs(img.astype(int) - ref).mean() < 4  # MJPG is lossy
+    truths = json.loads((out / "print.json").read_text())
+    assert len(truths) == len(pngs)
+
+
+def test_opencv_source_on_video_and_image_sequence(frames_dir, tmp_path):
+    out, _ = frames_dir
+    with OpenCVSource(str(out / "vein.avi")) as src:
+        n = 0
+        while True:
+            try:
+                frame = src.read(timeout=2.0)
+            except EndOfStream:
+                break
+            assert frame.image.shape == (480, 640) and frame.image.dtype == np.uint8
+            n += 1
+    assert n == 6
+    for k, png in enumerate(sorted((out / "print").glob("*.png"))):
+        shutil.copy(png, tmp_path / f"seq_{k:03d}.png")
+    with OpenCVSource(str(tmp_path / "seq_%03d.png")) as src:
+        first = src.read(timeout=2.0).image
+    ref = cv2.imread(str(tmp_path / "seq_000.png"), cv2.IMREAD_GRAYSCALE)
+    np.testing.assert_array_equal(first, ref)
+
+
+def test_opencv_source_that_cannot_open_says_so(tmp_path):
+    with pytest.raises(CaptureError, match="could not open"):
+        OpenCVSource(str(tmp_path / "missing.avi")).open()
+    with pytest.raises(ValueError, match="kind 'webcam' unknown"):
+        open_source({"kind": "webcam"})
+
+
+class FakePicamera2:
+    """Stand-in keeping picamera2's documented API and array shapes per format."""
+
+    def __init__(self, camera_num: int = 0, block: threading.Event | None = None) -> None:
+        self.camera_num, self.block = camera_num, block
+        self.config, self.controls, self.started, self.closed = None, {}, False, False
+        self.calls: list[str] = []
+
+    def create_still_configuration(self, main=None, **kw):
+        return {"use_case": "still", "main": dict(main or {})}
+
+    def configure(self, config):
+        self.calls.append("configure")
+        self.config = config
+
+    def set_controls(self, controls):
+        self.calls.append("set_controls")
+        self.controls.update(controls)
+
+    def start(self):
+        self.calls.append("start")
+        self.started = True
+
+    def capture_array(self, name="main"):
+        if self.block is not None:
+            self.block.wait(5)
+        assert self.started and name == "main"
+        w, h = self.config["main"]["size"]
+        fmt = self.config["main"]["format"]
+        y = (np.arange(h)[:, None] + 2 * np.arange(w)[None, :]) % 256
+        if fmt == "YUV420":
+            return np.vstack([y, np.full((h // 2, w), 128)]).astype(np.uint8)
+        order = [2, 1, 0] if fmt == "RGB888" else [0, 1, 2]  # RGB888 is stored B, G, R
+        rgb = np.stack([y, y // 2, 255 - y], axis=-1).astype(np.uint8)
+        return np.ascontiguousarray(rgb[:, :, order])
+
+    def stop(self):
+        self.calls.append("stop")
+        self.started = False
+
+    def close(self):
+        self.calls.append("close")
+        self.closed = True
+
+
+@pytest.mark.parametrize("fmt", ["YUV420", "RGB888", "BGR888"])
+def test_picamera2_adapter_formats_and_controls(fmt):
+    cams = []
+
+    def factory(n):
+        cams.append(FakePicamera2(n))
+        return cams[-1]
+
+    controls = {"ExposureTime": 8000, "AnalogueGain": 2.0, "AeEnable": False}
+    src = Picamera2Source(1, size=(64, 48), fmt=fmt, controls=controls, factory=factory)
+    with src:
+        frame = src.read(timeout=1.0)
+        src.set_controls({"ExposureTime": 12000})
+    cam = cams[0]
+    assert cam.camera_num == 1 and cam.config["main"] == {"size": (64, 48), "format": fmt}
+    assert cam.controls["ExposureTime"] == 12000 and cam.controls["AeEnable"] is False
+    assert cam.calls[:3] == ["configure", "set_controls", "start"]
+    assert cam.calls[-2:] == ["stop", "close"]
+    assert frame.image.shape == (48, 64) and frame.image.dtype == np.uint8
+    y = ((np.arange(48)[:, None] + 2 * np.arange(64)[None, :]) % 256).astype(np.uint8)
+    if fmt == "YUV420":
+        np.testing.assert_array_equal(frame.image, y)
+    else:  # grey from the right channel order: red = y, blue = 255 - y
+        expect = 0.299 * y + 0.587 * (y // 2) + 0.114 * (255 - y.astype(int))
+        assert np.abs(frame.image - expect).max() <= 1.0
+
+
+def test_picamera2_grab_timeout_and_missing_module():
+    release = threading.Event()
+    src = Picamera2Source(fmt="YUV420", factory=lambda n: FakePicamera2(n, block=release))
+    src.open()
+    t0 = time.monotonic()
+    with pytest.raises(GrabTimeout):
+        src.read(timeout=0.1)
+    assert time.monotonic() - t0 < 1.0
+    release.set()
+    src.close()
+    with pytest.raises(CaptureError, match="picamera2 is not installed"):
+        Picamera2Source().open()
+
+
+class ProbeSource:
+    """A source recording the LED pin states at the moment each frame is read."""
+
+    name = "probe"
+    is_open = True
+
+    def __init__(self, light: Illumination) -> None:
+        self.light, self.states, self.controls = light, [], []
+
+    def read(self, timeout=1.0):
+        from agent.capture.base import Frame
+
+        pins = (self.light.white.pin.state, self.light.nir.pin.state)
+        self.states.append((pins, time.monotonic()))
+        return Frame(np.zeros((4, 4), np.uint8), time.monotonic(), len(self.states), self.name)
+
+    def set_controls(self, controls):
+        self.controls.append(controls)
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def mock_pins():
+    from gpiozero import Device
+    from gpiozero.pins.mock import MockFactory
+
+    old = Device.pin_factory
+    Device.pin_factory = MockFactory()
+    yield Device.pin_factory
+    Device.pin_factory.reset()
+    Device.pin_factory = old
+
+
+def test_switched_light_sets_the_pins_for_each_capture(mock_pins):
+    light = Illumination(white_pin=17, nir_pin=27, settle_s=0.03)
+    probe = ProbeSource(light)
+    cam = SwitchedLight(
+        probe, light, controls={"print": {"ExposureTime": 4000}, "vein": {"ExposureTime": 9000}}
+    )
+    t_switch = time.monotonic()
+    p, v = cam.capture_pair()
+    assert p.meta["modality"] == "print" and v.meta["modality"] == "vein"
+    # one stale frame dropped after each switch, then the kept frame: all under the new light
+    pins = [s for s, _ in probe.states]
+    assert pins == [(1, 0), (1, 0), (0, 1), (0, 1)]
+    assert probe.states[0][1] - t_switch >= 0.03  # the settle delay came first
+    assert probe.controls == [{"ExposureTime": 4000}, {"ExposureTime": 9000}]
+    cam.capture("vein")  # no switch: no settle, no dropped frame
+    assert len(probe.states) == 5 and probe.states[-1][0] == (0, 1)
+    cam.close()
+    assert light.white.closed and light.nir.closed
+
+
+def test_active_low_leds(mock_pins):
+    light = Illumination(white_pin=5, nir_pin=6, settle_s=0.0, active_high=False)
+    light.select("vein")
+    assert (mock_pins.pin(5).state, mock_pins.pin(6).state) == (1, 0)  # low = lit
+    light.close()
+
+
+def test_two_cameras(frames_dir):
+    out, _ = frames_dir
+    cams = TwoCameras(ReplaySource(out / "print"), ReplaySource(out / "vein"))
+    for s in cams.sources.values():
+        s.open()
+    p, v = cams.capture_pair()
+    cams.close()
+    assert "/print/" in p.meta["path"] and "/vein/" in v.meta["path"]
+
+
+class VanishingSource(ReplaySource):
+    """A real replay whose camera 'vanishes' after a few frames, as an unplugged USB one does."""
+
+    def __init__(self, path, fail_after: int) -> None:
+        super().__init__(path, loop=True)
+        self.fail_after = fail_after
+
+    def read(self, timeout=1.0):
+        if self._count >= self.fail_after:
+            raise OSError("No such device")
+        return super().read(timeout)
+
+
+def test_reopen_with_back_off_reports_and_never_crashes(frames_dir, tmp_path):
+    out, _ = frames_dir
+    events = []
+    src = Reopening(
+        VanishingSource(out / "print", fail_after=2),
+        report=lambda e, f: events.append((e, f, time.monotonic())),
+        backoff_s=(0.05, 0.2),
+    )
+    src.open()
+    assert src.read().index == 0 and src.read().index == 1
+    with pytest.raises(CaptureError):
+        src.read()
+    assert events[-1][0] == "capture_failed" and "No such device" in events[-1][1]["error"]
+    assert not src.is_open
+    with pytest.raises(SourceUnavailable):
+        src.read(timeout=0.0)  # inside the back-off: no attempt, no wait
+    frame = src.read(timeout=0.5)  # waits out the back-off and reopens
+    assert frame.index == 0 and events[-1][0] == "reopened"
+
+    # a camera missing at start: reopen attempts back off 0.05, 0.1, 0.2, 0.2 s
+    missing = tmp_path / "cam"
+    events.clear()
+    gone = Reopening(
+        ReplaySource(missing),
+        report=lambda e, f: events.append((e, f, time.monotonic())),
+        backoff_s=(0.05, 0.2),
+    )
+    gone.open()
+    for _ in range(4):
+        with pytest.raises(SourceUnavailable):
+            gone.read(timeout=0.5)
+    delays = [f["retry_in_s"] for e, f, _ in events]
+    assert delays == [0.05, 0.1, 0.2, 0.2, 0.2]
+    gaps = np.diff([t for *_, t in events])
+    assert all(g >= d * 0.9 for g, d in zip(gaps, delays, strict=False))
+    shutil.copytree(out / "print", missing)
+    assert gone.read(timeout=0.5).index == 0
+    assert events[-1][0] == "reopened" and events[-1][1]["failures"] == 5
+
+
+def test_repeated_timeouts_count_as_a_failure(frames_dir):
+    out, _ = frames_dir
+    events = []
+    src = Reopening(
+        ReplaySource(out / "print", fps=1),
+        report=lambda e, f: events.append(e),
+        max_timeouts=2,
+        backoff_s=(0.01, 0.01),
+    )
+    src.open()
+    src.read()
+    for _ in range(2):
+        with pytest.raises(GrabTimeout):
+            src.read(timeout=0.01)
+    assert events == ["capture_failed"] and not src.is_open
