@@ -61,7 +61,9 @@ def dataset_arrays(dataset: dict[str, Any], spec: PreprocessSpec, root: str | Pa
         from export.synth import generate_arrays
 
         s = dataset["synth"]
-        p, v = generate_arrays(s["ids"], s["samples"], s["level"], s["seed"])
+        p, v = generate_arrays(
+            s["ids"], s["samples"], s["level"], s["seed"], print_bands=s.get("print_bands", 1)
+        )
         return from_synth(p, v)
     root = root or dataset.get("root") or os.environ.get("PALM_DATA", "./data")
     return load_dataset(dataset["ds"], root, spec)

@@ -1,0 +1,64 @@
+"""The training checkpoint: what the exporter, the evaluator and --resume read back.
+
+One dict saved with torch.save: "arch", "state_dict", "centroids" (int8 ±1, row = label index),
+"labels", "preprocess" (PreprocessSpec.to_dict()), "split", "dataset", "train", "eval", and for
+resuming "optimizer" and "rng". Everything but the tensors is plain JSON-able data.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from export.model import PalmCohashNet
+
+REQUIRED = ("arch", "state_dict", "centroids", "labels", "preprocess", "split", "dataset")
+
+
+def _plain_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """State dict of the bare PalmCohashNet, whether or not it is wrapped in DDP."""
+    bare = model.module if hasattr(model, "module") else model
+    return {k: v.detach().cpu() for k, v in bare.state_dict().items()}
+
+
+def save_checkpoint(
+    path: str | Path, model: torch.nn.Module, centroids: np.ndarray, meta: dict[str, Any]
+) -> Path:
+    """Write atomically (temp file + rename) so an interrupt never leaves half a checkpoint."""
+    bare = model.module if hasattr(model, "module") else model
+    ckpt = {
+        **meta,
+        "arch": bare.arch(),
+        "state_dict": _plain_state(model),
+        "centroids": torch.as_tensor(np.asarray(centroids), dtype=torch.int8),
+    }
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing:
+        raise ValueError(f"checkpoint meta lacks {missing}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[PalmCohashNet, dict]:
+    """(model in eval mode, the checkpoint dict); centroids come back as an int8 numpy array."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found; train one with `palm-export train`")
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path} is not a palm-cohash checkpoint (missing {missing})")
+    arch = ckpt["arch"]
+    model = PalmCohashNet(arch["backbone"], arch["bits"], arch["in_channels"])
+    model.load_state_dict(ckpt["state_dict"])
+    model.to(device).eval()
+    ckpt["centroids"] = np.asarray(ckpt["centroids"].cpu().numpy(), dtype=np.int8)
+    return model, ckpt

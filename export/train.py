@@ -1,0 +1,324 @@
+"""Training: the reference recipe (RMSprop 1e-5, CSQ + cross-modal contrastive) as a command.
+
+`python main.py -b 256 --ds casiam --bits 32 --model res18 --comment caRes32 --epoch 4000` and
+`palm-export train` with the same flags run :func:`run`. Under ``torchrun`` each process trains on
+its share of every batch (DistributedDataParallel; NCCL on GPUs, gloo on CPUs) and rank 0
+evaluates and writes. Everything random is seeded from --seed and the epoch number (shuffling,
+augmentation per sample, the cross-modal shuffle), so a CPU run is reproducible and a resumed run
+continues exactly where the interrupted one stopped.
+
+Writes to --out: last.pt (every epoch, and on Ctrl-C), best.pt (lowest mean Hamming EER over the
+modes), metrics.jsonl (one line per evaluation) and eval/ (report.json, det_<mode>.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from agent.codes import SUPPORTED_BITS
+from agent.preprocess import DEFAULT_SPEC
+
+logger = logging.getLogger(__name__)
+
+DATASETS = ("casiam", "polyu", "tjppv", "iitd", "generic")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-b", "--batch-size", type=int, default=256, help="global batch size")
+    p.add_argument("--ds", choices=DATASETS, default="casiam", help="data set layout")
+    p.add_argument("--bits", type=int, choices=SUPPORTED_BITS, default=32)
+    p.add_argument("--model", default="res18", help="backbone: res18, light or tiny")
+    p.add_argument("--comment", default="", help="run name; the default --out is runs/COMMENT")
+    p.add_argument("--epoch", dest="epochs", type=int, default=4000, help="epochs to train")
+    p.add_argument(
+        "--data-root",
+        default=os.environ.get("PALM_DATA", "./data"),
+        help="folder holding the data set (default: $PALM_DATA or ./data)",
+    )
+    p.add_argument("--workers", type=int, default=0, help="data loader processes")
+    p.add_argument("--eval-every", type=int, default=50, help="evaluate every N epochs")
+    p.add_argument(
+        "--resume", nargs="?", const="last", help="continue from CKPT (default: OUT/last.pt)"
+    )
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if any")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--weight-decay", type=float, default=1e-5)
+    p.add_argument("--optimizer", choices=("rmsprop", "adam", "sgd"), default="rmsprop")
+    p.add_argument("--pretrained", metavar="FILE", help="backbone state dict (torchvision names)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: runs/COMMENT)")
+    p.add_argument("--quant-weight", type=float, default=0.1, help="λ of the quantization term")
+    p.add_argument("--cross-weight", type=float, default=1e-4, help="weight of the cross term")
+    p.add_argument("--margin", type=float, default=2.0, help="contrastive margin")
+    p.add_argument("--bit-margin", type=float, default=1.0, help="|u| the bit-margin term asks")
+    p.add_argument(
+        "--bit-margin-weight", type=float, default=0.0, help="weight of the bit margin (off: 0)"
+    )
+    p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--time-limit", type=float, help="stop after this many minutes, then evaluate")
+    p.add_argument(
+        "--threads", type=int, help="torch CPU threads (1 is fastest on a CPU shared with others)"
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="main.py", description="train PalmCohashNet")
+    add_arguments(p)
+    return p.parse_args(argv)
+
+
+def out_dir(args: argparse.Namespace) -> Path:
+    if args.out:
+        return Path(args.out)
+    return Path("runs") / (args.comment or f"{args.ds}_{args.model}{args.bits}")
+
+
+def _distributed(device: str) -> tuple[int, int, str]:
+    """(rank, world size, device) — torchrun sets WORLD_SIZE; a plain run is rank 0 of 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    if device == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    return dist.get_rank(), world, device
+
+
+def _optimizer(args, params):
+    import torch
+
+    kinds = {"rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+    return kinds[args.optimizer](params, lr=args.lr, weight_decay=args.weight_decay)
+
+
+def _jsonable(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(args).items() if k != "func"}
+
+
+def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
+    """Train on in-memory arrays (export.data.PalmArrays); returns the last evaluation report."""
+    import torch
+    import torch.distributed as dist
+    from torch.utils.data import DataLoader, DistributedSampler
+    from tqdm import tqdm
+
+    from export.augment import AugmentConfig
+    from export.centroids import make_centroids
+    from export.checkpoint import load_checkpoint, save_checkpoint
+    from export.data import PalmDataset, reference_split, split_record
+    from export.evaluate import evaluate_model
+    from export.losses import LossConfig, cohash_loss
+    from export.model import PalmCohashNet, load_pretrained
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    rank, world, device = _distributed(device)
+    if device == "cpu":
+        torch.use_deterministic_algorithms(True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    out = out_dir(args)
+    spec = DEFAULT_SPEC
+    train_rows, test_rows = reference_split(arrays, args.seed)
+    centroids = make_centroids(len(arrays.identities), args.bits, args.seed)
+    cent_t = torch.as_tensor(centroids, dtype=torch.float32, device=device)
+    model = PalmCohashNet(args.model, args.bits)
+    if args.pretrained:
+        load_pretrained(model, args.pretrained)
+    optimizer = _optimizer(args, model.parameters())
+    loss_cfg = LossConfig(
+        args.quant_weight, args.cross_weight, args.margin, args.bit_margin, args.bit_margin_weight
+    )
+    meta = {
+        "labels": list(arrays.identities),
+        "preprocess": spec.to_dict(),
+        "split": {
+            "seed": args.seed,
+            "method": "reference: per identity, a seeded ceil(n/2) of the samples train",
+            "train": split_record(arrays, train_rows),
+            "test": split_record(arrays, test_rows),
+        },
+        "dataset": dataset,
+        "loss": dataclasses.asdict(loss_cfg),
+        "eval": None,
+        "best_mean_eer": None,
+    }
+    start = 0
+    if args.resume:
+        path = out / "last.pt" if args.resume == "last" else Path(args.resume)
+        resumed, ckpt = load_checkpoint(path)
+        if ckpt["split"] != meta["split"] or ckpt["arch"] != model.arch():
+            raise ValueError(f"{path} was trained on another split or architecture; not resuming")
+        model.load_state_dict(resumed.state_dict())
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start = ckpt["train"]["epoch"]
+        meta["eval"], meta["best_mean_eer"] = ckpt["eval"], ckpt["best_mean_eer"]
+        logger.info("resumed checkpoint=%s epoch=%d", path, start)
+    model.to(device)
+    net = model
+    if world > 1:
+        unused = arrays.vein is None
+        net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=unused)
+    aug = AugmentConfig() if args.augment else None
+    train_ds = PalmDataset(arrays, train_rows, spec, aug, args.seed)
+    sampler = DistributedSampler(train_ds, world, rank, seed=args.seed) if world > 1 else None
+    per_rank = max(1, args.batch_size // world)
+    test_arrays = arrays.subset(test_rows)
+    metrics_path = out / "metrics.jsonl"
+    t0 = time.monotonic()
+    epoch = start
+
+    def save(name: str, epoch_done: int) -> None:
+        train_meta = {"command": " ".join(sys.argv), "args": _jsonable(args), "epoch": epoch_done}
+        full = {**meta, "train": train_meta, "optimizer": optimizer.state_dict()}
+        save_checkpoint(out / name, net, centroids, full)
+
+    try:
+        for epoch in range(start, args.epochs):
+            model.train()
+            train_ds.set_epoch(epoch)
+            gen = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch)
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            loader = DataLoader(
+                train_ds,
+                per_rank,
+                shuffle=sampler is None,
+                sampler=sampler,
+                generator=gen,
+                num_workers=args.workers,
+                pin_memory=device.startswith("cuda"),
+            )
+            bar = tqdm(
+                loader,
+                desc=f"epoch {epoch + 1}/{args.epochs}",
+                disable=rank != 0,
+                leave=False,
+                file=sys.stderr,
+            )
+            sums: dict[str, float] = {}
+            for n_batches, item in enumerate(bar, 1):
+                item = [t.to(device, non_blocking=True) for t in item]
+                px, vx, y = (
+                    (item[0], item[1], item[2]) if len(item) == 3 else (item[0], None, item[1])
+                )
+                up, uv = net(px, vx)
+                loss, parts = cohash_loss(up, uv, y, cent_t, loss_cfg, gen)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                for k, v in {"loss": float(loss.detach()), **parts}.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.set_postfix(loss=f"{sums['loss'] / n_batches:.4f}")
+            stop = args.time_limit is not None and time.monotonic() - t0 > 60 * args.time_limit
+            if world > 1:
+                flag = torch.tensor([int(stop)])
+                dist.broadcast(flag, 0)
+                stop = bool(flag.item())
+            last = stop or epoch + 1 == args.epochs
+            if rank == 0 and ((epoch + 1) % args.eval_every == 0 or last):
+                report = evaluate_model(model, test_arrays, centroids, spec, out / "eval", device)
+                meta["eval"] = report
+                row = {
+                    "epoch": epoch + 1,
+                    "time_s": round(time.monotonic() - t0, 1),
+                    **{k: v / max(1, n_batches) for k, v in sums.items()},
+                    "mean_eer": report["mean_eer"],
+                    "eer": {m: r["eer"] for m, r in report["hamming"].items()},
+                }
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                logger.info("eval epoch=%d mean_eer=%.4f", epoch + 1, report["mean_eer"])
+                best = meta["best_mean_eer"]
+                if best is None or report["mean_eer"] < best:
+                    meta["best_mean_eer"] = report["mean_eer"]
+                    save("best.pt", epoch + 1)
+            if rank == 0:
+                save("last.pt", epoch + 1)
+            if world > 1:
+                dist.barrier()
+            if stop:
+                logger.info("time limit reached epoch=%d minutes=%.1f", epoch + 1, args.time_limit)
+                break
+    except KeyboardInterrupt:
+        if rank == 0:
+            save("last.pt", epoch)
+            logger.warning(
+                "interrupted epoch=%d saved=%s; continue with --resume", epoch, out / "last.pt"
+            )
+        raise
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+    return meta["eval"]
+
+
+def dataset_meta(args: argparse.Namespace, arrays) -> dict:
+    counts = np.bincount(arrays.labels)
+    root = str(Path(args.data_root).expanduser().resolve())
+    return {
+        "ds": args.ds,
+        "root": root,
+        "ids": len(arrays.identities),
+        "samples": int(counts.max()),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from export.data import load_dataset
+    from export.evaluate import format_table
+
+    arrays = load_dataset(args.ds, args.data_root, DEFAULT_SPEC, workers=max(args.workers, 4))
+    try:
+        report = fit(args, arrays, dataset_meta(args, arrays))
+    except KeyboardInterrupt:
+        return 130
+    if report is not None:
+        print(format_table(report))
+        print(f"mean_eer={report['mean_eer']:.4f} out={out_dir(args)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The top-level main.py: the reference's command line, errors as one readable line."""
+    from export.data import LayoutError
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except LayoutError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train PalmCohashNet (the reference's main.py flags)")
+    add_arguments(p)
+    p.set_defaults(func=_run_cli)
+
+
+def _run_cli(args: argparse.Namespace) -> int:
+    from export.data import LayoutError
+
+    try:
+        return run(args)
+    except LayoutError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
