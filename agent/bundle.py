@@ -35,7 +35,8 @@ SIGNATURE = "manifest.sig"  # base64 of the raw Ed25519 signature over manifest.
 MODALITIES = ("print", "vein")
 FORMATS = ("onnx", "tflite")
 PRECISIONS = ("fp32", "int8")
-MODES = ("print", "vein", "multi", "cross", "centroid")
+# deployment modes the thresholds are calibrated for (cross: probe modality 2 gallery modality)
+MODES = ("print", "vein", "multi", "cross_p2v", "cross_v2p", "centroid_print", "centroid_vein")
 # threshold keys besides "eer", as export/metrics writes the FMRs
 FMR_KEYS = ("0.01", "0.001", "0.0001")
 
@@ -391,11 +392,14 @@ def load_bundle(
     path: str | Path,
     public_key: str | Path | bytes | None = None,
     extract_to: str | Path | None = None,
+    allow_degraded: bool = False,
 ) -> Bundle:
     """Open and verify a bundle directory or ``.tar``; raises :class:`BundleError` if unusable.
 
     With ``public_key`` set the bundle must carry a valid signature; without it the hashes are
-    still checked (they catch corruption, the signature catches substitution).
+    still checked (they catch corruption, the signature catches substitution). A bundle whose
+    export failed the parity gate is refused unless it was exported with ``--allow-degraded`` or
+    the caller passes ``allow_degraded`` (the exporter, reading back what it wrote).
     """
     path = Path(path)
     if not path.exists():
@@ -412,6 +416,13 @@ def load_bundle(
         raise BundleError(f"{manifest_path}: not valid JSON: {exc}") from exc
     manifest = Manifest.from_dict(raw)
     verify_files(root, manifest)
+    gate = manifest.parity.get("gate", {})
+    if gate.get("passed") is False and not (allow_degraded or gate.get("allow_degraded")):
+        raise BundleError(
+            f"{manifest_path}: this bundle failed the export parity gate "
+            f"({'; '.join(gate.get('failures', [])) or 'see parity'}); re-export it, or export "
+            "with --allow-degraded to deploy it knowingly"
+        )
     for name in manifest.modalities:
         try:
             PreprocessSpec.from_dict(manifest.modalities[name].preprocess)

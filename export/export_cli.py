@@ -1,0 +1,323 @@
+"""``palm-export export | verify | inspect | keygen``: checkpoint -> signed bundle, and back.
+
+``export`` converts each modality's net to every requested format and precision, computes the
+parity table through the device's own inference path, calibrates thresholds on the test split,
+writes and signs the manifest, and re-opens the result with the device loader. Its last lines are
+the parity table and the ``verify`` command to run on the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent import codes
+from agent.bundle import (
+    FORMAT_VERSION,
+    FORMATS,
+    PRECISIONS,
+    Manifest,
+    Modality,
+    ModelEntry,
+    load_bundle,
+)
+from agent.preprocess import PreprocessSpec
+from export import bundle_writer, calibrate, parity
+
+logger = logging.getLogger(__name__)
+
+GATE_FAILED = 3
+CHANNEL_ORDER = {"print": "bands as stacked by the data set", "vein": "grey repeated"}
+
+
+def _csv(value: str, allowed: tuple[str, ...], what: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in items if v not in allowed]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(f"{what} {bad or value!r}: choose from {allowed}")
+    return items
+
+
+def _rois(arrays: Any, modality: str) -> np.ndarray:
+    return arrays.print if modality == "print" else arrays.vein
+
+
+def _convert(
+    net: Any,
+    modality: str,
+    fmt: str,
+    precision: str,
+    spec: PreprocessSpec,
+    calib: np.ndarray,
+    out: Path,
+) -> ModelEntry:
+    from export import convert_onnx, convert_tflite
+
+    name = f"{modality}.{precision}.{fmt}"
+    path = out / name
+    c, s = spec.channels, spec.input_size
+    info: dict[str, Any] = {"layout": "NCHW"}
+    if fmt == "onnx":
+        fp32 = out / f"{modality}.fp32.onnx"
+        if not fp32.exists():
+            convert_onnx.export_fp32(net, c, s, fp32)
+        if precision == "int8":
+            info["quantization"] = convert_onnx.quantize_int8(fp32, path, calib)
+    elif precision == "fp32":
+        info = convert_tflite.export_fp32(net, c, s, path)
+    else:
+        info = convert_tflite.export_int8(net, calib, path)
+    e = bundle_writer.file_entry(out, name)
+    return ModelEntry(modality, fmt, precision, e.file, e.sha256, e.size, **info)
+
+
+def export_bundle(
+    model: Any,
+    ckpt: dict[str, Any],
+    train: Any,
+    test: Any,
+    out: Path,
+    formats: list[str],
+    precisions: list[str],
+    calib_n: int,
+    sign_key: Path | None = None,
+    min_agreement: float = 0.99,
+    max_eer_increase_pp: float = 0.5,
+    allow_degraded: bool = False,
+) -> dict:
+    """Write the bundle into ``out``; returns the parity report (its gate decides the exit)."""
+    bits = int(ckpt["arch"]["bits"])
+    spec = PreprocessSpec.from_dict(ckpt["preprocess"])
+    modalities = ["print"] + ([] if test.vein is None else ["vein"])
+    out.mkdir(parents=True, exist_ok=True)
+    models = []
+    for m in modalities:
+        net = getattr(model, f"{m}_net")
+        calib = calibrate.calibration_tensors(_rois(train, m), spec, calib_n)
+        for fmt in formats:
+            for precision in precisions:
+                models.append(_convert(net, m, fmt, precision, spec, calib, out))
+        if "onnx" in formats and "fp32" not in precisions:
+            (out / f"{m}.fp32.onnx").unlink()  # only the int8 quantizer's input
+    centroid_entry = bundle_writer.write_centroids(out, ckpt["centroids"], ckpt["labels"])
+    evaluate = parity.mode_evaluator(test.labels, np.asarray(ckpt["centroids"]), bits)
+    reference = {
+        m: parity.torch_codes(getattr(model, f"{m}_net"), _rois(test, m), spec) for m in modalities
+    }
+    files = [
+        (vars(e), parity.device_codes(out / e.file, _rois(test, e.modality), spec)) for e in models
+    ]
+    report = parity.parity_report(
+        reference, files, evaluate, bits, min_agreement, max_eer_increase_pp
+    )
+    report["gate"]["allow_degraded"] = bool(allow_degraded)
+    ref_rates = evaluate(reference)
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        bits=bits,
+        bit_order=codes.BIT_ORDER,
+        input_size=spec.input_size,
+        modalities={m: Modality(spec.to_dict(), [CHANNEL_ORDER[m]]) for m in modalities},
+        models=models,
+        centroids=centroid_entry,
+        thresholds=calibrate.thresholds(ref_rates),
+        parity=report,
+        evaluation={
+            "export_test_split": {k: v.to_dict() for k, v in ref_rates.items()},
+            "checkpoint": ckpt.get("eval", {}),
+        },
+        training={
+            "arch": ckpt["arch"],
+            "dataset": ckpt.get("dataset", {}),
+            "train": ckpt.get("train", {}),
+            "split_sizes": {"train": len(train), "test": len(test)},
+            "calibration_images": calib_n,
+        },
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    bundle_writer.write_manifest(out, manifest)
+    if sign_key is not None:
+        bundle_writer.sign(out, sign_key)
+    load_bundle(out, allow_degraded=True)  # what the device would refuse is never announced
+    return report
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, dict, Any, Any]:
+    from export.checkpoint import load_checkpoint
+    from export.data.split import load_split
+
+    model, ckpt = load_checkpoint(args.checkpoint)
+    train = load_split(ckpt, "train", args.data_root)
+    test = load_split(ckpt, "test", args.data_root)
+    return model, ckpt, train, test
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    model, ckpt, train, test = _load(args)
+    out = Path(args.out)
+    report = export_bundle(
+        model,
+        ckpt,
+        train,
+        test,
+        out,
+        args.formats,
+        args.precision,
+        args.calib,
+        args.sign_key,
+        args.min_agreement,
+        args.max_eer_increase,
+        args.allow_degraded,
+    )
+    print(parity.format_table(report))
+    if not report["gate"]["passed"] and not args.allow_degraded:
+        print(
+            f"export FAILED the parity gate; {out} is marked degraded and a device refuses it. "
+            "Train longer (or with a larger output margin), calibrate on more images, drop "
+            "the failing precision, or pass --allow-degraded to ship it anyway.",
+            file=sys.stderr,
+        )
+        return GATE_FAILED
+    if args.tar:
+        tar = bundle_writer.make_tar(out, out.with_suffix(".tar"))
+        print(f"archive: {tar}")
+    key = f" --public-key {Path(args.sign_key).with_suffix('.pub')}" if args.sign_key else ""
+    print(f"verify with: palm-export verify {out}{key} --checkpoint {args.checkpoint}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Hashes and signature, then (with a checkpoint) the parity rerun on its test split."""
+    bundle = load_bundle(args.bundle, public_key=args.public_key)
+    print(
+        f"{args.bundle}: {len(bundle.manifest.files())} files match their sha256 and size; "
+        f"signature: {'verified' if bundle.signed else 'not checked'}"
+    )
+    if args.checkpoint is None:
+        return 0
+    model, _, _, test = _load(args)
+    recorded = {r["file"]: r for r in bundle.parity.get("files", [])}
+    reference, files, mismatched = {}, [], []
+    for m in bundle.manifest.modalities:
+        spec = bundle.preprocess(m)
+        reference[m] = parity.torch_codes(getattr(model, f"{m}_net"), _rois(test, m), spec)
+    for e in bundle.manifest.models:
+        c = parity.device_codes(
+            bundle.root / e.file, _rois(test, e.modality), bundle.preprocess(e.modality)
+        )
+        files.append((vars(e), c))
+        if recorded.get(e.file, {}).get("codes_sha256") != parity.codes_digest(c):
+            mismatched.append(e.file)
+    centroids = np.where(codes.unpack(bundle.centroid_codes, bundle.bits), 1, -1)
+    evaluate = parity.mode_evaluator(test.labels, centroids, bundle.bits)
+    gate = bundle.parity.get("gate", {})
+    report = parity.parity_report(
+        reference,
+        files,
+        evaluate,
+        bundle.bits,
+        gate.get("min_bit_agreement", parity.DEFAULT_MIN_AGREEMENT),
+        gate.get("max_eer_increase_pp", parity.DEFAULT_MAX_EER_INCREASE_PP),
+    )
+    print(parity.format_table(report))
+    if mismatched:
+        print(
+            f"codes differ from the export's parity report for: {', '.join(mismatched)} "
+            "(another runtime version or data set?)",
+            file=sys.stderr,
+        )
+    return 0 if report["gate"]["passed"] and not mismatched else GATE_FAILED
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    bundle = load_bundle(args.bundle, public_key=args.public_key, allow_degraded=True)
+    m = bundle.manifest
+    if args.json:
+        print(json.dumps(m.to_dict(), indent=2, sort_keys=True))
+        return 0
+    print(
+        f"bundle {bundle.root}  format v{m.format_version}  {m.bits} bits  "
+        f"bit order {m.bit_order}  input {m.input_size}x{m.input_size}  created {m.created}  "
+        f"signature {'verified' if bundle.signed else 'not checked'}"
+    )
+    for name, mod in m.modalities.items():
+        p = mod.preprocess
+        print(
+            f"  {name}: channels {p['channels']} ({', '.join(mod.channel_order)}), "
+            f"mean {p['mean']}, std {p['std']}"
+        )
+    print(f"{'file':<22}{'bytes':>10}  {'layout':<6} {'input':<8} sha256")
+    for e in m.models:
+        q = e.input_quant
+        io = f"{e.input_dtype}" + (f" s={q.scale:.4g} zp={q.zero_point}" if q else "")
+        print(f"{e.file:<22}{e.size:>10}  {e.layout:<6} {io:<8} {e.sha256[:16]}")
+    print(f"centroids: {m.centroids.file}, {len(bundle.centroid_labels)} identities")
+    print(
+        "thresholds (accept when distance <= t):  "
+        + "  ".join(f"{k}" for k in ("eer", "0.01", "0.001", "0.0001"))
+    )
+    for mode, row in m.thresholds.items():
+        print(
+            f"  {mode:<9}"
+            + "".join(
+                f"{row.get(k, float('nan')):>8.1f}" for k in ("eer", "0.01", "0.001", "0.0001")
+            )
+        )
+    if m.parity.get("files"):
+        print(parity.format_table(m.parity))
+    print(f"training: {json.dumps(m.training.get('train', {}), sort_keys=True)[:300]}")
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    prefix = Path(args.out)
+    bundle_writer.keygen(prefix.with_suffix(".pem"), prefix.with_suffix(".pub"))
+    print(
+        f"private key {prefix.with_suffix('.pem')} (keep it on the workstation), "
+        f"public key {prefix.with_suffix('.pub')} (copy it to devices)"
+    )
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("export", help="checkpoint -> bundle (ONNX/TFLite, fp32/int8, parity)")
+    p.add_argument("checkpoint")
+    p.add_argument("--formats", type=lambda v: _csv(v, FORMATS, "format"), default=list(FORMATS))
+    p.add_argument(
+        "--precision", type=lambda v: _csv(v, PRECISIONS, "precision"), default=list(PRECISIONS)
+    )
+    p.add_argument("--calib", type=int, default=200, help="training images for int8 ranges")
+    p.add_argument("--out", required=True, help="bundle directory")
+    p.add_argument("--tar", action="store_true", help="also write OUT.tar")
+    p.add_argument("--sign-key", type=Path, help="Ed25519 private key (palm-export keygen)")
+    p.add_argument("--data-root", help="data set root, if not where the checkpoint says")
+    p.add_argument("--min-agreement", type=float, default=parity.DEFAULT_MIN_AGREEMENT)
+    p.add_argument(
+        "--max-eer-increase",
+        type=float,
+        default=parity.DEFAULT_MAX_EER_INCREASE_PP,
+        help="percentage points",
+    )
+    p.add_argument("--allow-degraded", action="store_true", help="ship even if the gate fails")
+    p.set_defaults(func=cmd_export)
+    v = sub.add_parser("verify", help="re-check a bundle's hashes/signature and rerun parity")
+    v.add_argument("bundle")
+    v.add_argument("--public-key", type=Path)
+    v.add_argument("--checkpoint", help="rerun parity on this checkpoint's test split")
+    v.add_argument("--data-root")
+    v.set_defaults(func=cmd_verify)
+    i = sub.add_parser("inspect", help="print a bundle's manifest readably")
+    i.add_argument("bundle")
+    i.add_argument("--public-key", type=Path)
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_inspect)
+    k = sub.add_parser("keygen", help="make an Ed25519 key pair for signing bundles")
+    k.add_argument("--out", required=True, help="path prefix: PREFIX.pem and PREFIX.pub")
+    k.set_defaults(func=cmd_keygen)
