@@ -126,29 +126,42 @@ class MatchConfig(_Model):
 
 
 class IlluminationConfig(_Model):
-    kind: Literal["none", "gpio"] = "none"
-    print_pin: int | None = None
-    vein_pin: int | None = None
-    settle_ms: int = Field(30, ge=0)
+    print_pin: int | None = 17
+    vein_pin: int | None = 27
+    settle_ms: int = Field(50, ge=0)
+    active_high: bool = True
 
 
 class CameraConfig(_Model):
     source: Literal["replay", "opencv", "picamera2"] = "opencv"
+    layout: Literal["switched", "dual", "print", "vein"] = "switched"
     device: str = "/dev/video0"
-    pipeline: str | None = None
+    vein_device: str | None = None
+    camera_num: int = Field(0, ge=0)
+    vein_camera_num: int = Field(1, ge=0)
+    format: Literal["YUV420", "RGB888", "BGR888"] = "YUV420"
     replay_path: str | None = None
+    vein_replay_path: str | None = None
     loop: bool = False
     width: int = Field(640, ge=16)
     height: int = Field(480, ge=16)
     fps: float = Field(15.0, gt=0)
+    read_timeout: float = Field(1.0, gt=0)
     illumination: IlluminationConfig = IlluminationConfig()
     reopen_min: float = Field(0.5, gt=0)
     reopen_max: float = Field(30.0, gt=0)
 
     @model_validator(mode="after")
-    def _replay_needs_path(self) -> CameraConfig:
+    def _complete(self) -> CameraConfig:
         if self.source == "replay" and self.replay_path is None:
             raise ValueError("source 'replay' needs replay_path")
+        if self.layout == "dual" and self.source == "replay" and self.vein_replay_path is None:
+            raise ValueError("layout 'dual' with source 'replay' needs vein_replay_path")
+        if self.layout == "dual" and self.source == "opencv" and self.vein_device is None:
+            raise ValueError("layout 'dual' with source 'opencv' needs vein_device")
+        light = self.illumination
+        if self.layout == "switched" and (light.print_pin is None or light.vein_pin is None):
+            raise ValueError("layout 'switched' needs illumination.print_pin and vein_pin")
         return self
 
 

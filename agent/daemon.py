@@ -34,8 +34,9 @@ class Source(Protocol):
     """A camera: frames per modality, or None when none is available right now."""
 
     state: str
+    modalities: tuple[str, ...]
 
-    def read(self) -> Mapping[str, np.ndarray] | None: ...
+    def read(self, modalities: tuple[str, ...]) -> Mapping[str, np.ndarray] | None: ...
     def close(self) -> None: ...
 
 
@@ -133,13 +134,14 @@ class Daemon:
             if self._next_frame > time.monotonic():
                 return None, 0.0
         started = time.perf_counter()
-        frames = self.source.read()
+        frames = self.source.read(MODE_MODALITIES[self.settings.mode])
         if frames is None:
             self._next_frame = time.monotonic() + 0.02
             return None, started
         self._frames += 1
+        grabbed = time.perf_counter()
         probe = self.engine.vision(frames)
-        probe.timings["capture"] = probe.timings.get("capture", 0.0)
+        probe.timings["capture"] = (grabbed - started) * 1e3
         return probe, started
 
     def _capture_and_decide(self, explicit: bool) -> dict[str, Any] | None:
@@ -212,7 +214,8 @@ class Daemon:
         """Enroll on the calling thread (the CLI, or the main loop for a command)."""
         e = self.cfg.enroll
         wanted = MODE_MODALITIES[self.settings.mode]
-        modalities = tuple(m for m in wanted if m in self.engine.modalities) or wanted
+        have = set(self.engine.modalities) & set(self.source.modalities)
+        modalities = tuple(m for m in wanted if m in have) or wanted
 
         def grab() -> Probe:
             probe, _ = self._grab()

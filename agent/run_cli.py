@@ -12,7 +12,10 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.config import CameraConfig
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +40,6 @@ def build(config_path: Path, with_reporter: bool = True) -> Any:
     cfg = load_config(config_path)  # first: a bad config is reported before anything loads
     logging.getLogger().setLevel(cfg.logging.level)
 
-    from agent.capture import open_source
     from agent.daemon import Daemon
     from agent.decide import BundleEngine
     from agent.gallery_cli import _rekey
@@ -56,15 +58,83 @@ def build(config_path: Path, with_reporter: bool = True) -> Any:
         from agent import __version__ as version
 
         reporter = MqttReporter(cfg.mqtt, cfg.device.id, outbox, cfg.device.name, version)
+    report = (
+        (lambda event, fields: reporter.error({"event": event, **fields})) if reporter else None
+    )
     return Daemon(
         cfg,
         reporter,  # type: ignore[arg-type]
-        open_source(cfg),
+        Camera(cfg.camera, report),
         store,
         load_engine=lambda: BundleEngine(cfg, store),
         rekey=lambda: _rekey(store, Path(cfg.store.key_path)),
         notifier=Notifier(),
     )
+
+
+class Camera:
+    """agent.capture's rig (switched light, two cameras, or one) as the daemon's frame source."""
+
+    def __init__(self, cam: CameraConfig, report: Any = None) -> None:
+        from agent.capture import Reopening, open_source
+
+        def source(which: str) -> Any:
+            vein = which == "vein" and cam.layout == "dual"
+            if cam.source == "replay":
+                path = cam.vein_replay_path if vein else cam.replay_path
+                args: dict[str, Any] = {"path": path, "loop": cam.loop, "fps": cam.fps}
+            elif cam.source == "opencv":
+                dev = (cam.vein_device if vein else cam.device) or cam.device
+                device: int | str = int(dev) if dev.isdigit() else dev
+                args = {"device": device, "width": cam.width, "height": cam.height, "fps": cam.fps}
+            else:
+                num = cam.vein_camera_num if vein else cam.camera_num
+                args = {"camera_num": num, "size": (cam.width, cam.height), "fmt": cam.format}
+            src = open_source({"kind": cam.source, **args})
+            return Reopening(src, report, (cam.reopen_min, cam.reopen_max))
+
+        self.timeout = cam.read_timeout
+        self.state = "opening"
+        if cam.layout == "dual":
+            from agent.capture.illumination import TwoCameras
+
+            self.rig: Any = TwoCameras(source("print"), source("vein"))
+            self.modalities: tuple[str, ...] = ("print", "vein")
+        elif cam.layout == "switched":
+            from agent.capture.illumination import Illumination, SwitchedLight
+
+            light = cam.illumination
+            leds = Illumination(
+                light.print_pin, light.vein_pin, light.settle_ms / 1e3, light.active_high
+            )  # type: ignore[arg-type]
+            self.rig = SwitchedLight(source("print"), leds)
+            self.modalities = ("print", "vein")
+        else:
+            self.rig = source(cam.layout)
+            self.modalities = (cam.layout,)
+
+    def read(self, modalities: tuple[str, ...]) -> dict[str, Any] | None:
+        from agent.capture import CaptureError, EndOfStream
+
+        wanted = [m for m in modalities if m in self.modalities] or list(self.modalities)
+        try:
+            if len(self.modalities) == 1:
+                frames = {self.modalities[0]: self.rig.read(self.timeout)}
+            else:
+                frames = {m: self.rig.capture(m, self.timeout) for m in wanted}
+        except EndOfStream:
+            self.state = "ended"
+            return None
+        except CaptureError as e:
+            self.state = "unavailable"
+            logger.debug("capture no frame: %s", e)
+            return None
+        self.state = "ok"
+        return {m: f.image for m, f in frames.items()}
+
+    def close(self) -> None:
+        self.rig.close()
+        self.state = "closed"
 
 
 def _bundle_bits(path: str, public_key: str | None) -> int:

@@ -225,13 +225,18 @@ class Sub:
             cmd += ["-V", "mqttv5"]
         if self.session:
             cmd += ["-c", "-i", self.session]  # persistent session: queued while we are away
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, text=True, errors="replace", bufsize=1
+        )
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
 
     def _read(self, proc: subprocess.Popen) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
-            topic, retained, qos, payload = line.rstrip("\n").split(" ", 3)
+            parts = line.rstrip("\n").split(" ", 3)
+            if len(parts) < 4:
+                continue  # a payload with a newline in it (the command fuzz): not ours to parse
+            topic, retained, qos, payload = parts
             with self._cond:
                 if payload.startswith("sync-marker-"):
                     self.markers_seen.add(payload)

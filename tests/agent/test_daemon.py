@@ -1,0 +1,336 @@
+"""The daemon as systemd runs it: a separate process, a real bundle, replayed captures, mosquitto.
+
+One process per scenario; every observation is made from outside (mosquitto_sub, a paho
+controller, an AF_UNIX datagram socket standing in for systemd, the process's exit code and log).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import cv2
+import paho.mqtt.client as mqtt
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from .conftest import CTL_PASS, CTL_USER, palm_roi
+from .test_fuzz_commands import is_valid, payloads
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_replay(d: Path, subjects: list[int], start: int = 0) -> Path:
+    """One capture per entry: a print and a vein ROI of that subject, as the replay source reads."""
+    for m in ("print", "vein"):
+        (d / m).mkdir(parents=True, exist_ok=True)
+    for i, s in enumerate(subjects):
+        cv2.imwrite(str(d / "print" / f"{start + i:05d}.png"), palm_roi(s, start + i))
+        cv2.imwrite(str(d / "vein" / f"{start + i:05d}.png"), palm_roi(s + 50, start + i))
+    return d
+
+
+def agent_config(tmp: Path, broker, device: str, bundle: Path, replay: Path, **sections) -> Path:
+    doc = {
+        "device": {"id": device, "name": f"test {device}"},
+        "mqtt": broker.mqtt_section(device),
+        "outbox": {"path": str(tmp / "outbox.sqlite"), "flush_timeout": 3},
+        "bundle": {"path": str(bundle), "runtime": "onnx", "precision": "fp32", "threads": 1},
+        "store": {"path": str(tmp / "templates.sqlite"), "key_path": str(tmp / "device.key")},
+        "match": {"mode": "multi", "identify": True},
+        "camera": {
+            "source": "replay",
+            "layout": "dual",
+            "replay_path": str(replay / "print"),
+            "vein_replay_path": str(replay / "vein"),
+            "loop": True,
+            "fps": 20,
+        },
+        "roi": {"already_roi": True},
+        "trigger": {"kind": "presence", "cooldown": 0},
+        "enroll": {"captures": 3, "max_spread": 10, "timeout": 10},
+    }
+    for key, value in sections.items():
+        doc[key] = {**doc.get(key, {}), **value}
+    path = tmp / f"{device}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+class Agent:
+    """``palm-agent run`` as a child process, its log in a file."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.log = config.with_suffix(f".{uuid.uuid4().hex[:6]}.log")
+        self._log_f = open(self.log, "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "run", "--config", str(config)],
+            cwd=ROOT,
+            stdout=self._log_f,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def events(self) -> list[str]:
+        return [
+            ln.split("decision event=")[1].split()[0]
+            for ln in self.text().splitlines()
+            if "decision event=" in ln
+        ]
+
+    def terminate(self, timeout: float = 15) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(timeout=timeout)
+        self._log_f.close()
+        return rc
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        self._log_f.close()
+
+
+def enroll_cli(config: Path, subject: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "enroll", subject, "--config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def wait_until(pred, timeout=15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_config_error_names_the_key_and_nothing_starts(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mqtt:\n  port: eighty\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "run", "--config", str(bad)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert out.stderr.startswith("palm-agent: mqtt.port:"), out.stderr
+
+
+def test_run_decisions_stats_notify_and_sigterm(running_broker, subscribe, palm_bundle, tmp_path):
+    replay_enroll = write_replay(tmp_path / "enroll", [0] * 4)
+    cfg = agent_config(tmp_path, running_broker, "dev9", palm_bundle, replay_enroll)
+    result = enroll_cli(cfg, "alice")
+    assert result["captures"] == {"print": 3, "vein": 3}
+
+    replay = write_replay(tmp_path / "live", [0, 1] * 5, start=100)
+    cfg = agent_config(tmp_path, running_broker, "dev9", palm_bundle, replay)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(20)
+    sub = subscribe("palm/dev9/#")
+    agent = Agent(cfg, {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "400000"})
+    try:
+        first = notify.recv(4096).decode()
+        assert first.startswith("READY=1\nSTATUS=mode=multi 1:N"), first
+        assert notify.recv(4096) == b"WATCHDOG=1"
+        assert notify.recv(4096) == b"WATCHDOG=1"  # periodic, not once
+
+        decisions = sub.wait(lambda m: m[0] == "palm/dev9/decision", count=6, timeout=20)
+        assert len(decisions) >= 6
+        assert all(m[2] == 1 and not m[1] for m in decisions)  # QoS 1, never retained
+        docs = [json.loads(m[3]) for m in decisions]
+        for d in docs:
+            assert set(d) >= {
+                "schema", "event_id", "timestamp", "device", "mode", "subject", "distances",
+                "threshold", "decision", "quality", "model_hash", "latency_ms",
+            }  # fmt: skip
+            assert d["device"] == "dev9" and d["mode"] == "multi" and len(d["model_hash"]) == 64
+            assert set(d["distances"]) == {"print", "vein"}
+            assert "code" not in json.dumps(d)  # codes and images never leave the device
+        outcomes = {(d["decision"], d["subject"]) for d in docs}
+        assert outcomes == {("granted", "alice"), ("unknown", None)}, outcomes
+
+        stats = sub.wait(lambda m: m[0] == "palm/dev9/stats", count=2, timeout=5)
+        s = json.loads(stats[-1][3])
+        assert s["gallery_size"] == 1 and s["connected"] is True and s["frames"] > 0
+        assert {"uptime_s", "fps", "latency_ms", "outbox_depth", "camera", "decisions"} <= set(s)
+        assert {"roi", "hash", "match"} <= set(s["latency_ms"])
+        assert sub.on("palm/dev9/availability")[0][3] == "online"
+
+        assert agent.terminate() == 0
+        rest = b""
+        notify.settimeout(2)
+        while b"STOPPING=1" not in rest:
+            rest += notify.recv(4096) + b"\n"
+        assert sub.wait(lambda m: m[0] == "palm/dev9/availability" and m[3] == "stopped")
+        log = agent.text()
+        assert "camera closed" in log and "daemon stopped" in log
+        with sqlite3.connect(tmp_path / "outbox.sqlite") as db:
+            assert db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0  # flushed
+        published = {json.loads(m[3])["event_id"] for m in sub.on("palm/dev9/decision")}
+        assert set(agent.events()) <= published
+    finally:
+        agent.kill()
+        notify.close()
+
+
+def test_last_will_on_sigkill(running_broker, subscribe, palm_bundle, tmp_path):
+    replay = write_replay(tmp_path / "r", [0, 1])
+    cfg = agent_config(tmp_path, running_broker, "dev10", palm_bundle, replay)
+    sub = subscribe("palm/dev10/availability")
+    agent = Agent(cfg)
+    try:
+        assert sub.wait(lambda m: m[3] == "online", timeout=20), agent.text()
+        agent.proc.send_signal(signal.SIGKILL)
+        agent.proc.wait(timeout=5)
+        assert sub.wait(lambda m: m[3] == "offline", timeout=10)
+        assert [m[3] for m in sub.messages] == ["online", "offline"]
+    finally:
+        agent.kill()
+
+
+def test_broker_outage_and_restart_lose_nothing(running_broker, subscribe, palm_bundle, tmp_path):
+    replay = write_replay(tmp_path / "r", [0, 1, 2, 3] * 5)
+    cfg = agent_config(
+        tmp_path, running_broker, "dev11", palm_bundle, replay, camera={"loop": False, "fps": 8}
+    )
+    sub = subscribe("palm/dev11/decision", session="ctl-dev11")
+    first = Agent(cfg)
+    second = None
+    try:
+        assert sub.wait(lambda m: True, count=3, timeout=20), first.text()
+        running_broker.stop()  # mid-stream
+        time.sleep(0.8)  # decisions pile up in the outbox
+        assert first.terminate() == 0  # cannot flush: they stay on disk
+        with sqlite3.connect(tmp_path / "outbox.sqlite") as db:
+            assert db.execute("SELECT count(*) FROM outbox").fetchone()[0] > 0
+        second = Agent(cfg)  # restarted during the outage
+        assert wait_until(lambda: len(second.events()) >= 3, timeout=20), second.text()
+        running_broker.start()
+        sub.stop()
+        sub.start()  # the persistent session queued what arrived meanwhile
+        expected = first.events() + second.events()
+        assert len(expected) >= 10
+        got = sub.wait(lambda m: True, count=len(expected), timeout=20)
+        ids = [json.loads(m[3])["event_id"] for m in got]
+        assert set(ids) >= set(expected), "decisions were lost"
+        firsts = [e for i, e in enumerate(ids) if e not in ids[:i]]
+        assert [e for e in firsts if e in expected] == expected[: len(firsts)]  # in order
+        assert second.terminate() == 0
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
+        if running_broker.proc is None:
+            running_broker.start()
+
+
+class Controller:
+    """A paho MQTT 5 client sending commands with a response topic and correlation data."""
+
+    def __init__(self, broker, device: str) -> None:
+        self.device = device
+        self.replies: dict[bytes, dict] = {}
+        self._cond = threading.Condition()
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.c.username_pw_set(CTL_USER, CTL_PASS)
+        self.c.on_message = self._on_message
+        self.c.connect("127.0.0.1", broker.port)
+        self.c.subscribe(f"palm/{device}/reply/ctl", qos=1)
+        self.c.loop_start()
+        time.sleep(0.2)
+
+    def _on_message(self, client, userdata, msg) -> None:
+        with self._cond:
+            self.replies[msg.properties.CorrelationData] = json.loads(msg.payload)
+            self._cond.notify_all()
+
+    def send(self, payload: bytes) -> bytes:
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = f"palm/{self.device}/reply/ctl"
+        corr = uuid.uuid4().bytes
+        props.CorrelationData = corr
+        self.c.publish(f"palm/{self.device}/cmd", payload, qos=1, properties=props)
+        return corr
+
+    def wait(self, corrs: list[bytes], timeout: float = 30) -> list[dict]:
+        with self._cond:
+            ok = self._cond.wait_for(lambda: all(c in self.replies for c in corrs), timeout)
+            assert ok, f"{sum(c in self.replies for c in corrs)} of {len(corrs)} replies"
+            return [self.replies[c] for c in corrs]
+
+    def call(self, cmd: str, **args) -> dict:
+        return self.wait([self.send(json.dumps({"cmd": cmd, "args": args}).encode())])[0]
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def test_commands_and_fuzz_over_mqtt(running_broker, subscribe, palm_bundle, tmp_path):
+    replay = write_replay(tmp_path / "r", [3] * 4)
+    cfg = agent_config(
+        tmp_path, running_broker, "dev12", palm_bundle, replay, trigger={"kind": "command"}
+    )
+    sub = subscribe("palm/dev12/#")
+    agent = Agent(cfg)
+    ctl = Controller(running_broker, "dev12")
+    try:
+        assert sub.wait(lambda m: m[0].endswith("availability") and m[3] == "online", timeout=20)
+        assert ctl.call("list")["result"] == {"subjects": []}
+        r = ctl.call("capture")
+        assert r["ok"] and r["result"]["decision"] == "unknown"  # nobody enrolled yet
+        r = ctl.call("enroll", subject="carol", captures=3)
+        assert r["ok"], r
+        assert r["result"]["captures"] == {"print": 3, "vein": 3}
+        assert ctl.call("list")["result"] == {"subjects": ["carol"]}
+        r = ctl.call("mode", mode="print", identify=False, subject="carol")
+        assert r["result"] == {"mode": "print", "identify": False, "subject": "carol"}
+        r = ctl.call("capture")
+        assert r["result"]["decision"] == "granted" and r["result"]["subject"] == "carol"
+        docs = [json.loads(m[3]) for m in sub.on("palm/dev12/decision")]
+        assert docs[-1]["mode"] == "print" and docs[-1]["claimed"] == "carol"
+        assert ctl.call("rekey")["ok"]
+        r = ctl.call("capture")  # same decision under the new key: renewable templates
+        assert r["result"]["decision"] == "granted"
+        assert len(ctl.call("reload")["result"]["model_hash"]) == 64
+        assert ctl.call("revoke", subject="carol")["result"] == {"revoked": "carol"}
+        r = ctl.call("capture")
+        assert r["result"]["decision"] == "denied"
+        r = ctl.call("revoke", subject="carol")
+        assert not r["ok"] and r["error"]["code"] == "failed"
+
+        bad = [p for p in payloads(seed=11, n=1500) if not is_valid(p)]
+        corrs = [ctl.send(p) for p in bad]
+        replies = ctl.wait(corrs, timeout=60)
+        assert all(not r["ok"] and r["error"]["code"] != "internal" for r in replies)
+        assert agent.proc.poll() is None  # still running
+        assert ctl.call("list")["ok"]
+        assert agent.terminate() == 0
+    finally:
+        ctl.close()
+        agent.kill()
