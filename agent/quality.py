@@ -72,7 +72,8 @@ def assess(
     The order is from "nothing to see" to "not sharp enough", so the reason names the most
     basic thing the user has to fix.
     """
-    m: dict[str, float] = {"frame_p99": float(np.percentile(frame, 99))}
+    # every 4th pixel each way: the percentile of a 640x480 frame costs ~1 ms otherwise
+    m: dict[str, float] = {"frame_p99": float(np.percentile(frame[::4, ::4], 99))}
     if m["frame_p99"] < limits.min_frame_p99:
         return Verdict(False, "too_dark", m)
     if found.roi is None and found.reason == "no_hand":
