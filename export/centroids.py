@@ -158,7 +158,9 @@ def make_centroids(n: int, bits: int, seed: int = 0) -> np.ndarray:
     chosen = base > 0
     need = n - len(base)
     best, best_key = None, None
+    taken = {row.tobytes() for row in chosen}
     for pool in _candidate_pools(bits, seed):
+        pool = pool[[row.tobytes() not in taken for row in pool]]
         if len(pool) < need:
             continue
         extra = _farthest_first(chosen, pool, need, seed)

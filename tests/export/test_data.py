@@ -1,0 +1,122 @@
+import numpy as np
+import pytest
+import torch
+
+from agent.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from export.data import (
+    LayoutError,
+    PalmDataset,
+    from_synth,
+    load_dataset,
+    load_split,
+    reference_split,
+    split_record,
+)
+from export.synth import generate_arrays, write_dataset
+
+IDS, SAMPLES = 3, 4
+
+
+@pytest.fixture(scope="module")
+def synth_arrays():
+    return generate_arrays(IDS, SAMPLES, "easy", 5)
+
+
+@pytest.mark.parametrize("layout", ["polyu", "casiam", "tjppv", "iitd", "generic"])
+def test_every_layout_loads_what_was_written(tmp_path, layout, synth_arrays):
+    samples = 12 if layout == "tjppv" else SAMPLES  # tjppv: samples 11, 12 live in session2
+    root = write_dataset(layout, tmp_path / layout, IDS, samples, "easy", 5)
+    a = load_dataset(layout, root)
+    assert len(a) == IDS * samples and len(a.identities) == IDS
+    assert np.array_equal(np.bincount(a.labels), [samples] * IDS)
+    bands = {"polyu": 3, "casiam": 3}.get(layout, 1)
+    assert a.print.shape == (IDS * samples, 128, 128, bands) and a.print.dtype == np.uint8
+    assert (a.vein is None) == (layout == "iitd")
+    if a.vein is not None:
+        assert a.vein.shape == (IDS * samples, 128, 128, 1)
+    if layout == "casiam":  # print = (700, 460, 460)
+        assert np.array_equal(a.print[..., 1], a.print[..., 2])
+    if layout == "generic":  # lossless PNG: exactly the generator's pixels, in order
+        p, v = synth_arrays
+        assert np.array_equal(a.print[..., 0], p.reshape(-1, 128, 128))
+        assert np.array_equal(a.vein[..., 0], v.reshape(-1, 128, 128))
+
+
+def test_missing_root_names_the_layout_and_the_fix(tmp_path):
+    with pytest.raises(LayoutError) as e:
+        load_dataset("casiam", tmp_path / "nowhere")
+    msg = str(e.value)
+    assert "Casia_M/{casia_700,casia_460,casia_850}" in msg and "palm-export synth" in msg
+
+
+def test_malformed_root_names_the_missing_image(tmp_path):
+    root = write_dataset("polyu", tmp_path / "p", 2, 2, "easy", 0)
+    (root / "MS_PolyU" / "NIR_ind" / "0002_0001.jpg").unlink()
+    with pytest.raises(LayoutError, match=r"sample \(2, 1\) has no image in NIR_ind"):
+        load_dataset("polyu", root)
+    (root / "MS_PolyU" / "Blue_ind").rename(root / "MS_PolyU" / "blue")
+    with pytest.raises(LayoutError, match="missing folder"):
+        load_dataset("polyu", root)
+
+
+def test_reference_split_is_a_seeded_half_per_identity(synth_arrays):
+    a = from_synth(*generate_arrays(5, 7, "easy", 1))
+    train, test = reference_split(a, seed=3)
+    assert not set(train) & set(test) and len(train) + len(test) == len(a)
+    assert np.array_equal(np.bincount(a.labels[train]), [4] * 5)  # ceil(7/2)
+    assert np.array_equal(np.bincount(a.labels[test]), [3] * 5)
+    again = reference_split(a, seed=3)
+    assert np.array_equal(train, again[0]) and np.array_equal(test, again[1])
+    assert not np.array_equal(train, reference_split(a, seed=4)[0])
+
+
+def test_load_split_rebuilds_the_recorded_images(tmp_path):
+    root = write_dataset("casiam", tmp_path / "c", 3, 4, "easy", 2)
+    a = load_dataset("casiam", root)
+    train, test = reference_split(a, seed=9)
+    ckpt = {
+        "labels": a.identities,
+        "preprocess": {"input_size": 128, "channels": 3},
+        "split": {"seed": 9, "train": split_record(a, train), "test": split_record(a, test)},
+        "dataset": {"ds": "casiam", "root": str(root), "ids": 3, "samples": 4},
+    }
+    got = load_split(ckpt, "test")
+    assert np.array_equal(got.print, a.print[test]) and np.array_equal(got.labels, a.labels[test])
+    synth = {
+        "ds": "synth",
+        "root": None,
+        "synth": {"ids": 3, "samples": 4, "level": "easy", "seed": 2},
+    }
+    arrays = from_synth(*generate_arrays(3, 4, "easy", 2))
+    tr, _ = reference_split(arrays, 9)
+    ckpt2 = {
+        **ckpt,
+        "labels": arrays.identities,
+        "dataset": synth,
+        "split": {"seed": 9, "train": split_record(arrays, tr), "test": {}},
+    }
+    assert np.array_equal(load_split(ckpt2, "train").vein, arrays.vein[tr])
+    with pytest.raises(ValueError, match="data set holds"):
+        load_split({**ckpt, "split": {"test": {"001": [99]}}}, "test")
+
+
+def test_dataset_items_augmentation_and_print_only(synth_arrays):
+    from export.augment import AugmentConfig
+
+    a = from_synth(*synth_arrays)
+    plain = PalmDataset(a)
+    p, v, label = plain[5]
+    assert p.shape == v.shape == (3, 128, 128) and p.dtype == torch.float32 and label == 1
+    std, mean = (
+        torch.tensor(IMAGENET_STD)[:, None, None],
+        torch.tensor(IMAGENET_MEAN)[:, None, None],
+    )
+    raw = v * std + mean  # a grey vein repeated over 3 channels, then normalised per channel
+    assert torch.allclose(raw[0], raw[1], atol=1e-5) and torch.allclose(raw[1], raw[2], atol=1e-5)
+    aug = PalmDataset(a, augment_cfg=AugmentConfig(), seed=1)
+    first = aug[5][0]
+    assert torch.equal(first, aug[5][0]) and not torch.equal(first, p)
+    aug.set_epoch(1)
+    assert not torch.equal(first, aug[5][0])
+    print_only = from_synth(synth_arrays[0], None)
+    assert len(PalmDataset(print_only)[0]) == 2
