@@ -213,3 +213,64 @@ def test_layout_and_open_errors(tmp_path, models):
     # the same file through the runtime named explicitly
     with open_backend(paths["tflite"], runtime="ai_edge_litert") as b:
         assert b.hash(_rois(3, seed=6)).shape == (3, 1)
+
+
+def test_spec_from_the_manifest_is_applied(tmp_path):
+    """A 1-channel 64x64 model with its own mean/std: the spec, not the defaults, is used."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from agent.preprocess import PreprocessSpec
+
+    spec = PreprocessSpec.from_dict({"input_size": 64, "channels": 1, "mean": [0.5], "std": [0.25]})
+    w = np.random.default_rng(7).normal(0, 0.01, (16, 64 * 64)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["x"], ["f"]),
+            helper.make_node("Gemm", ["f", "w"], ["y"], transB=1),
+        ],
+        "lin",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 64, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "lin.onnx"))
+    rois = _rois(3, seed=8)  # 128x128, resized by the spec
+    with open_backend(tmp_path / "lin.onnx", spec=spec) as be:
+        x = np.stack([preprocess(r, spec) for r in rois]).reshape(3, -1)
+        np.testing.assert_allclose(be.outputs(rois), x @ w.T, rtol=1e-4, atol=1e-4)
+        assert be.hash(rois).shape == (3, 1)
+    with pytest.raises(ValueError, match="neither NCHW nor NHWC"):
+        open_backend(tmp_path / "lin.onnx")  # the default 3x128x128 spec does not fit
+
+
+def test_exporter_converters_agree_across_runtimes(tmp_path):
+    """The exporter's own ONNX/TFLite converters on the tiny backbone, fp32 and int8."""
+    convert_onnx = pytest.importorskip("export.convert_onnx")
+    convert_tflite = pytest.importorskip("export.convert_tflite")
+    from export.backbones import create_backbone
+
+    torch.manual_seed(1)
+    net = create_backbone("tiny", BITS).eval()
+    rois = _rois(32, seed=9)
+    calib = np.stack([preprocess(r) for r in _rois(16, seed=10)])
+    p = {k: tmp_path / k for k in ("fp32.onnx", "int8.onnx", "fp32.tflite", "int8.tflite")}
+    convert_onnx.export_fp32(net, 3, 128, p["fp32.onnx"])
+    convert_onnx.quantize_int8(p["fp32.onnx"], p["int8.onnx"], calib)
+    convert_tflite.export_fp32(net, 3, 128, p["fp32.tflite"])
+    convert_tflite.export_int8(net, calib, p["int8.tflite"])
+    with torch.no_grad():
+        ref = codes.pack(net(torch.from_numpy(np.stack([preprocess(r) for r in rois]))).numpy())
+    got = {}
+    for name, path in p.items():
+        with open_backend(path) as be:
+            got[name] = be.hash(rois)
+    agree = {k: _agreement(v, ref) for k, v in got.items()}
+    print(
+        "exporter_tiny_bit_agreement_vs_torch " + " ".join(f"{k}={v:.4f}" for k, v in agree.items())
+    )
+    assert agree["fp32.onnx"] >= FP32_AGREEMENT and agree["fp32.tflite"] >= FP32_AGREEMENT
+    assert _agreement(got["fp32.onnx"], got["fp32.tflite"]) >= FP32_AGREEMENT
+    assert agree["int8.onnx"] >= INT8_AGREEMENT and agree["int8.tflite"] >= INT8_AGREEMENT
