@@ -13,7 +13,12 @@ import logging
 import sys
 
 # subcommand modules, in the order --help lists them
-COMMAND_MODULES: tuple[str, ...] = ("export.train", "export.evaluate", "export.export_cli")
+COMMAND_MODULES: tuple[str, ...] = (
+    "export.synth.cli",
+    "export.train",
+    "export.evaluate",
+    "export.export_cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
