@@ -218,7 +218,9 @@ def _paint(
     )
     tex = texture.astype(np.float32)
     tex = tex if tex.ndim == 2 else tex.mean(axis=2)
-    mod = cv2.warpAffine(tex / tex.mean(), to_frame, (w, h), borderValue=1.0)
+    # keep the lines, drop the capture's own shading, so the patch has no edge on the palm
+    tex = tex / cv2.GaussianBlur(tex, (0, 0), n / 8)
+    mod = cv2.warpAffine(tex, to_frame, (w, h), borderValue=1.0)
     feather = cv2.warpAffine(np.ones((n, n), np.float32), to_frame, (w, h))
     feather = cv2.GaussianBlur(feather, (0, 0), 0.03 * square.side)
     mod = 1 + (mod - 1) * feather
