@@ -72,6 +72,38 @@ def test_chunked_paths_agree(monkeypatch):
             assert (bi1[j, 0], bd1[j, 0]) == _naive_topk(probe, gal, 1)[0][::-1]
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    bits=st.sampled_from(codes.SUPPORTED_BITS),
+    n=st.integers(1, 400),
+    k=st.sampled_from([1, 2, 5, 9]),
+    flips=st.integers(0, 3),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_many_ties_at_the_kth_distance(bits, n, k, flips, seed):
+    # codes at a handful of distances, so dozens tie at the k-th: every path must keep the
+    # lower indices, across single-probe chunks and batch tiles (sizes chosen to split them)
+    rng = np.random.default_rng(seed)
+    base = _codes(rng, 1, bits)[0]
+    gal = np.stack(
+        [
+            _flip(base, bits, rng.choice(bits, rng.integers(0, flips + 1), replace=False).tolist())
+            for _ in range(n)
+        ]
+    )
+    probes = np.stack([base, _flip(base, bits, [0]), _codes(rng, 1, bits)[0]])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gallery, "CHUNK", 37)
+        mp.setattr(gallery, "BATCH_ELEMS", 3 * 29)
+        mp.setattr(gallery, "SORT_BELOW", 5)
+        g = PackedGallery([str(i) for i in range(n)], gal, bits)
+        bi, bd = g.search_batch(probes, k)
+        for j, probe in enumerate(probes):
+            ref = _naive_topk(probe, gal, k)
+            assert g.search(probe, k) == [(i, d) for d, i in ref]
+            assert bi[j].tolist() == [i for _, i in ref] and bd[j].tolist() == [d for d, _ in ref]
+
+
 BITS = 32
 
 
