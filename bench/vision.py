@@ -4,7 +4,8 @@ Stages: ``grab`` (replay of synthetic full-hand frames from disk), ``roi``, ``qu
 ``preprocess``, ``inference`` per runtime and precision (onnxruntime fp32 / int8 QDQ, TFLite
 fp32 / int8), ``pack``. Models are the project's backbone with random weights, converted by the
 exporter's own converters (speed does not depend on the weights). One JSON object per line per
-stage, then a summary with each inference's ratio to onnxruntime fp32 (the baseline).
+stage, then a summary with each inference's ratio to onnxruntime fp32 (the baseline). The first
+line is the ROI search's accuracy on those frames against their ground truth.
 
     OMP_NUM_THREADS=1 python bench/vision.py                    # backbone "light", ~1 min
     python bench/vision.py --backbone res18 --repeats 100
@@ -50,6 +51,29 @@ def timed(fn: Callable[[int], object], repeats: int, warmup: int = 3) -> dict:
     }
 
 
+def roi_accuracy(frames_dir: Path, found: list[roi.RoiResult]) -> dict:
+    """Against the truth JSON beside each frame: the issue's goal is centre error <= 5% of the
+    ROI side and angle error <= 5 degrees on >= 95% of medium frames."""
+    centre, angle, good = [], [], 0
+    truths = [json.loads(p.read_text()) for p in sorted(frames_dir.glob("*.json"))]
+    for r, t in zip(found, truths, strict=True):
+        if r.square is None:
+            continue
+        c = float(np.hypot(*(np.asarray(r.square.centre) - t["centre"])) / t["side"])
+        a = float(abs((r.square.angle_deg - t["angle_deg"] + 180) % 360 - 180))
+        centre.append(c)
+        angle.append(a)
+        good += c <= 0.05 and a <= 5.0
+    return {
+        "frames": len(truths),
+        "found_within_goal": round(good / len(truths), 4),
+        "centre_err_median": round(float(np.median(centre)), 4) if centre else None,
+        "centre_err_p95": round(float(np.percentile(centre, 95)), 4) if centre else None,
+        "angle_err_median_deg": round(float(np.median(angle)), 3) if angle else None,
+        "angle_err_p95_deg": round(float(np.percentile(angle, 95)), 3) if angle else None,
+    }
+
+
 def build_models(backbone: str, bits: int, calib: np.ndarray, out: Path) -> dict[str, Path]:
     """The exporter's converters on a randomly initialised backbone (needs the [train] extra)."""
     import torch
@@ -77,9 +101,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="light")
     parser.add_argument("--bits", type=int, default=32)
-    parser.add_argument("--frames", type=int, default=16, help="distinct synthetic frames")
+    parser.add_argument("--frames", type=int, default=100, help="distinct synthetic frames")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--level", default="medium")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     cv2.setNumThreads(1)
@@ -88,7 +113,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        write_hand_frames(tmp_path, ids=args.frames, samples=1, level=args.level, seed=0)
+        write_hand_frames(tmp_path, ids=args.frames, samples=1, level=args.level, seed=args.seed)
         frames_dir = tmp_path / "print"
         frames = [
             cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
@@ -96,6 +121,7 @@ def main() -> None:
             if p.suffix == ".png"
         ]
         found = [roi.extract(f) for f in frames]
+        print(json.dumps({"roi_accuracy": roi_accuracy(frames_dir, found), "level": args.level}))
         rois = [r.roi for r in found if r.roi is not None]
         tensors = [preprocess(r) for r in rois]
         paths = build_models(args.backbone, args.bits, np.stack(tensors), tmp_path)
