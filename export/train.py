@@ -177,6 +177,15 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
     train_ds = PalmDataset(arrays, train_rows, spec, aug, args.seed)
     sampler = DistributedSampler(train_ds, world, rank, seed=args.seed) if world > 1 else None
     per_rank = max(1, args.batch_size // world)
+    logger.info(
+        "train start rank=%d world=%d device=%s train=%d test=%d batch_per_rank=%d",
+        rank,
+        world,
+        device,
+        len(train_rows),
+        len(test_rows),
+        per_rank,
+    )
     test_arrays = arrays.subset(test_rows)
     metrics_path = out / "metrics.jsonl"
     t0 = time.monotonic()

@@ -1,0 +1,173 @@
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agent.preprocess import DEFAULT_SPEC
+from export.centroids import make_centroids
+from export.checkpoint import load_checkpoint
+from export.data import from_synth, load_split, reference_split
+from export.evaluate import evaluate_model
+from export.model import PalmCohashNet
+from export.synth import generate_arrays, write_dataset
+from export.train import fit, parse_args
+
+REPO = Path(__file__).resolve().parents[2]
+TYPED = shlex.split("-b 256 --ds casiam --bits 32 --model res18 --comment caRes32 --epoch 4000")
+FAST = ["--model", "tiny", "--optimizer", "adam", "--threads", "1", "--device", "cpu"]
+
+
+def _synth(ids, samples, level="easy", seed=0):
+    arrays = from_synth(*generate_arrays(ids, samples, level, seed))
+    meta = {
+        "ds": "synth",
+        "root": None,
+        "ids": ids,
+        "samples": samples,
+        "synth": {"ids": ids, "samples": samples, "level": level, "seed": seed},
+    }
+    return arrays, meta
+
+
+def test_reference_command_parses_as_typed():
+    a = parse_args(TYPED)
+    assert (a.batch_size, a.ds, a.bits, a.model, a.comment, a.epochs) == (
+        256,
+        "casiam",
+        32,
+        "res18",
+        "caRes32",
+        4000,
+    )
+    assert (a.optimizer, a.lr, a.weight_decay) == ("rmsprop", 1e-5, 1e-5)
+
+
+def test_reference_command_without_data_says_what_to_do(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("PALM_DATA", None)
+    res = subprocess.run(
+        [sys.executable, str(REPO / "main.py"), *TYPED],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    err = res.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "Casia_M/" in err and "palm-export synth" in err
+
+
+@pytest.mark.slow
+def test_tiny_model_learns_every_mode(tmp_path):
+    arrays, meta = _synth(20, 8)
+    args = parse_args(
+        [
+            *FAST,
+            "-b",
+            "32",
+            "--epoch",
+            "30",
+            "--lr",
+            "3e-3",
+            "--eval-every",
+            "100",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    torch.manual_seed(args.seed)
+    untrained = evaluate_model(
+        PalmCohashNet("tiny", 32),
+        arrays.subset(reference_split(arrays)[1]),
+        make_centroids(20, 32),
+        DEFAULT_SPEC,
+    )
+    report = fit(args, arrays, meta)
+    for space in ("hamming", "cosine"):
+        for mode, r in report[space].items():
+            before = untrained[space][mode]["eer"]
+            assert r["eer"] < 0.5 * before, (space, mode, r["eer"], before)
+    assert report["mean_eer"] < 0.15
+    model, ckpt = load_checkpoint(tmp_path / "best.pt")
+    assert ckpt["arch"] == {"backbone": "tiny", "bits": 32, "in_channels": {"print": 3, "vein": 3}}
+    assert ckpt["centroids"].dtype == np.int8 and ckpt["centroids"].shape == (20, 32)
+    assert ckpt["labels"] == arrays.identities and ckpt["eval"]["mean_eer"] == report["mean_eer"]
+    test = load_split(ckpt, "test")
+    assert (
+        len(test) == 80
+        and evaluate_model(model, test, ckpt["centroids"], DEFAULT_SPEC)["mean_eer"]
+        == report["mean_eer"]
+    )
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def _weights(path):
+    return load_checkpoint(path)[1]["state_dict"]
+
+
+def test_deterministic_and_resume_continues_exactly(tmp_path):
+    arrays, meta = _synth(6, 4)
+    common = [*FAST, "-b", "8", "--lr", "1e-3", "--eval-every", "100"]
+    for name in ("a", "b"):
+        fit(parse_args([*common, "--epoch", "2", "--out", str(tmp_path / name)]), arrays, meta)
+    fit(parse_args([*common, "--epoch", "1", "--out", str(tmp_path / "c")]), arrays, meta)
+    fit(
+        parse_args([*common, "--epoch", "2", "--out", str(tmp_path / "c"), "--resume"]),
+        arrays,
+        meta,
+    )
+    a, b, c = (_weights(tmp_path / n / "last.pt") for n in "abc")
+    for k in a:
+        assert torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]), k
+    assert load_checkpoint(tmp_path / "c" / "last.pt")[1]["train"]["epoch"] == 2
+
+
+def test_ctrl_c_saves_and_resume_finishes(tmp_path):
+    root = write_dataset("casiam", tmp_path / "data", 4, 4, "easy", 0)
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        str(REPO / "main.py"),
+        "--ds",
+        "casiam",
+        "--data-root",
+        str(root),
+        *FAST,
+        "-b",
+        "8",
+        "--eval-every",
+        "1000",
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([*cmd, "--epoch", "100000"], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while not (out / "last.pt").is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "continue with --resume" in err
+    done = load_checkpoint(out / "last.pt")[1]["train"]["epoch"]
+    assert done >= 1
+    res = subprocess.run(
+        [*cmd, "--epoch", str(done + 1), "--resume"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert f"resumed checkpoint={out / 'last.pt'} epoch={done}" in res.stderr
+    assert load_checkpoint(out / "best.pt")[1]["train"]["epoch"] == done + 1
