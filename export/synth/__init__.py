@@ -7,7 +7,7 @@ benchmarks and the full-hand renderer; write_dataset writes the layouts the load
 from export.synth.dataset import generate_arrays, write_dataset
 from export.synth.identity import Identity, make_identity
 from export.synth.levels import LEVELS, Level, get_level
-from export.synth.render import Capture, render_capture
+from export.synth.render import Capture, pose_matrix, render_capture
 
 __all__ = [
     "LEVELS",
@@ -17,6 +17,7 @@ __all__ = [
     "generate_arrays",
     "get_level",
     "make_identity",
+    "pose_matrix",
     "render_capture",
     "write_dataset",
 ]

@@ -74,6 +74,22 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.meshgrid(c, c)
 
 
+@lru_cache(maxsize=8)
+def _radius2(size: int) -> np.ndarray:
+    x, y = _grid(size)
+    return (x - 0.5) ** 2 + (y - 0.5) ** 2
+
+
+def pose_matrix(pose: dict) -> np.ndarray:
+    """2×3 affine of a pose: canonical palm coordinates -> normalised ROI coordinates (the
+    elastic warp, a few pixels at most, left out). For pixels of a size-S ROI: p·S − 0.5."""
+    t = np.deg2rad(pose["rotation_deg"])
+    s = pose["scale"]
+    rot = s * np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    centre = np.array([0.5, 0.5])
+    return np.hstack([rot, (centre - rot @ centre + np.asarray(pose["shift_xy"]))[:, None]])
+
+
 def _pose_maps(pose: dict, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
     """remap() tables: ROI pixel -> canvas pixel, through elastic warp, shift, scale, rotation.
 
@@ -81,9 +97,10 @@ def _pose_maps(pose: dict, rng: np.random.Generator, size: int) -> tuple[np.ndar
     the tables hold the inverse, after a smooth random displacement of p of ``elastic_px``.
     """
     x, y = _grid(size)
-    coarse = rng.standard_normal((2, 5, 5)).astype(np.float32)
+    coarse = rng.standard_normal((5, 5, 2), dtype=np.float32)
     amp = pose["elastic_px"] / REFERENCE_SIZE
-    dx, dy = (cv2.resize(c, (size, size), interpolation=cv2.INTER_CUBIC) for c in coarse)
+    field_ = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
+    dx, dy = field_[..., 0], field_[..., 1]
     peak = max(float(np.abs(dx).max()), float(np.abs(dy).max()), 1e-6)
     px = x + dx * (amp / peak) - 0.5 - pose["shift_xy"][0]
     py = y + dy * (amp / peak) - 0.5 - pose["shift_xy"][1]
@@ -156,22 +173,36 @@ def _draw_vein(img: np.ndarray, ident: Identity, rng: np.random.Generator, lv: L
 
 
 def _photometry(
-    dark: np.ndarray, base: float, blur: float, rng: np.random.Generator, lv: Level, size: int
+    dark: np.ndarray,
+    base: float,
+    blur: float,
+    light_rng: np.random.Generator,
+    rng: np.random.Generator,
+    lv: Level,
+    size: int,
 ) -> np.ndarray:
-    """Darkness map -> uint8 image under one capture's light, optics and sensor."""
+    """Darkness map -> uint8 image under one capture's light (``light_rng``: illumination,
+    vignetting, gain, offset), optics and sensor (``rng``: pores, blur, noise, JPEG)."""
     k = size / REFERENCE_SIZE
     x, y = _grid(size)
-    phi = rng.uniform(0, 2 * np.pi)
-    slope = rng.uniform(*lv.illumination)
-    vignette = rng.uniform(*lv.vignetting)
-    light = 1 + slope * ((x - 0.5) * np.cos(phi) + (y - 0.5) * np.sin(phi))
-    light *= 1 - vignette * 2 * ((x - 0.5) ** 2 + (y - 0.5) ** 2)
-    pores = cv2.GaussianBlur(rng.standard_normal((size, size)).astype(np.float32), (0, 0), k)
-    img = base * (1 + _sym(rng, lv.gain)) * light * (1 - dark) * (1 + 0.05 * pores)
-    img += _sym(rng, lv.offset)
+    phi = light_rng.uniform(0, 2 * np.pi)
+    slope = light_rng.uniform(*lv.illumination)
+    vignette = light_rng.uniform(*lv.vignetting)
+    gain = 1 + _sym(light_rng, lv.gain)
+    offset = _sym(light_rng, lv.offset)
+    light = (x - 0.5) * np.float32(slope * np.cos(phi)) + (y - 0.5) * np.float32(
+        slope * np.sin(phi)
+    )
+    light += 1
+    light *= 1 - np.float32(vignette * 2) * _radius2(size)
+    pores = cv2.GaussianBlur(rng.standard_normal((size, size), dtype=np.float32), (0, 0), k)
+    pores = pores * np.float32(0.05) + 1
+    img = light * (1 - dark) * pores
+    img *= np.float32(base * gain)
+    img += np.float32(offset)
     if blur > 0.05:
         img = cv2.GaussianBlur(img, (0, 0), blur * k)
-    img += rng.normal(0.0, rng.uniform(*lv.noise), img.shape).astype(np.float32)
+    img += np.float32(rng.uniform(*lv.noise)) * rng.standard_normal(img.shape, dtype=np.float32)
     out = np.clip(img, 0, 255).astype(np.uint8)
     quality = int(rng.uniform(*lv.jpeg_quality))
     _, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, quality])
@@ -217,18 +248,21 @@ def render_capture(
     k = size / REFERENCE_SIZE
     scatter = cv2.GaussianBlur(vessels_w, (0, 0), photo.uniform(*lv.vein_blur) * k)
     vein_dark = photo.uniform(*lv.vein_contrast) * scatter + VEIN_CREASE_LEAK * lines_w
-    vein_roi = _photometry(vein_dark, VEIN_BASE, 0.0, photo, lv, size)
+    vein_roi = _photometry(vein_dark, VEIN_BASE, 0.0, photo, photo, lv, size)
     bands = []
     for b, name in enumerate(names):
         prof = BAND_PROFILES[name]
         band_rng = _rng(seed, identity, sample_index, 10 + b)
         dark = (
             0.6 * prof["crease"] * lines_w
-            + 0.5 * prof["wrinkle"] * tex_w
+            + prof["wrinkle"] * tex_w
             + prof["vein_leak"] * 0.25 * scatter
         )
         blur = band_rng.uniform(*lv.print_blur)
-        bands.append(_photometry(np.minimum(dark, 0.95), prof["base"], blur, band_rng, lv, size))
+        base = prof["base"] * band_rng.uniform(0.97, 1.03)
+        # one flash for all bands: the same light stream, so the bands differ in skin, not light
+        light = _rng(seed, identity, sample_index, 5)
+        bands.append(_photometry(np.minimum(dark, 0.95), base, blur, light, band_rng, lv, size))
     print_roi = bands[0] if len(bands) == 1 else np.stack(bands, axis=-1)
     pose["left_hand"] = identity.left
     return Capture(print_roi, vein_roi, pose, lines_w, vessels_w)
