@@ -1,0 +1,149 @@
+"""Single-thread latency and size of every exported form of a backbone, vs fp32 onnxruntime.
+
+Prints one JSON object per (backbone, modality, format, precision) and a summary line. Latency
+needs no trained weights (the graph is the same), so the nets are freshly initialised; with
+``--checkpoint`` the trained model is exported as a bundle too and its parity rows (bit
+agreement, EER deltas) are printed, which is what the int8 goal is judged on.
+
+    python bench/infer.py --backbones res18,light --runs 50
+    python bench/infer.py --checkpoint runs/tiny.pt --calib 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _latency(backend, x: np.ndarray, runs: int, warmup: int = 5) -> tuple[float, float]:
+    for _ in range(warmup):
+        backend.run(x)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        backend.run(x)
+        times.append(1e3 * (time.perf_counter() - t))
+    return float(np.median(times)), float(np.percentile(times, 95))
+
+
+def bench_backbone(name: str, bits: int, runs: int, modalities: list[str], tmp: Path) -> list:
+    import torch
+
+    from agent.inference import open_backend
+    from export import convert_onnx, convert_tflite
+    from export.backbones import create_backbone
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    calib = rng.standard_normal((16, 3, 128, 128)).astype(np.float32)
+    x = rng.standard_normal((1, 3, 128, 128)).astype(np.float32)
+    rows = []
+    for modality in modalities:
+        net = create_backbone(name, bits).eval()
+        d = tmp / f"{name}-{modality}"
+        d.mkdir()
+        files = {
+            ("onnx", "fp32"): d / "fp32.onnx",
+            ("onnx", "int8"): d / "int8.onnx",
+            ("tflite", "fp32"): d / "fp32.tflite",
+            ("tflite", "int8"): d / "int8.tflite",
+        }
+        convert_onnx.export_fp32(net, 3, 128, files["onnx", "fp32"])
+        convert_onnx.quantize_int8(files["onnx", "fp32"], files["onnx", "int8"], calib)
+        convert_tflite.export_fp32(net, 3, 128, files["tflite", "fp32"])
+        convert_tflite.export_int8(net, calib, files["tflite", "int8"])
+        base = None
+        for (fmt, precision), path in files.items():
+            with open_backend(path, threads=1) as backend:
+                median, p95 = _latency(backend, x, runs)
+            base = median if base is None else base  # fp32 onnxruntime comes first
+            rows.append(
+                {
+                    "backbone": name,
+                    "modality": modality,
+                    "format": fmt,
+                    "precision": precision,
+                    "runtime": backend.runtime,
+                    "median_ms": round(median, 3),
+                    "p95_ms": round(p95, 3),
+                    "size_bytes": path.stat().st_size,
+                    "vs_fp32_onnxruntime": round(median / base, 3),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def parity_rows(checkpoint: str, calib: int, tmp: Path) -> None:
+    from export.checkpoint import load_checkpoint
+    from export.data.split import load_split
+    from export.export_cli import export_bundle
+
+    model, ckpt = load_checkpoint(checkpoint)
+    train, test = load_split(ckpt, "train"), load_split(ckpt, "test")
+    report = export_bundle(
+        model,
+        ckpt,
+        train,
+        test,
+        tmp / "bundle",
+        ["onnx", "tflite"],
+        ["fp32", "int8"],
+        calib,
+        allow_degraded=True,
+    )
+    for row in report["files"]:
+        print(
+            json.dumps(
+                {
+                    "checkpoint": checkpoint,
+                    "file": row["file"],
+                    "bit_agreement": round(row["bit_agreement"], 5),
+                    "eer_delta_pp": {
+                        m: round(s["eer_delta_pp"], 3) for m, s in row["modes"].items()
+                    },
+                    "passed": row["passed"],
+                }
+            ),
+            flush=True,
+        )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backbones", default="res18,light")
+    p.add_argument("--modalities", default="print,vein")
+    p.add_argument("--bits", type=int, default=32)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--checkpoint", help="also export this trained checkpoint and report parity")
+    p.add_argument("--calib", type=int, default=100)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = []
+        for name in filter(None, args.backbones.split(",")):
+            rows += bench_backbone(
+                name, args.bits, args.runs, args.modalities.split(","), Path(tmp)
+            )
+        int8 = [r["vs_fp32_onnxruntime"] for r in rows if r["precision"] == "int8"]
+        if int8:
+            print(
+                json.dumps(
+                    {
+                        "summary": "int8 latency vs fp32 onnxruntime",
+                        "worst_ratio": max(int8),
+                        "goal": 0.5,
+                        "met": max(int8) <= 0.5,
+                    }
+                )
+            )
+        if args.checkpoint:
+            parity_rows(args.checkpoint, args.calib, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
