@@ -171,6 +171,16 @@ class RoiSettings(_Model):
     min_hand_frac: float = Field(0.03, gt=0, lt=1)
 
 
+class QualityConfig(_Model):
+    min_frame_p99: float = 40.0
+    min_roi_side_px: float = Field(48.0, ge=1)
+    min_roi_mean: float = Field(50.0, ge=0, le=255)
+    max_roi_mean: float = Field(235.0, ge=0, le=255)
+    saturation_level: int = Field(250, ge=1, le=255)
+    max_saturated_frac: float = Field(0.05, ge=0, le=1)
+    min_laplacian_var: float = Field(6.0, ge=0)
+
+
 class TriggerConfig(_Model):
     kind: Literal["presence", "button", "command"] = "presence"
     button_pin: int | None = None
@@ -208,6 +218,7 @@ class Config(_Model):
     match: MatchConfig = MatchConfig()
     camera: CameraConfig = CameraConfig()
     roi: RoiSettings = RoiSettings()
+    quality: QualityConfig = QualityConfig()
     trigger: TriggerConfig = TriggerConfig()
     enroll: EnrollConfig = EnrollConfig()
     leds: LedConfig = LedConfig()

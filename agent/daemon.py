@@ -82,6 +82,7 @@ class Daemon:
         self._frames = 0
         self._stage_ms: dict[str, list[float]] = defaultdict(list)
         self._next_frame = 0.0
+        self.on_decision: list[Callable[[dict[str, Any]], None]] = []
 
     # -- lifecycle --------------------------------------------------------------------------
     def stop(self, *_: object) -> None:
@@ -100,7 +101,7 @@ class Daemon:
             while not self._stop.is_set():
                 self._run_jobs(timeout=0.0 if self._presence() else 0.05)
                 if self._presence():
-                    self._capture_and_decide(explicit=False)
+                    self._guarded(lambda: self._capture_and_decide(explicit=False))
                 now = time.monotonic()
                 if wd is not None and now - last_ping >= wd:
                     self.notifier.watchdog()
@@ -122,6 +123,20 @@ class Daemon:
         self.engine.close()
         self.store.close()
         logger.info("daemon stopped decisions=%s", dict(self._decisions))
+
+    def _guarded(self, step: Callable[[], Any]) -> None:
+        """One bad frame or a failing stage is reported; it never ends the service."""
+        try:
+            step()
+        except Exception as e:
+            self._rejected["pipeline_error"] += 1
+            logger.exception("pipeline error")
+            self.reporter.error({"event": "pipeline_error", "error": f"{type(e).__name__}: {e}"})
+            self._next_frame = time.monotonic() + 0.5
+
+    def trigger(self) -> None:
+        """Queue one capture (a GPIO button press); returns at once."""
+        self._jobs.put((lambda: self._guarded(lambda: self._capture_and_decide(True)), Future()))
 
     def _presence(self) -> bool:
         return self.cfg.trigger.kind == "presence"
@@ -168,6 +183,8 @@ class Daemon:
             doc = released
         self.reporter.decision(doc)
         self._decisions[doc["decision"]] += 1
+        for listener in self.on_decision:
+            listener(doc)
         self._next_frame = time.monotonic() + self.cfg.trigger.cooldown
         logger.info(
             "decision event=%s decision=%s subject=%s mode=%s latency_ms=%s",

@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from agent import roi
+from agent import quality, roi
 from agent.config import Config
 from agent.match import Decision, Matcher, Thresholds
+from agent.quality import QualityThresholds
 from agent.roi import RoiConfig
 
 logger = logging.getLogger(__name__)
@@ -180,6 +181,7 @@ class BundleEngine:
         centroids = dict(zip(map(str, b.centroid_labels), b.centroid_codes, strict=True))
         matcher = Matcher(StoreGallery(store), _thresholds(cfg, b), centroids)
         self.decider = Decider(matcher, cfg.device.id, self.model_hash)
+        self.limits = QualityThresholds.from_dict(cfg.quality.model_dump())
         r = cfg.roi
         self.roi_config = RoiConfig(
             already_roi=r.already_roi, mirror_left=r.mirror_left, min_hand_frac=r.min_hand_frac
@@ -200,11 +202,15 @@ class BundleEngine:
             found = roi.extract(frame, self.roi_config)
             t1 = time.perf_counter()
             probe.timings["roi"] = probe.timings.get("roi", 0.0) + (t1 - t0) * 1e3
-            if found.roi is None:
-                probe.quality[m] = {"ok": False, "reason": found.reason}
-                probe.rejected = probe.rejected or found.reason
+            verdict = quality.assess(frame, found, self.limits)
+            probe.quality[m] = {
+                "ok": verdict.ok,
+                "reason": verdict.reason,
+                "measures": {k: round(v, 3) for k, v in verdict.measures.items()},
+            }
+            if not verdict.ok:
+                probe.rejected = probe.rejected or verdict.reason
                 continue
-            probe.quality[m] = {"ok": True}
             probe.codes[m] = self.backends[m].hash([found.roi])[0]
             probe.timings["hash"] = (
                 probe.timings.get("hash", 0.0) + (time.perf_counter() - t1) * 1e3

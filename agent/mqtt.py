@@ -170,8 +170,9 @@ class MqttReporter(Reporter):
                 self._wake.set()
             return
         logger.info("mqtt connected session_present=%s", flags.session_present)
-        client.publish(self.topics["availability"], b"online", qos=1, retain=True)
+        # subscribe first: "online" promises that commands are being listened to
         client.subscribe(self.topics["cmd"], qos=1)
+        client.publish(self.topics["availability"], b"online", qos=1, retain=True)
         if self.cfg.homeassistant.enabled:
             client.subscribe(f"{self.cfg.homeassistant.discovery_prefix}/status", qos=1)
             self._publish_discovery(client)

@@ -61,7 +61,7 @@ def build(config_path: Path, with_reporter: bool = True) -> Any:
     report = (
         (lambda event, fields: reporter.error({"event": event, **fields})) if reporter else None
     )
-    return Daemon(
+    daemon = Daemon(
         cfg,
         reporter,  # type: ignore[arg-type]
         Camera(cfg.camera, report),
@@ -70,6 +70,30 @@ def build(config_path: Path, with_reporter: bool = True) -> Any:
         rekey=lambda: _rekey(store, Path(cfg.store.key_path)),
         notifier=Notifier(),
     )
+    _wire_gpio(daemon, cfg)
+    return daemon
+
+
+def _wire_gpio(daemon: Any, cfg: Any) -> None:
+    """A GPIO button as the trigger and LEDs for the outcome (gpiozero, only when configured)."""
+    if cfg.trigger.kind == "button":
+        from gpiozero import Button
+
+        button = Button(cfg.trigger.button_pin)
+        button.when_pressed = daemon.trigger
+        daemon.gpio = [button]
+    pins = {"granted": cfg.leds.granted_pin, "denied": cfg.leds.denied_pin}
+    if any(p is not None for p in pins.values()):
+        from gpiozero import LED
+
+        leds = {k: LED(p) for k, p in pins.items() if p is not None}
+
+        def show(doc: dict[str, Any]) -> None:
+            led = leds.get("granted" if doc["decision"] == "granted" else "denied")
+            if led is not None:
+                led.blink(on_time=1.0, n=1, background=True)
+
+        daemon.on_decision.append(show)
 
 
 class Camera:

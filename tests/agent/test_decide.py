@@ -93,3 +93,14 @@ def test_agreement_k_of_n():
     assert out["subject"] == "alice" and out["agreement"]["votes"] == 1
     assert a.push(doc("error", None))["decision"] == "error"  # errors are not held back
     assert Agreement().push(doc("denied", None))["decision"] == "denied"
+
+
+def test_quality_gate_names_the_reason_and_nothing_is_hashed(engine_store):
+    import numpy as np
+
+    engine, _ = engine_store
+    dark = engine.vision({"print": np.full((128, 128), 10, np.uint8)})
+    assert dark.rejected == "too_dark" and dark.codes == {}
+    flat = engine.vision({"print": np.full((128, 128), 128, np.uint8), "vein": palm_roi(50, 1)})
+    assert flat.rejected == "blurred" and set(flat.codes) == {"vein"}
+    assert flat.quality["print"]["ok"] is False and flat.quality["vein"]["ok"] is True
