@@ -91,7 +91,10 @@ class Daemon:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
-        signal.signal(signal.SIGHUP, lambda *_: self._jobs.put((self.reload, Future())))
+        signal.signal(
+            signal.SIGHUP,
+            lambda *_: self._jobs.put((lambda: self._guarded(self._reload), Future())),
+        )
         self.reporter.start(Dispatcher(self, self.cfg.commands.max_payload))
         self.notifier.ready(self._status())
         logger.info("daemon running %s", self._status())
@@ -283,17 +286,17 @@ class Daemon:
         return self._on_main(run)
 
     def reload(self) -> dict[str, Any]:
-        def run() -> dict[str, Any]:
-            try:
-                fresh = self._load_engine()
-            except Exception as err:
-                raise CommandError(f"reload failed, keeping the current bundle: {err}") from err
-            old, self.engine = self.engine, fresh
-            old.close()
-            logger.info("bundle reloaded model_hash=%s", fresh.model_hash)
-            return {"model_hash": fresh.model_hash}
+        return self._on_main(self._reload)
 
-        return self._on_main(run)
+    def _reload(self) -> dict[str, Any]:
+        try:
+            fresh = self._load_engine()
+        except Exception as err:
+            raise CommandError(f"reload failed, keeping the current bundle: {err}") from err
+        old, self.engine = self.engine, fresh
+        old.close()
+        logger.info("bundle reloaded model_hash=%s", fresh.model_hash)
+        return {"model_hash": fresh.model_hash}
 
     def capture(self) -> dict[str, Any]:
         def run() -> dict[str, Any]:

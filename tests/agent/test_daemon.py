@@ -181,6 +181,8 @@ def test_run_decisions_stats_notify_and_sigterm(running_broker, subscribe, palm_
         assert {"roi", "hash", "match"} <= set(s["latency_ms"])
         assert sub.on("palm/dev9/availability")[0][3] == "online"
 
+        agent.proc.send_signal(signal.SIGHUP)  # systemctl reload: the bundle is loaded again
+        assert wait_until(lambda: "bundle reloaded" in agent.text(), timeout=10)
         assert agent.terminate() == 0
         rest = b""
         notify.settimeout(2)
