@@ -28,7 +28,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CTL_USER, CTL_PASS = "ctl", "ctl-secret"
 DEVICE_PASS = "dev-secret"
-DEVICES = tuple(f"dev{i}" for i in range(1, 13))
+DEVICES = tuple(f"dev{i}" for i in range(1, 15))
 
 ACL = """\
 user ctl

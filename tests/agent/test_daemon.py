@@ -349,3 +349,53 @@ def test_commands_and_fuzz_over_mqtt(running_broker, subscribe, palm_bundle, tmp
     finally:
         ctl.close()
         agent.kill()
+
+
+def test_gpio_button_trigger_and_outcome_leds(running_broker, subscribe, palm_bundle, tmp_path):
+    """In-process with gpiozero's MockFactory: a button press is one capture, its LED lights."""
+    from gpiozero import Device
+    from gpiozero.pins.mock import MockFactory
+
+    from agent.run_cli import build
+
+    Device.pin_factory = MockFactory()
+    replay = write_replay(tmp_path / "r", [2])
+    cfg = agent_config(
+        tmp_path, running_broker, "dev13", palm_bundle, replay,
+        trigger={"kind": "button", "button_pin": 22},
+        leds={"granted_pin": 5, "denied_pin": 6},
+    )  # fmt: skip
+    sub = subscribe("palm/dev13/#")
+    daemon = build(cfg)
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    seen: dict[str, object] = {}
+
+    def operator() -> None:
+        try:
+            assert sub.wait(lambda m: m[3] == "online", timeout=20)
+            time.sleep(0.5)
+            seen["before"] = len(sub.on("/decision"))  # no presence trigger: nothing yet
+            button = Device.pin_factory.pin(22)
+            button.drive_low()  # pressed (pull-up)
+            time.sleep(0.05)
+            button.drive_high()
+            got = sub.wait(lambda m: m[0].endswith("/decision"), timeout=10)
+            seen["doc"] = json.loads(got[0][3]) if got else None
+            seen["denied_led"] = wait_until(lambda: Device.pin_factory.pin(6).state, 3)
+            seen["granted_led"] = Device.pin_factory.pin(5).state
+        finally:
+            daemon.stop()
+
+    t = threading.Thread(target=operator)
+    t.start()
+    try:
+        assert daemon.run() == 0
+    finally:
+        t.join(timeout=30)
+        for s, h in saved.items():
+            signal.signal(s, h)
+        Device.pin_factory.close()
+        Device.pin_factory = None
+    assert seen["before"] == 0
+    assert seen["doc"]["decision"] == "unknown"  # nobody enrolled
+    assert seen["denied_led"] and not seen["granted_led"]
