@@ -7,6 +7,8 @@ that quantisation parameters are read from the graph.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -274,3 +276,43 @@ def test_exporter_converters_agree_across_runtimes(tmp_path):
     assert agree["fp32.onnx"] >= FP32_AGREEMENT and agree["fp32.tflite"] >= FP32_AGREEMENT
     assert _agreement(got["fp32.onnx"], got["fp32.tflite"]) >= FP32_AGREEMENT
     assert agree["int8.onnx"] >= INT8_AGREEMENT and agree["int8.tflite"] >= INT8_AGREEMENT
+
+
+def test_replayed_video_to_codes_matches_the_true_roi(models, tmp_path):
+    """capture -> roi -> quality -> inference on a real video: the code of the ROI the search
+    finds agrees with the code of the ground-truth ROI."""
+    import cv2
+
+    hands = pytest.importorskip("export.synth.hands")
+    from agent import quality, roi
+    from agent.capture import EndOfStream
+    from agent.capture.replay import ReplaySource
+
+    hands.write_hand_frames(tmp_path, ids=4, samples=2, level="medium", seed=2, video=True)
+    truths = json.loads((tmp_path / "print.json").read_text())
+    found, true_rois = [], []
+    with ReplaySource(tmp_path / "print.avi") as src:
+        while True:
+            try:
+                frame = src.read()
+            except EndOfStream:
+                break
+            res = roi.extract(frame.image)
+            assert quality.assess(frame.image, res).ok
+            t = truths[frame.index]
+            sq = roi.RoiSquare(tuple(t["centre"]), t["side"], t["angle_deg"])
+            found.append(res.roi)
+            true_rois.append(roi.cut(frame.image, sq))
+    assert len(found) == 8
+    # at the scale of the creases (a 2% shift decorrelates the finest wrinkles)
+    smooth = [cv2.GaussianBlur(r, (0, 0), 2).ravel() for r in found + true_rois]
+    corr = np.corrcoef(np.stack(smooth).astype(float))[:8, 8:]
+    same, cross = np.diag(corr), corr[~np.eye(8, dtype=bool)]
+    print(f"found_vs_true_roi_pixel_corr min={same.min():.3f} other_frames_max={cross.max():.3f}")
+    assert same.min() > 0.7 and same.min() > cross.max() + 0.2
+    with open_backend(models[1]["onnx"]) as be:
+        got, want = be.hash(found), be.hash(true_rois)
+    agree = _agreement(got, want)
+    print(f"found_vs_true_roi_bit_agreement={agree:.4f} distinct_codes={len(np.unique(want))}")
+    assert len(np.unique(want)) > 1  # the toy net does tell these frames apart
+    assert agree >= 0.9
