@@ -83,6 +83,7 @@ class Daemon:
         self._stage_ms: dict[str, list[float]] = defaultdict(list)
         self._next_frame = 0.0
         self.on_decision: list[Callable[[dict[str, Any]], None]] = []
+        self.gpio: list[Any] = []  # button / LEDs, released on stop
 
     # -- lifecycle --------------------------------------------------------------------------
     def stop(self, *_: object) -> None:
@@ -122,6 +123,8 @@ class Daemon:
         self._fail_pending_jobs()
         self.source.close()
         logger.info("camera closed state=%s", self.source.state)
+        for device in self.gpio:
+            device.close()
         self.reporter.stop(self.cfg.outbox.flush_timeout)
         self.engine.close()
         self.store.close()

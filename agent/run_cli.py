@@ -81,12 +81,13 @@ def _wire_gpio(daemon: Any, cfg: Any) -> None:
 
         button = Button(cfg.trigger.button_pin)
         button.when_pressed = daemon.trigger
-        daemon.gpio = [button]
+        daemon.gpio.append(button)
     pins = {"granted": cfg.leds.granted_pin, "denied": cfg.leds.denied_pin}
     if any(p is not None for p in pins.values()):
         from gpiozero import LED
 
         leds = {k: LED(p) for k, p in pins.items() if p is not None}
+        daemon.gpio.extend(leds.values())
 
         def show(doc: dict[str, Any]) -> None:
             led = leds.get("granted" if doc["decision"] == "granted" else "denied")
