@@ -24,7 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=10, help="captures per identity")
     p.add_argument("--level", choices=list(LEVELS), default="medium", help="difficulty")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True, help="root folder the loaders will read")
+    p.add_argument("--out", type=Path, help="root folder the loaders will read")
+    p.add_argument(
+        "--sheet", type=Path, help="instead of a set, write a contact sheet PNG of --level"
+    )
     p.add_argument("--hands", action="store_true", help="also write full-hand frames and videos")
     p.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)"
@@ -37,6 +40,13 @@ def run(args: argparse.Namespace) -> int:
 
     from export.synth.dataset import write_dataset
 
+    if args.sheet is not None:
+        from export.synth.sheet import write_contact_sheet
+
+        print(write_contact_sheet(args.sheet, args.level, args.seed))
+        return 0
+    if args.out is None:
+        raise SystemExit("synth: --out DIR is required (the folder the loaders will read)")
     if args.ids < 1 or args.samples < 1:
         raise SystemExit(
             f"synth: --ids and --samples must be >= 1 (got {args.ids}, {args.samples})"

@@ -144,12 +144,13 @@ def _vein_tree(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
         pull = np.zeros_like(pts)
         unit = (attract - pts[near]) / np.maximum(d[np.arange(len(attract)), near], 1e-9)[:, None]
         np.add.at(pull, near[active], unit[active])
-        grow = np.flatnonzero(np.linalg.norm(pull, axis=1) > 1e-6)
-        for k in grow:
-            direction = pull[k] / np.linalg.norm(pull[k]) + rng.normal(0.0, 0.15, 2)
-            nodes.append(pts[k] + step * direction / np.linalg.norm(direction))
-            parent.append(int(k))
-        new = np.asarray(nodes[-len(grow) :])
+        strength = np.linalg.norm(pull, axis=1)
+        grow = np.flatnonzero(strength > 1e-6)
+        direction = pull[grow] / strength[grow, None] + rng.normal(0.0, 0.15, (len(grow), 2))
+        direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+        new = pts[grow] + step * direction
+        nodes.extend(new)
+        parent.extend(grow.tolist())
         dn = np.linalg.norm(attract[:, None, :] - new[None, :, :], axis=2).min(axis=1)
         attract = attract[dn > kill]
     nodes_a = np.asarray(nodes)

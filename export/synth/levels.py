@@ -30,6 +30,7 @@ class Level:
     darkness_jitter: float  # relative line darkness change
     # per-capture changes of the vein pattern
     vein_drop: float  # probability that a thin terminal branch is not visible
+    vein_jitter_frac: float  # smooth shift of the vessels under the skin, fraction of the ROI
     vein_contrast: Range
     vein_blur: Range  # scattering blur, Gaussian sigma in pixels
     # per-modality photometry
@@ -56,14 +57,15 @@ MEDIUM = Level(
     secondary_drop=0.15,
     width_jitter=0.2,
     darkness_jitter=0.25,
-    vein_drop=0.2,
+    vein_drop=0.4,
+    vein_jitter_frac=0.03,
     vein_contrast=(0.12, 0.30),
     vein_blur=(1.0, 3.5),
     print_blur=(0.3, 1.2),
     noise=(1.0, 5.0),
     gain=0.15,
     offset=12.0,
-    illumination=(0.05, 0.3),
+    illumination=(0.03, 0.22),
     vignetting=(0.05, 0.25),
     jpeg_quality=(60, 92),
 )
@@ -81,6 +83,7 @@ EASY = replace(
     width_jitter=0.1,
     darkness_jitter=0.1,
     vein_drop=0.05,
+    vein_jitter_frac=0.012,
     vein_contrast=(0.22, 0.40),
     vein_blur=(0.8, 2.0),
     print_blur=(0.2, 0.6),
@@ -104,7 +107,8 @@ HARD = replace(
     secondary_drop=0.3,
     width_jitter=0.3,
     darkness_jitter=0.4,
-    vein_drop=0.35,
+    vein_drop=0.5,
+    vein_jitter_frac=0.06,
     vein_contrast=(0.08, 0.22),
     vein_blur=(1.5, 4.5),
     print_blur=(0.5, 1.8),

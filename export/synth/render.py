@@ -152,6 +152,17 @@ def _draw_print(
         cv2.polylines(tex, list(segs[bins == b]), False, d * gain * 255, max(1, round(k)), aa, sh)
 
 
+def _smooth_shift(points: np.ndarray, rng: np.random.Generator, lv: Level) -> np.ndarray:
+    """A slow displacement field (two waves of about one cycle per palm per axis): vessels
+    move a little under the skin as the hand stretches, without breaking the tree."""
+    out = np.zeros_like(points)
+    for axis in range(2):
+        for _ in range(2):
+            wave = rng.normal(0.0, 4.5, 2)
+            out[:, axis] += np.sin(points @ wave + rng.uniform(0, 2 * np.pi))
+    return out * (lv.vein_jitter_frac / 2)
+
+
 def _draw_vein(img: np.ndarray, ident: Identity, rng: np.random.Generator, lv: Level) -> None:
     size = round(img.shape[0] / (1 + 2 * MARGIN))
     k = size / REFERENCE_SIZE
@@ -162,7 +173,7 @@ def _draw_vein(img: np.ndarray, ident: Identity, rng: np.random.Generator, lv: L
     width_gain = 1 + _sym(rng, lv.width_jitter)
     dark_gain = 1 + _sym(rng, lv.darkness_jitter)
     child = np.flatnonzero((ident.vein_parent >= 0) & ~drop[ident.vein_chain])
-    pts = _to_canvas(ident.vein_nodes, size)
+    pts = _to_canvas(ident.vein_nodes + _smooth_shift(ident.vein_nodes, rng, lv), size)
     segs = np.stack([pts[ident.vein_parent[child]], pts[child]], axis=1)
     r = ident.vein_radius[child]
     thick = np.maximum(1, np.round(2 * r * k * width_gain)).astype(int)

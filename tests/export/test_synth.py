@@ -80,6 +80,7 @@ def test_print_and_vein_of_a_capture_share_the_pose():
         crease_jitter_frac=0.0,
         secondary_drop=0.0,
         vein_drop=0.0,
+        vein_jitter_frac=0.0,
     )
     ident = make_identity(3, seed=11)
     a = render_capture(ident, 0, 11, rigid)
