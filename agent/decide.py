@@ -235,6 +235,4 @@ def _thresholds(cfg: Config, b: Any) -> Thresholds:
         return Thresholds(
             b.bits, {m: row["eer"] for m, row in b.thresholds.items() if "eer" in row}
         )
-    # the table's rows also carry "eer", which is not an FMR point
-    fmr_rows = {m: {k: v for k, v in row.items() if k != "eer"} for m, row in b.thresholds.items()}
-    return Thresholds.from_table(b.bits, fmr_rows, float(cfg.match.fmr))
+    return Thresholds.from_table(b.bits, b.thresholds, float(cfg.match.fmr))

@@ -90,11 +90,11 @@ def _gallery_action(args: argparse.Namespace):
             store.revoke(args.label)
             out = {"revoked": args.label}
         else:
-            out = _rekey(store, args.key)
+            out = rekey_store(store, args.key)
     return out
 
 
-def _rekey(store, key_path: Path) -> dict:
+def rekey_store(store, key_path: Path) -> dict:
     """New key beside the old one, templates re-protected, then the new key takes its place.
 
     If the process dies between the commit and the rename, the store names the new key id and

@@ -88,10 +88,11 @@ class Thresholds:
     def from_table(
         cls, bits: int, table: Mapping[str, Mapping[str, float]], target_fmr: float
     ) -> Thresholds:
-        """A bundle's calibrated ``{mode: {"0.001": bits}}``; closed form for modes it lacks."""
+        """A bundle's calibrated ``{mode: {"0.001": bits, "eer": bits}}``; closed form for modes
+        it lacks. Keys that are not FMR values (the EER point) are not FMR targets, so skipped."""
         per_mode = {}
         for mode in MODES:
-            row = {float(f): t for f, t in table.get(mode, {}).items()}
+            row = {float(f): t for f, t in table.get(mode, {}).items() if _is_number(f)}
             hit = [t for f, t in row.items() if abs(f - target_fmr) <= 1e-9 * max(f, target_fmr)]
             if hit:
                 per_mode[mode] = float(hit[0])
@@ -104,6 +105,14 @@ class Thresholds:
                     per_mode[mode],
                 )
         return cls(bits, per_mode)
+
+
+def _is_number(key: str) -> bool:
+    try:
+        float(key)
+    except ValueError:
+        return False
+    return True
 
 
 def _closed_form(bits: int, target_fmr: float, mode: str, fusion: str) -> float:

@@ -42,7 +42,7 @@ def build(config_path: Path, with_reporter: bool = True) -> Any:
 
     from agent.daemon import Daemon
     from agent.decide import BundleEngine
-    from agent.gallery_cli import _rekey
+    from agent.gallery_cli import rekey_store
     from agent.mqtt import MqttReporter
     from agent.notify import Notifier
     from agent.outbox import Outbox
@@ -67,7 +67,7 @@ def build(config_path: Path, with_reporter: bool = True) -> Any:
         Camera(cfg.camera, report),
         store,
         load_engine=lambda: BundleEngine(cfg, store),
-        rekey=lambda: _rekey(store, Path(cfg.store.key_path)),
+        rekey=lambda: rekey_store(store, Path(cfg.store.key_path)),
         notifier=Notifier(),
     )
     _wire_gpio(daemon, cfg)

@@ -187,7 +187,7 @@ def test_empty_gallery_and_thresholds():
     t = Thresholds.from_fmr(BITS, 1e-3)
     assert t.for_mode("print") == 6 and t.for_mode("multi") == 9.5
     assert Thresholds.from_fmr(BITS, 1e-3, fusion="both").for_mode("multi") == 10
-    table = {"print": {"0.001": 5, "0.0001": 3}, "multi": {"1e-3": 7.5}}
+    table = {"print": {"0.001": 5, "0.0001": 3, "eer": 9}, "multi": {"1e-3": 7.5}}
     t = Thresholds.from_table(BITS, table, 1e-3)
     assert (t.for_mode("print"), t.for_mode("multi"), t.for_mode("vein")) == (5, 7.5, 6)
     with pytest.raises(ValueError, match="unknown modes"):
