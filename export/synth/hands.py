@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,7 +263,9 @@ def write_hand_frames(
     """
     out_dir = Path(out_dir)
     if workers > 0:
-        with ProcessPoolExecutor(workers) as pool:
+        # spawn, not fork: the caller may hold threads (a runtime, a logger) a fork would copy
+        # mid-lock into the children
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             jobs = [
                 pool.submit(_write_identity, out_dir, i, samples, level, seed) for i in range(ids)
             ]
