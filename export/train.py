@@ -126,6 +126,8 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     rank, world, device = _distributed(device)
+    # process-wide settings, put back when done so a caller (a test, a bench) keeps its own
+    restore = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
     if device == "cpu":
         torch.use_deterministic_algorithms(True)
     if args.threads:
@@ -271,6 +273,8 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
             )
         raise
     finally:
+        torch.use_deterministic_algorithms(restore[0])
+        torch.set_num_threads(restore[1])
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
     return meta["eval"]

@@ -131,6 +131,25 @@ def test_deterministic_and_resume_continues_exactly(tmp_path):
     assert load_checkpoint(tmp_path / "c" / "last.pt")[1]["train"]["epoch"] == 2
 
 
+def test_print_only_data_trains_the_print_path(tmp_path):
+    p, _ = generate_arrays(4, 4, "easy", 0)
+    arrays = from_synth(p, None)
+    meta = {
+        "ds": "synth",
+        "root": None,
+        "synth": {"ids": 4, "samples": 4, "level": "easy", "seed": 0},
+    }
+    report = fit(
+        parse_args([*FAST, "-b", "8", "--epoch", "1", "--out", str(tmp_path)]), arrays, meta
+    )
+    assert set(report["hamming"]) == {"print", "centroid_print"}
+    state = load_checkpoint(tmp_path / "last.pt")[1]["state_dict"]
+    torch.manual_seed(0)  # the init fit made, with --seed 0
+    fresh = PalmCohashNet("tiny", 32).state_dict()
+    assert not torch.equal(state["print_net.fc.weight"], fresh["print_net.fc.weight"])
+    assert torch.equal(state["vein_net.fc.weight"], fresh["vein_net.fc.weight"])
+
+
 def test_ctrl_c_saves_and_resume_finishes(tmp_path):
     root = write_dataset("casiam", tmp_path / "data", 4, 4, "easy", 0)
     out = tmp_path / "run"
