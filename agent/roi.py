@@ -181,11 +181,11 @@ def find_valleys(
         depths = [t[3] for t in tri]
         score = max(g1, g2) / min(g1, g2) + 2 * dev / span + max(depths) / min(depths) - 1
         if score < best_score:
-            others = [deep[(i + k) % m] for k in range(3, m)]
-            best, best_score = (tri, others), score
+            neighbours = [deep[(i - 1) % m], deep[(i + 3) % m]] if m > 3 else []
+            best, best_score = (tri, neighbours), score
     if best is None or best_score > 3.0:
         return None
-    tri, others = best
+    tri, neighbours = best
     tip = pts[tri[1][1]]
     v_a, v_b = pts[tri[0][0]], pts[tri[2][0]]
     # The defect point is the farthest from the fingertip chord, which slides along the web when
@@ -196,11 +196,9 @@ def find_valleys(
         if np.dot(tip - (v_a + v_b) / 2, n) > 0:
             n = -n
         v_a, v_b = (_deepest(pts, t[1], t[2], n) for t in (tri[0], tri[2]))
-    thumb = None
-    if others:
-        # the thumb gap is the deep defect next to the window, on one of its two ends
-        mid = (v_a + v_b) / 2
-        thumb = max((pts[o[0]] for o in others), key=lambda p: float(np.hypot(*(p - mid))))
+    # the thumb-index web: the deeper of the defects next to the window in contour order (a
+    # notch at the wrist, when there is one, is shallower)
+    thumb = pts[max(neighbours, key=lambda t: t[3])[0]] if neighbours else None
     return v_a, v_b, tip, thumb
 
 
