@@ -1,186 +1,30 @@
-"""A private mosquitto for the whole test session: password file, ACL, a plain and a TLS listener.
+"""A private mosquitto for the whole test session (export.demo.broker), subscribers, a tiny bundle.
 
-Certificates (a CA, a server cert with an IP SAN for 127.0.0.1, client certs) are generated with
-``cryptography``. The ACL gives the controller user ``ctl`` everything and confines each device
-user to ``palm/<username>/...``, the way a production broker should.
+The broker has a password file, an ACL and a plain and a TLS listener; the ACL gives the
+controller user ``ctl`` everything and confines each device user to ``palm/<username>/...``.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-CTL_USER, CTL_PASS = "ctl", "ctl-secret"
-DEVICE_PASS = "dev-secret"
-DEVICES = tuple(f"dev{i}" for i in range(1, 15))
-
-ACL = """\
-user ctl
-topic readwrite #
-
-pattern write palm/%u/#
-pattern read palm/%u/cmd
-pattern read homeassistant/status
-pattern write homeassistant/event/%u/#
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _cert(subject: str, key, issuer_name, issuer_key, *, ca: bool = False, san=None, usage=None):
-    now = dt.datetime.now(dt.UTC)
-    b = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if san:
-        b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    if usage:
-        b = b.add_extension(x509.ExtendedKeyUsage(usage), critical=False)
-    return b.sign(issuer_key, hashes.SHA256())
-
-
-@dataclass
-class Pki:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    clients: dict[str, tuple[Path, Path]] = field(default_factory=dict)
-
-
-def make_pki(d: Path, clients: tuple[str, ...]) -> Pki:
-    d.mkdir(parents=True, exist_ok=True)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "palm test CA")])
-    ca = _cert("palm test CA", ca_key, ca_name, ca_key, ca=True)
-    (d / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-
-    def issue(name: str, san, usage) -> tuple[Path, Path]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = _cert(name, key, ca_name, ca_key, san=san, usage=usage)
-        (d / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (d / f"{name}.key").write_bytes(_key_pem(key))
-        return d / f"{name}.crt", d / f"{name}.key"
-
-    san = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-    server_cert, server_key = issue("server", san, [ExtendedKeyUsageOID.SERVER_AUTH])
-    pki = Pki(d / "ca.crt", server_cert, server_key)
-    for c in clients:
-        pki.clients[c] = issue(c, None, [ExtendedKeyUsageOID.CLIENT_AUTH])
-    return pki
-
-
-class Broker:
-    """One mosquitto process that tests may stop and start again (same ports, same sessions)."""
-
-    def __init__(self, d: Path) -> None:
-        self.dir = d
-        self.port = free_port()
-        self.tls_port = free_port()
-        self.pki = make_pki(d / "pki", (CTL_USER, *DEVICES))
-        pw = d / "passwd"
-        subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), CTL_USER, CTL_PASS], check=True)
-        for dev in DEVICES:
-            subprocess.run(["mosquitto_passwd", "-b", str(pw), dev, DEVICE_PASS], check=True)
-        (d / "acl").write_text(ACL)
-        (d / "data").mkdir()
-        self.log = d / "mosquitto.log"
-        conf = [
-            "per_listener_settings false",
-            "allow_anonymous false",
-            f"password_file {pw}",
-            f"acl_file {d / 'acl'}",
-            "persistence true",
-            f"persistence_location {d / 'data'}/",
-            f"log_dest file {self.log}",
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-            "log_type information",
-            f"listener {self.port} 127.0.0.1",
-            f"listener {self.tls_port} 127.0.0.1",
-            f"cafile {self.pki.ca}",
-            f"certfile {self.pki.server_cert}",
-            f"keyfile {self.pki.server_key}",
-            "require_certificate true",
-        ]
-        if os.geteuid() == 0:
-            conf.insert(0, "user root")  # otherwise mosquitto drops to a user that cannot read tmp
-        self.conf = d / "mosquitto.conf"
-        self.conf.write_text("\n".join(conf) + "\n")
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)])
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited: {self.log.read_text()[-2000:]}")
-            try:
-                with (
-                    socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
-                    socket.create_connection(("127.0.0.1", self.tls_port), timeout=0.2),
-                ):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start listening")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=10)
-        self.proc = None
-
-    def mqtt_section(self, device: str, **over) -> dict:
-        """The ``mqtt:`` config section a device needs to reach this broker (plain listener)."""
-        sec = {
-            "host": "127.0.0.1",
-            "port": self.port,
-            "tls": False,
-            "user": device,
-            "password": DEVICE_PASS,
-            "stats_interval": 0.2,
-            "keepalive": 5,
-            "reconnect_min": 0.1,
-            "reconnect_max": 0.5,
-        }
-        sec.update(over)
-        return sec
+from export.demo.broker import (  # noqa: F401  (re-exported for the tests)
+    CTL_PASS,
+    CTL_USER,
+    DEVICE_PASS,
+    DEVICES,
+    Broker,
+    Pki,
+    free_port,
+    make_pki,
+)
 
 
 @pytest.fixture(scope="session")

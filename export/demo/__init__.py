@@ -1,0 +1,1 @@
+"""The end-to-end demo: synthetic data -> training -> bundle -> the daemon on a private broker."""
