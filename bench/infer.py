@@ -12,6 +12,7 @@ agreement, EER deltas) are printed, which is what the int8 goal is judged on.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
@@ -20,15 +21,22 @@ from pathlib import Path
 import numpy as np
 
 
-def _latency(backend, x: np.ndarray, runs: int, warmup: int = 5) -> tuple[float, float]:
-    for _ in range(warmup):
-        backend.run(x)
-    times = []
+def _latencies(backends: list, x: np.ndarray, runs: int, warmup: int = 5) -> list[tuple]:
+    """Median and p95 per backend, the backends taking turns run by run.
+
+    On a shared machine the load changes within seconds; interleaving lets every backend see
+    the same load, so the ratios to fp32 onnxruntime stay meaningful when absolute times do not.
+    """
+    for backend in backends:
+        for _ in range(warmup):
+            backend.run(x)
+    times: list[list[float]] = [[] for _ in backends]
     for _ in range(runs):
-        t = time.perf_counter()
-        backend.run(x)
-        times.append(1e3 * (time.perf_counter() - t))
-    return float(np.median(times)), float(np.percentile(times, 95))
+        for backend, own in zip(backends, times, strict=True):
+            t = time.perf_counter()
+            backend.run(x)
+            own.append(1e3 * (time.perf_counter() - t))
+    return [(float(np.median(t)), float(np.percentile(t, 95))) for t in times]
 
 
 def bench_backbone(name: str, bits: int, runs: int, modalities: list[str], tmp: Path) -> list:
@@ -57,11 +65,13 @@ def bench_backbone(name: str, bits: int, runs: int, modalities: list[str], tmp: 
         convert_onnx.quantize_int8(files["onnx", "fp32"], files["onnx", "int8"], calib)
         convert_tflite.export_fp32(net, 3, 128, files["tflite", "fp32"])
         convert_tflite.export_int8(net, calib, files["tflite", "int8"])
-        base = None
-        for (fmt, precision), path in files.items():
-            with open_backend(path, threads=1) as backend:
-                median, p95 = _latency(backend, x, runs)
-            base = median if base is None else base  # fp32 onnxruntime comes first
+        with contextlib.ExitStack() as stack:
+            backends = [stack.enter_context(open_backend(p, threads=1)) for p in files.values()]
+            stats = _latencies(backends, x, runs)
+        base = stats[0][0]  # fp32 onnxruntime comes first
+        for ((fmt, precision), path), backend, (median, p95) in zip(
+            files.items(), backends, stats, strict=True
+        ):
             rows.append(
                 {
                     "backbone": name,
