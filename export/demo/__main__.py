@@ -1,0 +1,5 @@
+import sys
+
+from export.demo.run import main
+
+sys.exit(main())

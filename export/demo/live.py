@@ -1,0 +1,137 @@
+"""The device part of the demo: a private broker, ``palm-agent run``, a controller on MQTT.
+
+The daemon runs with the ``command`` trigger: the controller enrolls each subject with the
+``enroll`` command (the daemon takes the next frames of its replayed camera) and then asks for
+one ``capture`` per probe, so every decision on ``palm/<id>/decision`` can be tied to the person
+who was shown, by its ``event_id``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm import tqdm
+
+from export.demo.broker import Broker
+from export.demo.controller import Controller
+from export.demo.frames import Shot
+
+ROOT = Path(__file__).resolve().parents[2]
+DEVICE = "dev1"
+
+
+def write_agent_config(out: Path, bundle: Path, port: int, a: argparse.Namespace) -> Path:
+    from export.demo.broker import DEVICE_PASS
+
+    live = out / "device"
+    for f in ("outbox.sqlite", "templates.sqlite"):
+        for p in live.glob(f + "*"):
+            p.unlink()
+    live.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "device": {"id": DEVICE, "name": "demo palm reader"},
+        "mqtt": {
+            "host": "127.0.0.1",
+            "port": port,
+            "tls": False,
+            "user": DEVICE,
+            "password": DEVICE_PASS,
+            "stats_interval": 5,
+            "keepalive": 10,
+            "reconnect_min": 0.2,
+            "reconnect_max": 2,
+        },
+        "outbox": {"path": str(live / "outbox.sqlite"), "flush_timeout": 5},
+        "bundle": {"path": str(bundle), "runtime": a.runtime, "precision": "int8", "threads": 2},
+        "store": {"path": str(live / "templates.sqlite"), "key_path": str(live / "device.key")},
+        "match": {"mode": a.mode, "identify": True, "fmr": a.fmr},
+        "camera": {
+            "source": "replay",
+            "layout": "dual",
+            "replay_path": str(out / "replay" / "print"),
+            "vein_replay_path": str(out / "replay" / "vein"),
+            "loop": False,
+            "fps": 30,
+        },
+        "trigger": {"kind": "command", "cooldown": 0},
+        "enroll": {"captures": a.captures, "max_spread": 12, "timeout": 30},
+        "logging": {"level": "INFO"},
+    }
+    path = live / "agent.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def start_agent(config: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    print(f"$ palm-agent run --config {config}   (log: {log})", flush=True)
+    with open(log, "w") as f:
+        return subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "run", "--config", str(config)],
+            cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        )  # fmt: skip
+
+
+def stop_agent(proc: subprocess.Popen, timeout: float = 20) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait(timeout=5)
+
+
+def run_live(out: Path, bundle: Path, shots: list[Shot], a: argparse.Namespace) -> dict[str, Any]:
+    """Enroll and probe through MQTT; returns replies, decisions and timings for the report."""
+    shutil.rmtree(out / "broker", ignore_errors=True)  # no sessions left from an earlier run
+    broker = Broker(out / "broker", devices=(DEVICE,), tls_clients=False)
+    broker.start()
+    print(f"mosquitto on 127.0.0.1:{broker.port} (TLS {broker.tls_port}), config {broker.conf}")
+    config = write_agent_config(out, bundle, broker.port, a)
+    ctl = Controller(broker.port, DEVICE)
+    t0 = time.monotonic()
+    agent = start_agent(config, out / "device" / "agent.log")
+    result: dict[str, Any] = {"enroll": [], "probes": [], "config": str(config)}
+    try:
+        if not ctl.wait_for(lambda: ctl.availability == "online", 60):
+            raise SystemExit(f"demo: the daemon did not come online; see {out / 'device'}")
+        result["online_s"] = round(time.monotonic() - t0, 2)
+        print(f"daemon online after {result['online_s']} s")
+        for shot in tqdm([s for s in shots if s.role == "enroll"][:: a.captures], desc="enroll"):
+            reply = ctl.command("enroll", {"subject": shot.label, "captures": a.captures}, 90)
+            result["enroll"].append({"subject": shot.label, **_brief(reply)})
+            tqdm.write(f"  enroll {shot.label}: {'ok' if reply['ok'] else reply['error']}")
+        listed = ctl.command("list")
+        result["listed"] = listed.get("result", {}).get("subjects", [])
+        probes = [s for s in shots if s.role != "enroll"]
+        for shot in tqdm(probes, desc="probes"):
+            reply = ctl.command("capture", timeout=30)
+            doc = None
+            if reply.get("ok") and reply["result"].get("event_id"):
+                doc = ctl.decision(reply["result"]["event_id"])
+            result["probes"].append({"shot": shot, "reply": _brief(reply), "decision": doc})
+        ctl.wait_for(lambda: bool(ctl.stats), 10)
+        result["stats"] = ctl.stats[-1] if ctl.stats else None
+    finally:
+        rc = stop_agent(agent)
+        result["agent_exit"] = rc
+        result["availability_after_stop"] = (
+            ctl.availability if ctl.wait_for(lambda: ctl.availability != "online", 5) else None
+        )
+        ctl.close()
+        broker.stop()
+    return result
+
+
+def _brief(reply: dict[str, Any]) -> dict[str, Any]:
+    keep = ("ok", "result", "error", "_round_trip_ms")
+    return {k: reply[k] for k in keep if k in reply}

@@ -1,0 +1,176 @@
+"""``python -m export.demo``: the main job end to end, on this machine, in one command.
+
+Synthetic palms -> training the light network on the CPU -> evaluation -> an int8 bundle -> a
+private mosquitto -> ``palm-agent run`` on replayed full-hand frames -> subjects enrolled through
+the MQTT ``enroll`` command -> decisions on the broker, checked against who was really in front
+of the camera. Every step is the command a user would type (``palm-export ...``,
+``palm-agent run``), run as a child process, so the demo proves those commands, not a shortcut.
+A second run reuses the data set, the checkpoint and the bundle made with the same settings
+(``--fresh`` starts over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from export.demo import report
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m export.demo", description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "demo", help="artefacts folder")
+    p.add_argument("--ids", type=int, default=48, help="synthetic identities")
+    p.add_argument("--samples", type=int, default=8, help="captures per identity")
+    p.add_argument("--level", default="medium", choices=("easy", "medium", "hard"))
+    p.add_argument("--model", default="light", help="backbone (light; tiny for a quick check)")
+    p.add_argument("--minutes", type=float, default=4.0, help="training time budget")
+    p.add_argument("--epochs", type=int, default=300, help="upper bound on training epochs")
+    p.add_argument("--enroll", type=int, default=6, help="subjects enrolled over MQTT")
+    p.add_argument("--impostors", type=int, default=4, help="identities shown but not enrolled")
+    p.add_argument("--probes", type=int, default=3, help="captures shown per person")
+    p.add_argument("--captures", type=int, default=3, help="enrollment captures per modality")
+    p.add_argument("--runtime", default="tflite", choices=("tflite", "onnx"))
+    p.add_argument("--mode", default="multi", choices=("print", "vein", "multi"))
+    p.add_argument("--fmr", default="0.01", choices=("eer", "0.01", "0.001", "0.0001"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fresh", action="store_true", help="regenerate, retrain and re-export")
+    p.add_argument("--quick", action="store_true", help="tiny model, few ids, one minute")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.ids, a.samples, a.model, a.minutes, a.epochs = 12, 4, "tiny", 0.3, 3
+        a.enroll, a.impostors, a.probes, a.captures = 2, 2, 2, 2
+    if a.enroll + a.impostors > a.ids:
+        p.error(f"--enroll + --impostors ({a.enroll + a.impostors}) exceeds --ids ({a.ids})")
+    return a
+
+
+def step(n: int, title: str) -> float:
+    print(f"\n=== [{n}/7] {title} " + "=" * max(0, 60 - len(title)), flush=True)
+    return time.monotonic()
+
+
+def palm_export(*args: str, log: Path | None = None) -> str:
+    """Run ``palm-export ARGS`` with its progress visible; returns its stdout (kept in ``log``)."""
+    print("$ palm-export " + " ".join(args), flush=True)
+    cmd = [sys.executable, "-m", "export.cli", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    sys.stdout.write(proc.stdout)
+    if log is not None:
+        log.write_text(proc.stdout)
+    if proc.returncode != 0:
+        raise SystemExit(f"demo: palm-export {args[0]} failed with exit code {proc.returncode}")
+    return proc.stdout
+
+
+def stamp_ok(path: Path, want: dict[str, Any], fresh: bool) -> bool:
+    """Is the artefact next to this stamp made with exactly these settings?"""
+    if fresh or not path.exists():
+        return False
+    return json.loads(path.read_text()) == want
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    out = a.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+    times: dict[str, float] = {}
+
+    t = step(1, "synthetic data set")
+    data = out / "data"
+    want = {
+        "layout": "generic",
+        "ids": a.ids,
+        "samples": a.samples,
+        "level": a.level,
+        "seed": a.seed,
+    }
+    if stamp_ok(out / "data.stamp.json", want, a.fresh):
+        print(f"reusing {data} (same settings; --fresh to regenerate)")
+    else:
+        palm_export(
+            "synth", "--layout", "generic", "--ids", str(a.ids), "--samples", str(a.samples),
+            "--level", a.level, "--seed", str(a.seed), "--out", str(data), "--workers", "2",
+        )  # fmt: skip
+        (out / "data.stamp.json").write_text(json.dumps(want))
+    times["synth_s"] = time.monotonic() - t
+
+    t = step(2, f"training the {a.model} network on the CPU (up to {a.minutes:g} min)")
+    train = out / "train"
+    ckpt = train / "best.pt"
+    want_train = {**want, "model": a.model, "minutes": a.minutes, "epochs": a.epochs}
+    if stamp_ok(out / "train.stamp.json", want_train, a.fresh) and ckpt.exists():
+        print(f"reusing {ckpt} (same settings; --fresh to retrain)")
+    else:
+        for old in ("best.pt", "last.pt", "metrics.jsonl"):
+            (train / old).unlink(missing_ok=True)
+        train.mkdir(parents=True, exist_ok=True)
+        palm_export(
+            "train", "--ds", "generic", "--data-root", str(data), "--model", a.model,
+            "--bits", "32", "-b", "32", "--optimizer", "adam", "--lr", "1e-3",
+            "--epoch", str(a.epochs), "--time-limit", str(a.minutes), "--eval-every",
+            str(a.epochs), "--threads", "2", "--device", "cpu", "--seed", str(a.seed),
+            "--out", str(train), log=train / "train.out",
+        )  # fmt: skip
+        (out / "train.stamp.json").write_text(json.dumps(want_train))
+        (out / "bundle.stamp.json").unlink(missing_ok=True)
+    times["train_s"] = time.monotonic() - t
+
+    t = step(3, "evaluation on the held-out captures (four modes, DET curves)")
+    eval_dir = out / "eval"
+    palm_export("eval", str(ckpt), "--out", str(eval_dir))
+    times["eval_s"] = time.monotonic() - t
+
+    t = step(4, "export: int8 TFLite + ONNX bundle, parity through the device runtimes")
+    bundle = out / "bundle"
+    if (
+        stamp_ok(out / "bundle.stamp.json", want_train, a.fresh)
+        and (bundle / "manifest.json").exists()
+    ):
+        print(f"reusing {bundle} (exported from this checkpoint)")
+        parity_text = (out / "export.out").read_text() if (out / "export.out").exists() else ""
+    else:
+        parity_text = palm_export(
+            "export", str(ckpt), "--formats", "tflite,onnx", "--precision", "int8",
+            "--calib", "100", "--out", str(bundle), "--allow-degraded", log=out / "export.out",
+        )  # fmt: skip
+        (out / "bundle.stamp.json").write_text(json.dumps(want_train))
+    times["export_s"] = time.monotonic() - t
+
+    t = step(5, "replayed camera: full-hand frames of enrolled subjects and impostors")
+    from export.demo.frames import write_replay
+
+    enrolled = list(range(a.enroll))
+    impostors = list(range(a.ids - a.impostors, a.ids))
+    shots = write_replay(out / "replay", enrolled, impostors, a.captures, a.probes, a.seed,
+                         a.level, first_sample=a.samples)  # fmt: skip
+    times["replay_s"] = time.monotonic() - t
+
+    t = step(6, "private mosquitto + palm-agent run; enroll over MQTT; decisions")
+    from export.demo.live import run_live
+
+    live = run_live(out, bundle, shots, a)
+    times["live_s"] = time.monotonic() - t
+
+    step(7, "summary")
+    times["total_s"] = time.monotonic() - t_start
+    summary = report.build(out, eval_dir, bundle, shots, live, times, parity_text)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    print(report.render(summary))
+    return 0 if summary["decisions"]["all_received"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
