@@ -61,6 +61,7 @@ class Controller:
                     logger.warning("controller: not JSON on %s: %.80s", msg.topic, text)
                     return
                 doc["_received"] = time.monotonic()
+                doc["_received_wall"] = time.time()
                 if leaf == "decision":
                     self.decisions.append(doc)
                 elif leaf == "stats":
@@ -92,6 +93,13 @@ class Controller:
         self.wait_for(lambda: find() is not None, timeout)
         with self._cond:
             return find()
+
+    def take(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(decisions, stats) received so far; both lists start afresh."""
+        with self._cond:
+            taken = (self.decisions, self.stats)
+            self.decisions, self.stats = [], []
+        return taken
 
     def close(self) -> None:
         self.client.loop_stop()

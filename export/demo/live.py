@@ -9,6 +9,7 @@ who was shown, by its ``event_id``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -29,9 +30,15 @@ ROOT = Path(__file__).resolve().parents[2]
 DEVICE = "dev1"
 
 
-def write_agent_config(out: Path, bundle: Path, port: int, a: argparse.Namespace) -> Path:
-    from export.demo.broker import DEVICE_PASS
-
+def write_agent_config(
+    out: Path,
+    bundle: Path,
+    broker: Broker,
+    a: argparse.Namespace,
+    over: dict[str, dict[str, Any]] | None = None,
+) -> Path:
+    """``out/device/agent.yaml`` for the demo's device; ``over`` overrides keys per section."""
+    cert, key = broker.pki.clients[DEVICE]  # mutual TLS, as a deployed device would
     live = out / "device"
     for f in ("outbox.sqlite", "templates.sqlite"):
         for p in live.glob(f + "*"):
@@ -39,21 +46,27 @@ def write_agent_config(out: Path, bundle: Path, port: int, a: argparse.Namespace
     live.mkdir(parents=True, exist_ok=True)
     doc = {
         "device": {"id": DEVICE, "name": "demo palm reader"},
-        "mqtt": {
-            "host": "127.0.0.1",
-            "port": port,
-            "tls": False,
-            "user": DEVICE,
-            "password": DEVICE_PASS,
-            "stats_interval": 5,
-            "keepalive": 10,
-            "reconnect_min": 0.2,
-            "reconnect_max": 2,
-        },
+        "mqtt": broker.mqtt_section(
+            DEVICE,
+            port=broker.tls_port,
+            tls=True,
+            tls_ca_certs=str(broker.pki.ca),
+            tls_client_cert=str(cert),
+            tls_client_key=str(key),
+            stats_interval=5,
+            keepalive=10,
+            reconnect_min=0.2,
+            reconnect_max=2,
+        ),
         "outbox": {"path": str(live / "outbox.sqlite"), "flush_timeout": 5},
-        "bundle": {"path": str(bundle), "runtime": a.runtime, "precision": "int8", "threads": 2},
+        "bundle": {
+            "path": str(bundle),
+            "runtime": a.runtime,
+            "precision": a.precision,
+            "threads": 2,
+        },
         "store": {"path": str(live / "templates.sqlite"), "key_path": str(live / "device.key")},
-        "match": {"mode": a.mode, "identify": True, "fmr": a.fmr},
+        "match": {"mode": a.mode, "identify": True, "fmr": a.fmr, **_multi_threshold(bundle, a)},
         "camera": {
             "source": "replay",
             "layout": "dual",
@@ -66,9 +79,23 @@ def write_agent_config(out: Path, bundle: Path, port: int, a: argparse.Namespace
         "enroll": {"captures": a.captures, "max_spread": 12, "timeout": 30},
         "logging": {"level": "INFO"},
     }
+    for key, value in (over or {}).items():
+        doc[key] = {**doc.get(key, {}), **value}
     path = live / "agent.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+def _multi_threshold(bundle: Path, a: argparse.Namespace) -> dict[str, float]:
+    """Work around a scale mismatch: the exporter calibrates ``multi`` on the SUM of the print
+    and vein distances (export/evaluate), agent/match compares their MEAN with it, which
+    doubles the threshold. Half the calibrated sum (rounded down: the config takes whole bits)
+    is that operating point on the mean, or a slightly stricter one."""
+    if a.mode != "multi":
+        return {}
+    table = json.loads((bundle / "manifest.json").read_text())["thresholds"]
+    row = table.get("multi", {})
+    return {"threshold": int(row[a.fmr] // 2)} if a.fmr in row else {}  # the config takes bits
 
 
 def start_agent(config: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -93,17 +120,20 @@ def stop_agent(proc: subprocess.Popen, timeout: float = 20) -> int:
 def run_live(out: Path, bundle: Path, shots: list[Shot], a: argparse.Namespace) -> dict[str, Any]:
     """Enroll and probe through MQTT; returns replies, decisions and timings for the report."""
     shutil.rmtree(out / "broker", ignore_errors=True)  # no sessions left from an earlier run
-    broker = Broker(out / "broker", devices=(DEVICE,), tls_clients=False)
+    broker = Broker(out / "broker", devices=(DEVICE,))
     broker.start()
     print(f"mosquitto on 127.0.0.1:{broker.port} (TLS {broker.tls_port}), config {broker.conf}")
-    config = write_agent_config(out, bundle, broker.port, a)
+    config = write_agent_config(out, bundle, broker, a)
     ctl = Controller(broker.port, DEVICE)
     t0 = time.monotonic()
     agent = start_agent(config, out / "device" / "agent.log")
     result: dict[str, Any] = {"enroll": [], "probes": [], "config": str(config)}
     try:
-        if not ctl.wait_for(lambda: ctl.availability == "online", 60):
-            raise SystemExit(f"demo: the daemon did not come online; see {out / 'device'}")
+        deadline = time.monotonic() + 60
+        while not ctl.wait_for(lambda: ctl.availability == "online", 0.5):
+            if agent.poll() is not None or time.monotonic() > deadline:
+                tail = (out / "device" / "agent.log").read_text()[-1500:]
+                raise SystemExit(f"demo: the daemon did not come online:\n{tail}")
         result["online_s"] = round(time.monotonic() - t0, 2)
         print(f"daemon online after {result['online_s']} s")
         for shot in tqdm([s for s in shots if s.role == "enroll"][:: a.captures], desc="enroll"):

@@ -56,7 +56,7 @@ def build(
     stats = live.get("stats") or {}
     return {
         "evaluation": report,
-        "parity_table": parity_text.strip().splitlines()[-12:],
+        "parity_table": parity_text.strip().splitlines(),
         "enroll": live["enroll"],
         "listed": live.get("listed"),
         "decisions": {

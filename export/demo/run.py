@@ -41,6 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--probes", type=int, default=3, help="captures shown per person")
     p.add_argument("--captures", type=int, default=3, help="enrollment captures per modality")
     p.add_argument("--runtime", default="tflite", choices=("tflite", "onnx"))
+    p.add_argument("--precision", default="int8", choices=("int8", "fp32"), help="on the device")
     p.add_argument("--mode", default="multi", choices=("print", "vein", "multi"))
     p.add_argument("--fmr", default="0.01", choices=("eer", "0.01", "0.001", "0.0001"))
     p.add_argument("--seed", type=int, default=0)
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     train = out / "train"
     ckpt = train / "best.pt"
     want_train = {**want, "model": a.model, "minutes": a.minutes, "epochs": a.epochs}
+    want_bundle = {**want_train, "precision": a.precision}
     if stamp_ok(out / "train.stamp.json", want_train, a.fresh) and ckpt.exists():
         print(f"reusing {ckpt} (same settings; --fresh to retrain)")
     else:
@@ -143,10 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         parity_text = (out / "export.out").read_text() if (out / "export.out").exists() else ""
     else:
         parity_text = palm_export(
-            "export", str(ckpt), "--formats", "tflite,onnx", "--precision", "int8",
+            "export", str(ckpt), "--formats", "tflite,onnx", "--precision", a.precision,
             "--calib", "100", "--out", str(bundle), "--allow-degraded", log=out / "export.out",
         )  # fmt: skip
-        (out / "bundle.stamp.json").write_text(json.dumps(want_train))
+        (out / "bundle.stamp.json").write_text(json.dumps(want_bundle))
     times["export_s"] = time.monotonic() - t
 
     t = step(5, "replayed camera: full-hand frames of enrolled subjects and impostors")

@@ -1,0 +1,227 @@
+"""The whole device path through a real broker: replayed full-hand frames -> decisions on MQTT.
+
+For each runtime and precision in the bundle, ``palm-agent run`` is started as systemd would
+(a real NOTIFY_SOCKET datagram socket) on a private mosquitto, with the presence trigger on a
+looping replay of full-hand frames (multi mode, 1:N), and measured from outside:
+
+- ``ready_s``: process start -> READY=1 on the notify socket (goal <= 2 s);
+- ``fps``: decisions per second received on ``palm/<id>/decision`` in the steady window;
+- ``frame_to_publish_ms`` p50/p95/p99: the decision's own frame -> document latency plus the
+  time from that document to its delivery to a subscriber (wall clocks of one machine);
+- ``stage_share``: each stage's mean (the daemon's stats: capture, roi, hash = quality +
+  preprocess + inference, match) over their sum;
+- ``inference_ms``: the bundle's two models alone (print + vein, one frame each, same runtime,
+  threads and input), timed in this process while no daemon runs; ``overhead_ratio`` =
+  (frame_to_publish p50 - inference_ms) / inference_ms (goal <= 0.30), and the same without
+  the capture stage (for a replay that is PNG decoding from disk, which a camera does not do);
+- ``peak_rss_mb``: VmHWM of the daemon from /proc just before it is stopped (goal <= 150 MB
+  with TFLite).
+
+    python bench/e2e.py                            # builds a light bundle once (runs/bench-e2e)
+    python bench/e2e.py --bundle runs/demo/bundle  # the demo's int8 bundle instead
+    python bench/e2e.py --seconds 10 --only tflite:int8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agent.bundle import load_bundle  # noqa: E402
+from agent.inference import open_backend  # noqa: E402
+from export.demo.broker import Broker  # noqa: E402
+from export.demo.controller import Controller  # noqa: E402
+from export.demo.frames import write_replay  # noqa: E402
+from export.demo.live import DEVICE, start_agent, stop_agent, write_agent_config  # noqa: E402
+from export.demo.run import palm_export  # noqa: E402
+
+GOALS = {"overhead_ratio_max": 0.30, "tflite_peak_rss_mb_max": 150.0, "ready_s_max": 2.0}
+
+
+def build_bundle(out: Path, fresh: bool) -> Path:
+    """A light network trained for one epoch (speed does not depend on the weights), exported
+    in both formats and both precisions."""
+    bundle = out / "bundle"
+    if (bundle / "manifest.json").exists() and not fresh:
+        return bundle
+    data = out / "data"
+    palm_export("synth", "--layout", "generic", "--ids", "16", "--samples", "4",
+                "--out", str(data), "--workers", "2")  # fmt: skip
+    palm_export("train", "--ds", "generic", "--data-root", str(data), "--model", "light",
+                "-b", "32", "--optimizer", "adam", "--lr", "1e-3", "--epoch", "1",
+                "--eval-every", "1", "--threads", "2", "--device", "cpu", "--out",
+                str(out / "train"))  # fmt: skip
+    palm_export("export", str(out / "train" / "best.pt"), "--formats", "onnx,tflite",
+                "--precision", "fp32,int8", "--calib", "32", "--out", str(bundle),
+                "--allow-degraded")  # fmt: skip
+    return bundle
+
+
+def inference_ms(bundle: Path, runtime: str, precision: str, threads: int, runs: int) -> float:
+    """Median time of the models alone for one frame: print + vein, preprocessed input."""
+    b = load_bundle(bundle, allow_degraded=True)
+    total = 0.0
+    rng = np.random.default_rng(0)
+    for m in b.manifest.modalities:
+        with open_backend(b.model_path(m, runtime, precision), runtime, threads,
+                          b.preprocess(m)) as be:  # fmt: skip
+            x = be.tensor([rng.integers(0, 255, (128, 128), dtype=np.uint8)])
+            for _ in range(5):
+                be.run(x)
+            t = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                be.run(x)
+                t.append((time.perf_counter() - t0) * 1e3)
+            total += statistics.median(t)
+    return total
+
+
+def vm_hwm_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def run_one(out: Path, bundle: Path, broker: Broker, runtime: str, precision: str,
+            a: argparse.Namespace) -> dict:  # fmt: skip
+    ns = argparse.Namespace(
+        runtime=runtime, precision=precision, mode="multi", fmr="0.01", captures=3
+    )
+    over = {
+        "bundle": {"threads": a.threads},
+        "mqtt": {"stats_interval": 1},
+        "camera": {"loop": True, "fps": 200},
+        "trigger": {"kind": "presence", "cooldown": 0},
+        "logging": {"level": "WARNING"},
+    }
+    config = write_agent_config(out, bundle, broker, ns, over)
+    tmp = tempfile.TemporaryDirectory()
+    sock_path = Path(tmp.name) / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(30)
+    ctl = Controller(broker.port, DEVICE)
+    t0 = time.monotonic()
+    proc = start_agent(config, out / "device" / f"agent-{runtime}-{precision}.log",
+                       env={"NOTIFY_SOCKET": str(sock_path)})  # fmt: skip
+    ready_s = None
+    try:
+        while ready_s is None:
+            msg = sock.recv(4096).decode()
+            if "READY=1" in msg.split("\n"):
+                ready_s = time.monotonic() - t0
+        time.sleep(a.warmup)
+        ctl.take()
+        w0 = time.monotonic()
+        time.sleep(a.seconds)
+        docs, stats = ctl.take()
+        window = time.monotonic() - w0
+        rss = vm_hwm_mb(proc.pid)
+    finally:
+        rc = stop_agent(proc)
+        ctl.close()
+        sock.close()
+        tmp.cleanup()
+    lat = []
+    for d in docs:
+        sent = _wall(d["timestamp"])
+        lat.append(d["latency_ms"] + max(0.0, (d["_received_wall"] - sent) * 1e3))
+    stages: dict[str, list[float]] = {}
+    for s in stats:
+        for k, v in (s.get("latency_ms") or {}).items():
+            stages.setdefault(k, []).append(v)
+    means = {k: statistics.mean(v) for k, v in stages.items()}
+    total = sum(means.values()) or 1.0
+    inf = inference_ms(bundle, runtime, precision, a.threads, a.runs)
+    p50 = float(np.percentile(lat, 50)) if lat else None
+    pct = {f"p{q}": round(float(np.percentile(lat, q)), 2) for q in (50, 95, 99)} if lat else None
+    return {
+        "bench": "e2e",
+        "runtime": runtime,
+        "precision": precision,
+        "threads": a.threads,
+        "ready_s": round(ready_s, 3) if ready_s is not None else None,
+        "decisions": len(docs),
+        "fps": round(len(docs) / window, 2),
+        "frame_to_publish_ms": pct,
+        "stage_mean_ms": {k: round(v, 2) for k, v in means.items()},
+        "stage_share": {k: round(v / total, 3) for k, v in means.items()},
+        "inference_ms": round(inf, 2),
+        "overhead_ratio": round((p50 - inf) / inf, 3) if p50 is not None else None,
+        "overhead_ratio_without_capture": (
+            round((p50 - means.get("capture", 0.0) - inf) / inf, 3) if p50 is not None else None
+        ),
+        "peak_rss_mb": round(rss, 1) if rss is not None else None,
+        "exit_code": rc,
+        "outcomes": {
+            k: sum(d["decision"] == k for d in docs) for k in {d["decision"] for d in docs}
+        },
+    }
+
+
+def _wall(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bundle", type=Path, help="use this bundle (e.g. runs/demo/bundle)")
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-e2e")
+    p.add_argument("--fresh", action="store_true", help="rebuild the bench's own bundle")
+    p.add_argument("--seconds", type=float, default=15.0, help="steady window per backend")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds skipped after READY")
+    p.add_argument("--threads", type=int, default=2, help="inference threads")
+    p.add_argument("--runs", type=int, default=50, help="runs of the models-alone timing")
+    p.add_argument("--only", help="comma list of runtime:precision, e.g. tflite:int8")
+    a = p.parse_args()
+    out = a.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    bundle = (a.bundle or build_bundle(out, a.fresh)).resolve()
+    manifest = load_bundle(bundle, allow_degraded=True).manifest
+    combos = sorted({(e.format, e.precision) for e in manifest.models})
+    if a.only:
+        wanted = {tuple(c.split(":")) for c in a.only.split(",")}
+        combos = [c for c in combos if c in wanted]
+    write_replay(out / "replay", list(range(4)), [], 0, 3, 0, "medium", first_sample=20)
+    rows = []
+    with Broker(out / "broker", devices=(DEVICE,)) as broker:
+        for runtime, precision in combos:
+            row = run_one(out, bundle, broker, runtime, precision, a)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    tfl = [r["peak_rss_mb"] for r in rows if r["runtime"] == "tflite" and r["peak_rss_mb"]]
+    summary = {
+        "bench": "e2e_summary",
+        "bundle": str(bundle),
+        "goals": GOALS,
+        "overhead_ok": all((r["overhead_ratio"] or 9) <= GOALS["overhead_ratio_max"] for r in rows),
+        "tflite_rss_ok": bool(tfl) and max(tfl) <= GOALS["tflite_peak_rss_mb_max"],
+        "ready_ok": all((r["ready_s"] or 99) <= GOALS["ready_s_max"] for r in rows),
+        "cpu_count": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
