@@ -116,6 +116,7 @@ class MatchConfig(_Model):
     subject: str | None = None
     fmr: Literal["0.01", "0.001", "0.0001", "eer"] = "0.001"
     threshold: int | None = Field(None, ge=0)
+    fusion: Literal["mean", "both"] = "mean"
     agreement: AgreementConfig = AgreementConfig()
 
     @model_validator(mode="after")

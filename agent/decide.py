@@ -179,7 +179,9 @@ class BundleEngine:
         }
         self.model_hash = manifest_hash(b.root)
         centroids = dict(zip(map(str, b.centroid_labels), b.centroid_codes, strict=True))
-        matcher = Matcher(StoreGallery(store), _thresholds(cfg, b), centroids)
+        matcher = Matcher(
+            StoreGallery(store), _thresholds(cfg, b), centroids, fusion=cfg.match.fusion
+        )
         self.decider = Decider(matcher, cfg.device.id, self.model_hash)
         self.limits = QualityThresholds.from_dict(cfg.quality.model_dump())
         r = cfg.roi
@@ -231,8 +233,5 @@ class BundleEngine:
 def _thresholds(cfg: Config, b: Any) -> Thresholds:
     if cfg.match.threshold is not None:
         return Thresholds.from_bits(b.bits, cfg.match.threshold)
-    if cfg.match.fmr == "eer":
-        return Thresholds(
-            b.bits, {m: row["eer"] for m, row in b.thresholds.items() if "eer" in row}
-        )
-    return Thresholds.from_table(b.bits, b.thresholds, float(cfg.match.fmr))
+    target = cfg.match.fmr if cfg.match.fmr == "eer" else float(cfg.match.fmr)
+    return Thresholds.from_table(b.bits, b.thresholds, target, cfg.match.fusion)

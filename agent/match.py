@@ -86,25 +86,65 @@ class Thresholds:
 
     @classmethod
     def from_table(
-        cls, bits: int, table: Mapping[str, Mapping[str, float]], target_fmr: float
+        cls,
+        bits: int,
+        table: Mapping[str, Mapping[str, float]],
+        target: float | str,
+        fusion: str = "mean",
     ) -> Thresholds:
-        """A bundle's calibrated ``{mode: {"0.001": bits, "eer": bits}}``; closed form for modes
-        it lacks. Keys that are not FMR values (the EER point) are not FMR targets, so skipped."""
-        per_mode = {}
-        for mode in MODES:
-            row = {float(f): t for f, t in table.get(mode, {}).items() if _is_number(f)}
-            hit = [t for f, t in row.items() if abs(f - target_fmr) <= 1e-9 * max(f, target_fmr)]
-            if hit:
-                per_mode[mode] = float(hit[0])
+        """Thresholds from a bundle table ``{eval_mode: {"0.001": bits, "eer": bits}}``.
+
+        The table is keyed by the evaluation's modes (see ``BUNDLE_ROWS``), where ``multi`` is the
+        SUM of the print and vein distances while the matcher fuses by mean, so it is halved here;
+        under the ``both`` rule each distance must pass on its own, so the looser of the print and
+        vein thresholds is used. Cross and centroid take the stricter of their two rows. Modes the
+        table lacks fall back to the closed form for random codes (FMR targets only).
+        """
+        key = "eer" if target == "eer" else float(target)
+        per_mode: dict[str, float] = {}
+        for mode, rows in BUNDLE_ROWS.items():
+            if mode == "multi" and fusion == "both":
+                rows = ("print", "vein")
+            found = [v for r in rows if (v := _lookup(table.get(r, {}), key)) is not None]
+            if len(found) == len(rows):
+                if mode == "multi":
+                    per_mode[mode] = max(found) if fusion == "both" else found[0] / 2.0
+                else:
+                    per_mode[mode] = min(found)
+            elif key == "eer":
+                raise ValueError(
+                    f"the bundle has no EER threshold for mode {mode}; set match.fmr to a number"
+                )
             else:
-                per_mode[mode] = _closed_form(bits, target_fmr, mode, "mean")
+                per_mode[mode] = _closed_form(bits, key, mode, fusion)
                 logger.info(
                     "threshold_closed_form mode=%s fmr=%g bits=%s (not in bundle table)",
                     mode,
-                    target_fmr,
+                    key,
                     per_mode[mode],
                 )
         return cls(bits, per_mode)
+
+
+# Rows of a bundle's threshold table (named by export/evaluate) behind each matcher mode.
+BUNDLE_ROWS: dict[str, tuple[str, ...]] = {
+    "print": ("print",),
+    "vein": ("vein",),
+    "multi": ("multi",),
+    "cross": ("cross_p2v", "cross_v2p"),
+    "centroid": ("centroid_print", "centroid_vein"),
+}
+
+
+def _lookup(row: Mapping[str, float], key: float | str) -> float | None:
+    """The row's value at ``key`` ("eer" or a FMR, compared as numbers: "1e-3" == "0.001")."""
+    for k, v in row.items():
+        if key == "eer":
+            if k == "eer":
+                return float(v)
+        elif _is_number(k) and abs(float(k) - key) <= 1e-9 * max(float(k), key):
+            return float(v)
+    return None
 
 
 def _is_number(key: str) -> bool:

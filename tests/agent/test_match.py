@@ -187,8 +187,34 @@ def test_empty_gallery_and_thresholds():
     t = Thresholds.from_fmr(BITS, 1e-3)
     assert t.for_mode("print") == 6 and t.for_mode("multi") == 9.5
     assert Thresholds.from_fmr(BITS, 1e-3, fusion="both").for_mode("multi") == 10
-    table = {"print": {"0.001": 5, "0.0001": 3, "eer": 9}, "multi": {"1e-3": 7.5}}
+    # a bundle table is keyed by the evaluation's modes; its multi row is a SUM of two distances
+    table = {
+        "print": {"0.001": 5, "0.0001": 3, "eer": 9},
+        "vein": {"0.001": 7, "eer": 8},
+        "multi": {"1e-3": 15, "eer": 16},
+        "cross_p2v": {"0.001": 4},
+        "cross_v2p": {"0.001": 6},
+    }
     t = Thresholds.from_table(BITS, table, 1e-3)
-    assert (t.for_mode("print"), t.for_mode("multi"), t.for_mode("vein")) == (5, 7.5, 6)
+    assert (t.for_mode("print"), t.for_mode("multi"), t.for_mode("vein")) == (5, 7.5, 7)
+    assert t.for_mode("cross") == 4  # the stricter direction
+    assert t.for_mode("centroid") == 6  # not in the table: closed form
+    assert Thresholds.from_table(BITS, table, 1e-3, fusion="both").for_mode("multi") == 7
+    assert (
+        Thresholds.from_table(
+            BITS,
+            {
+                **table,
+                "cross_v2p": {"eer": 5},
+                "cross_p2v": {"eer": 5},
+                "centroid_print": {"eer": 4},
+                "centroid_vein": {"eer": 4},
+            },
+            "eer",
+        ).for_mode("multi")
+        == 8
+    )
+    with pytest.raises(ValueError, match="no EER threshold"):
+        Thresholds.from_table(BITS, table, "eer")
     with pytest.raises(ValueError, match="unknown modes"):
         Thresholds(BITS, {"palm": 3})
