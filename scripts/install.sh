@@ -56,7 +56,9 @@ run install -d -m 0755 "$ETC_DIR" "$UNIT_DIR"
 if [[ -e "$ETC_DIR/agent.yaml" ]]; then
     echo "keeping existing $ETC_DIR/agent.yaml"
 else
-    run install -m 0640 "$PROFILE_FILE" "$ETC_DIR/agent.yaml"
+    # world-readable: the service runs as a dynamic user, and the file holds no secret
+    # (secrets go in an EnvironmentFile that systemd, as root, reads for the service)
+    run install -m 0644 "$PROFILE_FILE" "$ETC_DIR/agent.yaml"
 fi
 
 UNIT="$UNIT_DIR/palm-agent.service"

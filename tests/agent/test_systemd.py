@@ -35,6 +35,11 @@ def test_installer_places_unit_and_config(installed):
     assert f"ExecStart={VENV}/bin/palm-agent run --config /etc/palm-agent/agent.yaml" in unit
     cfg = load_config(installed / "etc/palm-agent/agent.yaml", env={}, check_files=False)
     assert cfg.mqtt.tls
+    # the service runs as a dynamic user: it must be able to read its config and directory
+    assert (installed / "etc/palm-agent/agent.yaml").stat().st_mode & 0o004
+    assert (installed / "etc/palm-agent").stat().st_mode & 0o005 == 0o005
+    assert "ConfigurationDirectoryMode=0755" in unit
+    assert cfg.mqtt.password is None, "a profile must not carry a secret in a readable file"
 
 
 def test_installer_dry_run_changes_nothing(tmp_path):
