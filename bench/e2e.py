@@ -20,6 +20,7 @@ looping replay of full-hand frames (multi mode, 1:N), and measured from outside:
     python bench/e2e.py                            # builds a light bundle once (runs/bench-e2e)
     python bench/e2e.py --bundle runs/demo/bundle  # the demo's int8 bundle instead
     python bench/e2e.py --seconds 10 --only tflite:int8
+    python bench/e2e.py --model res18 --out runs/bench-e2e-res18   # the paper's backbone
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ from export.demo.run import palm_export  # noqa: E402
 GOALS = {"overhead_ratio_max": 0.30, "tflite_peak_rss_mb_max": 150.0, "ready_s_max": 2.0}
 
 
-def build_bundle(out: Path, fresh: bool) -> Path:
-    """A light network trained for one epoch (speed does not depend on the weights), exported
+def build_bundle(out: Path, fresh: bool, model: str) -> Path:
+    """A network trained for one epoch (speed does not depend on the weights), exported
     in both formats and both precisions."""
     bundle = out / "bundle"
     if (bundle / "manifest.json").exists() and not fresh:
@@ -59,7 +60,7 @@ def build_bundle(out: Path, fresh: bool) -> Path:
     data = out / "data"
     palm_export("synth", "--layout", "generic", "--ids", "16", "--samples", "4",
                 "--out", str(data), "--workers", "2")  # fmt: skip
-    palm_export("train", "--ds", "generic", "--data-root", str(data), "--model", "light",
+    palm_export("train", "--ds", "generic", "--data-root", str(data), "--model", model,
                 "-b", "32", "--optimizer", "adam", "--lr", "1e-3", "--epoch", "1",
                 "--eval-every", "1", "--threads", "2", "--device", "cpu", "--out",
                 str(out / "train"))  # fmt: skip
@@ -186,6 +187,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", type=Path, help="use this bundle (e.g. runs/demo/bundle)")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-e2e")
+    p.add_argument("--model", default="light", help="backbone of the bench's own bundle")
     p.add_argument("--fresh", action="store_true", help="rebuild the bench's own bundle")
     p.add_argument("--seconds", type=float, default=15.0, help="steady window per backend")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds skipped after READY")
@@ -195,7 +197,7 @@ def main() -> int:
     a = p.parse_args()
     out = a.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    bundle = (a.bundle or build_bundle(out, a.fresh)).resolve()
+    bundle = (a.bundle or build_bundle(out, a.fresh, a.model)).resolve()
     manifest = load_bundle(bundle, allow_degraded=True).manifest
     combos = sorted({(e.format, e.precision) for e in manifest.models})
     if a.only:

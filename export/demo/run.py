@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from export.demo import report
+from export.demo.broker import BrokerError, mosquitto_binary
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,10 @@ def stamp_ok(path: Path, want: dict[str, Any], fresh: bool) -> bool:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        mosquitto_binary()  # before minutes of training, not after
+    except BrokerError as e:
+        raise SystemExit(f"demo: {e}") from None
     out = a.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
