@@ -95,7 +95,10 @@ def _multi_threshold(bundle: Path, a: argparse.Namespace) -> dict[str, float]:
         return {}
     table = json.loads((bundle / "manifest.json").read_text())["thresholds"]
     row = table.get("multi", {})
-    return {"threshold": int(row[a.fmr] // 2)} if a.fmr in row else {}  # the config takes bits
+    if a.fmr not in row:
+        return {}
+    # the config takes whole bits; an untrained model's table may hold -1 (nothing reaches the FMR)
+    return {"threshold": max(0, int(row[a.fmr] // 2))}
 
 
 def start_agent(config: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
