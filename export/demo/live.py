@@ -9,7 +9,6 @@ who was shown, by its ``event_id``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -66,7 +65,7 @@ def write_agent_config(
             "threads": 2,
         },
         "store": {"path": str(live / "templates.sqlite"), "key_path": str(live / "device.key")},
-        "match": {"mode": a.mode, "identify": True, "fmr": a.fmr, **_multi_threshold(bundle, a)},
+        "match": {"mode": a.mode, "identify": True, "fmr": a.fmr},
         "camera": {
             "source": "replay",
             "layout": "dual",
@@ -84,21 +83,6 @@ def write_agent_config(
     path = live / "agent.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
-
-
-def _multi_threshold(bundle: Path, a: argparse.Namespace) -> dict[str, float]:
-    """Work around a scale mismatch: the exporter calibrates ``multi`` on the SUM of the print
-    and vein distances (export/evaluate), agent/match compares their MEAN with it, which
-    doubles the threshold. Half the calibrated sum (rounded down: the config takes whole bits)
-    is that operating point on the mean, or a slightly stricter one."""
-    if a.mode != "multi":
-        return {}
-    table = json.loads((bundle / "manifest.json").read_text())["thresholds"]
-    row = table.get("multi", {})
-    if a.fmr not in row:
-        return {}
-    # the config takes whole bits; an untrained model's table may hold -1 (nothing reaches the FMR)
-    return {"threshold": max(0, int(row[a.fmr] // 2))}
 
 
 def start_agent(config: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
