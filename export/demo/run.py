@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runtime", default="tflite", choices=("tflite", "onnx"))
     p.add_argument("--precision", default="int8", choices=("int8", "fp32"), help="on the device")
     p.add_argument("--mode", default="multi", choices=("print", "vein", "multi"))
-    p.add_argument("--fmr", default="0.01", choices=("eer", "0.01", "0.001", "0.0001"))
+    p.add_argument("--fmr", default="0.001", choices=("eer", "0.01", "0.001", "0.0001"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fresh", action="store_true", help="regenerate, retrain and re-export")
     p.add_argument("--quick", action="store_true", help="tiny model, few ids, one minute")
