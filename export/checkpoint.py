@@ -1,8 +1,9 @@
 """The training checkpoint: what the exporter, the evaluator and --resume read back.
 
 One dict saved with torch.save: "arch", "state_dict", "centroids" (int8 ±1, row = label index),
-"labels", "preprocess" (PreprocessSpec.to_dict()), "split", "dataset", "train", "eval", and for
-resuming "optimizer" and "rng". Everything but the tensors is plain JSON-able data.
+"labels", "preprocess" (PreprocessSpec.to_dict()), "split", "dataset", "train", "eval", "loss",
+and for --resume "optimizer" (no RNG state is needed: every random draw of an epoch is seeded from
+--seed and the epoch number). Everything but the tensors is plain JSON-able data.
 """
 
 from __future__ import annotations

@@ -141,6 +141,7 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
     model = PalmCohashNet(args.model, args.bits)
     if args.pretrained:
         load_pretrained(model, args.pretrained)
+    model.to(device)  # before the optimizer, so resumed optimizer state lands on the device
     optimizer = _optimizer(args, model.parameters())
     loss_cfg = LossConfig(
         args.quant_weight, args.cross_weight, args.margin, args.bit_margin, args.bit_margin_weight
@@ -162,7 +163,7 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
     start = 0
     if args.resume:
         path = out / "last.pt" if args.resume == "last" else Path(args.resume)
-        resumed, ckpt = load_checkpoint(path)
+        resumed, ckpt = load_checkpoint(path, device)
         if ckpt["split"] != meta["split"] or ckpt["arch"] != model.arch():
             raise ValueError(f"{path} was trained on another split or architecture; not resuming")
         model.load_state_dict(resumed.state_dict())
@@ -170,7 +171,6 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
         start = ckpt["train"]["epoch"]
         meta["eval"], meta["best_mean_eer"] = ckpt["eval"], ckpt["best_mean_eer"]
         logger.info("resumed checkpoint=%s epoch=%d", path, start)
-    model.to(device)
     net = model
     if world > 1:
         unused = arrays.vein is None
