@@ -59,7 +59,13 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[PalmCohashNe
         raise ValueError(f"{path} is not a palm-cohash checkpoint (missing {missing})")
     arch = ckpt["arch"]
     model = PalmCohashNet(arch["backbone"], arch["bits"], arch["in_channels"])
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:  # e.g. trained before the backbone's layers changed
+        raise ValueError(
+            f"{path}: its weights do not fit the current {arch['backbone']!r} backbone (it was "
+            f"trained with an earlier version of it); retrain it (the demo: --fresh). {exc}"
+        ) from exc
     model.to(device).eval()
     ckpt["centroids"] = np.asarray(ckpt["centroids"].cpu().numpy(), dtype=np.int8)
     return model, ckpt

@@ -1,3 +1,6 @@
+from collections import Counter
+
+import numpy as np
 import pytest
 import torch
 
@@ -34,9 +37,44 @@ def test_light_backbone_fits_a_pi_and_uses_plain_ops():
     net = create_backbone("light", 32)
     assert n_parameters(net) <= 2_000_000
     allowed = (torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.ReLU, torch.nn.MaxPool2d)
-    allowed += (torch.nn.AdaptiveAvgPool2d, torch.nn.Linear, torch.nn.Sequential)
+    allowed += (torch.nn.AdaptiveAvgPool2d, torch.nn.Linear, torch.nn.Sequential, torch.nn.Identity)
     leaves = [m for m in net.modules() if not list(m.children())]
     assert all(isinstance(m, allowed) for m in leaves)
+
+
+def test_light_stem_is_a_patch_conv_that_can_keep_every_pixel():
+    """int8 gains little on a 3-channel input, so the stem must be cheap: stride = kernel."""
+    stem = create_backbone("light", 32).conv1
+    k = stem.kernel_size[0]
+    assert stem.stride == stem.kernel_size == (k, k) and stem.padding == (0, 0)
+    assert stem.out_channels >= k * k * stem.in_channels
+
+
+def test_light_quantizes_to_integer_kernels_in_both_converters(tmp_path):
+    """No layer of light may stay float in onnxruntime's or litert-torch's int8 model."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    interpreter = pytest.importorskip("ai_edge_litert.interpreter")
+    from export import convert_onnx, convert_tflite
+
+    torch.manual_seed(0)
+    net = create_backbone("light", 32).eval()
+    calib = np.random.default_rng(0).standard_normal((4, 3, 128, 128)).astype(np.float32)
+    fp32, int8, tfl = tmp_path / "fp32.onnx", tmp_path / "int8.onnx", tmp_path / "int8.tflite"
+    convert_onnx.export_fp32(net, 3, 128, fp32)
+    convert_onnx.quantize_int8(fp32, int8, calib)
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "int8.optimized.onnx")
+    ort.InferenceSession(str(int8), sess_options=opts, providers=["CPUExecutionProvider"])
+    ops = Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
+    n_convs = sum(isinstance(m, torch.nn.Conv2d) for m in net.modules())
+    assert ops["QLinearConv"] == n_convs and ops["Conv"] == ops["FusedConv"] == 0, ops
+    assert ops["QuantizeLinear"] == 1 and ops["DequantizeLinear"] == 1, ops
+
+    convert_tflite.export_int8(net, calib, tfl)
+    it = interpreter.Interpreter(model_path=str(tfl))
+    floats = [t["name"] for t in it.get_tensor_details() if np.dtype(t["dtype"]).kind == "f"]
+    assert floats == []
 
 
 def test_two_paths_with_separate_weights():
@@ -67,3 +105,17 @@ def test_pretrained_file_of_another_network_is_refused(tmp_path):
     torch.save({"encoder.weight": torch.zeros(3)}, path)
     with pytest.raises(ValueError, match="torchvision ResNet-18"):
         load_pretrained(create_model("tiny", 32), path)
+
+
+def test_checkpoint_of_an_earlier_light_is_refused_with_what_to_do(tmp_path):
+    """A light checkpoint from before the patch stem must not fail with a bare size mismatch."""
+    from export.checkpoint import load_checkpoint, save_checkpoint
+
+    model = create_model("light", 32)
+    meta = {"labels": [0], "preprocess": {}, "split": {}, "dataset": {}}
+    path = save_checkpoint(tmp_path / "old.pt", model, np.ones((1, 32), np.int8), meta)
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["state_dict"]["print_net.conv1.weight"] = torch.zeros(32, 3, 7, 7)  # the 7x7 stem
+    torch.save(ckpt, path)
+    with pytest.raises(ValueError, match=r"earlier version of it\); retrain it"):
+        load_checkpoint(path)
