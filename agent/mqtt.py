@@ -9,6 +9,14 @@ Ordering across outages: a pump thread hands outbox rows to paho only while conn
 window at a time. paho re-sends its own unacknowledged window on reconnect, so after a reconnect
 the pump waits until that window is acknowledged before sending newer rows: replay stays in
 order. After a restart the window is empty and the pump starts from the oldest row.
+
+Protocol ``auto`` starts on MQTT 5 and falls back to 3.1.1 for the life of the process when the
+broker refuses the protocol version in its CONNACK (mosquitto 1.x before 1.6), or when two
+attempts in a row end without any CONNACK: a 3.1.1-only broker such as amqtt cannot parse an
+MQTT 5 CONNECT and stays silent until the keepalive runs out, so such a broker costs two
+keepalive periods at start. One silent attempt is not enough: a broker that dies while a client
+connects looks the same once. After the fallback nothing of MQTT 5 is used: no message expiry,
+replies on ``reply`` rather than a response topic.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 WINDOW = 20  # rows handed to paho and not yet acknowledged (paho's own in-flight default)
 _UNSUPPORTED_PROTOCOL = (1, 132)  # 3.1.1 CONNACK code 1 / MQTT 5 reason 132
+SILENT_ATTEMPTS = 2  # MQTT 5 attempts in a row without a CONNACK before falling back to 3.1.1
 EVENT_TYPES = ["granted", "denied", "unknown", "error"]
 
 
@@ -68,6 +77,8 @@ class MqttReporter(Reporter):
         self._last_handed = 0
         self._resync = False
         self._fallback = False
+        self._answered = True  # the current attempt got a CONNACK (paho's thread only)
+        self._silent = 0  # attempts in a row that ended without a CONNACK (paho's thread only)
         self._threads: list[threading.Thread] = []
 
     # -- Reporter ---------------------------------------------------------------------------
@@ -146,6 +157,7 @@ class MqttReporter(Reporter):
             client.tls_insecure_set(cfg.tls_insecure)
         client.will_set(self.topics["availability"], b"offline", qos=1, retain=True)
         client.reconnect_delay_set(cfg.reconnect_min, cfg.reconnect_max)  # type: ignore[arg-type]
+        client.on_socket_open = self._on_socket_open
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -158,14 +170,18 @@ class MqttReporter(Reporter):
         )  # fmt: skip
         return client
 
+    def _probing(self) -> bool:
+        return self._v5 and self.cfg.protocol == "auto"
+
+    def _on_socket_open(self, client, userdata, sock) -> None:
+        self._answered = False
+
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._answered = True
+        self._silent = 0
         if reason_code.is_failure:
             logger.error("mqtt connect refused reason=%s", reason_code)
-            if (
-                self._v5
-                and self.cfg.protocol == "auto"
-                and reason_code.value in _UNSUPPORTED_PROTOCOL
-            ):
+            if self._probing() and reason_code.value in _UNSUPPORTED_PROTOCOL:
                 self._fallback = True
                 self._wake.set()
             return
@@ -184,6 +200,16 @@ class MqttReporter(Reporter):
             logger.warning("mqtt disconnected reason=%s", reason_code)
         self._connected.clear()
         self._resync = True
+        if not self._answered:
+            self._answered = True
+            self._silent += 1
+            logger.warning(
+                "mqtt connection ended without a CONNACK reason=%s attempts=%d",
+                reason_code, self._silent,
+            )  # fmt: skip
+            if self._probing() and self._silent >= SILENT_ATTEMPTS:
+                self._fallback = True
+                self._wake.set()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         # called on paho's thread, possibly before publish() returned: hand over, do not touch state
@@ -244,13 +270,14 @@ class MqttReporter(Reporter):
         client = self._client
         assert client is not None
         for row in self.outbox.after(self._last_handed, room):
+            # a stale decision is dropped on either protocol; only MQTT 5 can tell the broker
+            remaining = int(self.cfg.decision_expiry - (time.time() - row.created))
+            if remaining <= 0:
+                self.outbox.discard(row.id, "expired")
+                self._last_handed = row.id
+                continue
             props = None
             if self._v5:
-                remaining = int(self.cfg.decision_expiry - (time.time() - row.created))
-                if remaining <= 0:
-                    self.outbox.discard(row.id, "expired")
-                    self._last_handed = row.id
-                    continue
                 props = Properties(PacketTypes.PUBLISH)
                 props.MessageExpiryInterval = remaining
             info = client.publish(
@@ -261,10 +288,16 @@ class MqttReporter(Reporter):
 
     def _fall_back(self) -> None:
         self._fallback = False
-        logger.warning("mqtt broker does not speak MQTT 5; falling back to 3.1.1")
+        logger.warning(
+            "mqtt broker does not speak MQTT 5; falling back to 3.1.1 until restart "
+            '(mqtt.protocol "3.1.1" skips the probe, "5" forbids the fallback)'
+        )
         old = self._client
         if old is not None:
             old.loop_stop()
+            sock = old.socket()
+            if sock is not None:  # a half-open attempt: the broker must not keep it
+                sock.close()
         self._v5 = False
         self._inflight.clear()
         self._last_handed = 0

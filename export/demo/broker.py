@@ -6,6 +6,10 @@ its users or ACL. Certificates (a CA, a server certificate with an IP SAN for 12
 certificates) come from ``cryptography``: TLS to an IP address needs that SAN. The ACL gives the
 controller user everything and confines each device user to ``<prefix>/<username>/...``, the way
 a production broker should.
+
+Where mosquitto is missing (and ``scripts/bootstrap.sh`` could not install it), :func:`start_broker`
+starts the pure-Python amqtt broker instead (``export.demo.amqtt_broker``: MQTT 3.1.1 only, plain
+TCP on loopback with the same passwords); devices then fall back from MQTT 5 to 3.1.1.
 """
 
 from __future__ import annotations
@@ -21,12 +25,15 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+if TYPE_CHECKING:
+    from export.demo.amqtt_broker import AmqttBroker
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +120,14 @@ def make_pki(d: Path, clients: tuple[str, ...]) -> Pki:
     return pki
 
 
+def mosquitto_available() -> bool:
+    try:
+        mosquitto_binary()
+    except BrokerError:
+        return False
+    return True
+
+
 def mosquitto_binary() -> str:
     found = shutil.which("mosquitto") or (
         "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None
@@ -127,6 +142,8 @@ def mosquitto_binary() -> str:
 
 class Broker:
     """One mosquitto process that may be stopped and started again (same ports, same sessions)."""
+
+    mqtt5 = True
 
     def __init__(
         self,
@@ -174,6 +191,12 @@ class Broker:
         self.conf = self.dir / "mosquitto.conf"
         self.conf.write_text("\n".join(conf) + "\n")
         self.proc: subprocess.Popen | None = None
+
+    def describe(self) -> str:
+        return (
+            f"mosquitto on 127.0.0.1:{self.port} (TLS with client certificates on "
+            f"{self.tls_port}), config {self.conf}"
+        )
 
     @property
     def running(self) -> bool:
@@ -232,3 +255,35 @@ class Broker:
         }
         sec.update(over)
         return sec
+
+    def device_section(self, device: str, **over: Any) -> dict[str, Any]:
+        """What the demo's device uses: mutual TLS, as a deployed device would."""
+        cert, key = self.pki.clients[device]
+        tls = {
+            "port": self.tls_port,
+            "tls": True,
+            "tls_ca_certs": str(self.pki.ca),
+            "tls_client_cert": str(cert),
+            "tls_client_key": str(key),
+        }
+        return self.mqtt_section(device, **{**tls, **over})
+
+
+def start_broker(
+    d: Path, devices: tuple[str, ...] = DEVICES, topic_prefix: str = "palm"
+) -> Broker | AmqttBroker:
+    """A started private broker: mosquitto where it is installed, else amqtt (MQTT 3.1.1).
+
+    Both have ``port``, ``mqtt5``, ``log``, ``describe()``, ``device_section()`` and ``stop()``.
+    Raises :class:`BrokerError` when neither can run.
+    """
+    broker: Broker | AmqttBroker
+    if mosquitto_available():
+        broker = Broker(d, devices=devices, topic_prefix=topic_prefix)
+    else:
+        from export.demo.amqtt_broker import AmqttBroker
+
+        logger.warning("mosquitto is not installed; starting the pure-Python amqtt broker")
+        broker = AmqttBroker(d, devices=devices, topic_prefix=topic_prefix)
+    broker.start()
+    return broker

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 
 class Controller:
-    def __init__(self, port: int, device: str, prefix: str = "palm") -> None:
+    def __init__(self, port: int, device: str, prefix: str = "palm", v5: bool = True) -> None:
         self.base = f"{prefix}/{device}"
         self.replies: dict[str, dict[str, Any]] = {}
         self.decisions: list[dict[str, Any]] = []
@@ -34,7 +34,7 @@ class Controller:
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"demo-ctl-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv5,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
         )
         self.client.username_pw_set(CTL_USER, CTL_PASS)
         self.client.on_connect = self._on_connect

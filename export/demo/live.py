@@ -21,7 +21,8 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from export.demo.broker import Broker
+from export.demo.amqtt_broker import AmqttBroker
+from export.demo.broker import Broker, start_broker
 from export.demo.controller import Controller
 from export.demo.frames import Shot
 
@@ -32,12 +33,11 @@ DEVICE = "dev1"
 def write_agent_config(
     out: Path,
     bundle: Path,
-    broker: Broker,
+    broker: Broker | AmqttBroker,
     a: argparse.Namespace,
     over: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     """``out/device/agent.yaml`` for the demo's device; ``over`` overrides keys per section."""
-    cert, key = broker.pki.clients[DEVICE]  # mutual TLS, as a deployed device would
     live = out / "device"
     for f in ("outbox.sqlite", "templates.sqlite"):
         for p in live.glob(f + "*"):
@@ -45,13 +45,8 @@ def write_agent_config(
     live.mkdir(parents=True, exist_ok=True)
     doc = {
         "device": {"id": DEVICE, "name": "demo palm reader"},
-        "mqtt": broker.mqtt_section(
+        "mqtt": broker.device_section(
             DEVICE,
-            port=broker.tls_port,
-            tls=True,
-            tls_ca_certs=str(broker.pki.ca),
-            tls_client_cert=str(cert),
-            tls_client_key=str(key),
             stats_interval=5,
             keepalive=10,
             reconnect_min=0.2,
@@ -107,14 +102,14 @@ def stop_agent(proc: subprocess.Popen, timeout: float = 20) -> int:
 def run_live(out: Path, bundle: Path, shots: list[Shot], a: argparse.Namespace) -> dict[str, Any]:
     """Enroll and probe through MQTT; returns replies, decisions and timings for the report."""
     shutil.rmtree(out / "broker", ignore_errors=True)  # no sessions left from an earlier run
-    broker = Broker(out / "broker", devices=(DEVICE,))
-    broker.start()
-    print(f"mosquitto on 127.0.0.1:{broker.port} (TLS {broker.tls_port}), config {broker.conf}")
+    broker = start_broker(out / "broker", devices=(DEVICE,))
+    print(broker.describe(), flush=True)
     config = write_agent_config(out, bundle, broker, a)
-    ctl = Controller(broker.port, DEVICE)
+    ctl = Controller(broker.port, DEVICE, v5=broker.mqtt5)
     t0 = time.monotonic()
     agent = start_agent(config, out / "device" / "agent.log")
     result: dict[str, Any] = {"enroll": [], "probes": [], "config": str(config)}
+    result["broker"], result["broker_log"] = broker.describe(), str(broker.log)
     try:
         deadline = time.monotonic() + 60
         while not ctl.wait_for(lambda: ctl.availability == "online", 0.5):

@@ -89,7 +89,7 @@ def build(
             "bundle": str(bundle),
             "replayed frames": str(out / "replay"),
             "device config / log": f"{live['config']} / {out / 'device' / 'agent.log'}",
-            "broker log": str(out / "broker" / "mosquitto.log"),
+            "broker log": live.get("broker_log", str(out / "broker" / "mosquitto.log")),
             "this summary": str(out / "summary.json"),
         },
     }

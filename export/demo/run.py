@@ -1,10 +1,11 @@
 """``python -m export.demo``: the main job end to end, on this machine, in one command.
 
 Synthetic palms -> training the light network on the CPU -> evaluation -> an int8 bundle -> a
-private mosquitto -> ``palm-agent run`` on replayed full-hand frames -> subjects enrolled through
-the MQTT ``enroll`` command -> decisions on the broker, checked against who was really in front
-of the camera. Every step is the command a user would type (``palm-export ...``,
-``palm-agent run``), run as a child process, so the demo proves those commands, not a shortcut.
+private mosquitto (amqtt where it is missing) -> ``palm-agent run`` on replayed full-hand frames
+-> subjects enrolled through the MQTT ``enroll`` command -> decisions on the broker, checked
+against who was really in front of the camera. Every step is the command a user would type
+(``palm-export ...``, ``palm-agent run``), run as a child process, so the demo proves those
+commands, not a shortcut.
 A second run reuses the data set, the checkpoint and the bundle made with the same settings
 (``--fresh`` starts over).
 """
@@ -21,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from export.demo import report
-from export.demo.broker import BrokerError, mosquitto_binary
+from export.demo.amqtt_broker import amqtt_available
+from export.demo.broker import mosquitto_available
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +87,18 @@ def stamp_ok(path: Path, want: dict[str, Any], fresh: bool) -> bool:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        mosquitto_binary()  # before minutes of training, not after
-    except BrokerError as e:
-        raise SystemExit(f"demo: {e}") from None
+    if not mosquitto_available():  # before minutes of training, not after
+        if not amqtt_available():
+            raise SystemExit(
+                "demo: neither mosquitto nor amqtt is installed: run `bash scripts/bootstrap.sh` "
+                "or `sudo apt-get install mosquitto mosquitto-clients`"
+            )
+        print(
+            "demo: mosquitto is not installed; the broker will be the pure-Python amqtt "
+            "(MQTT 3.1.1 only, plain TCP on 127.0.0.1 with passwords; the device falls back "
+            "from MQTT 5)",
+            flush=True,
+        )
     out = a.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
@@ -165,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                          a.level, first_sample=a.samples)  # fmt: skip
     times["replay_s"] = time.monotonic() - t
 
-    t = step(6, "private mosquitto + palm-agent run; enroll over MQTT; decisions")
+    t = step(6, "private broker + palm-agent run; enroll over MQTT; decisions")
     from export.demo.live import run_live
 
     live = run_live(out, bundle, shots, a)

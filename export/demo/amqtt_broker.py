@@ -1,0 +1,150 @@
+"""A private amqtt broker: the demo's fallback where mosquitto is missing and cannot be installed.
+
+amqtt is pure Python (it comes with the venv, no system package) but speaks MQTT 3.1.1 only and
+has no client-certificate authentication that the demo could rely on, so it runs a plain TCP
+listener bound to 127.0.0.1 with the same users and passwords as the mosquitto broker (argon2
+hashes in a password file; anonymous clients are refused) and an ACL that confines each device
+to ``<prefix>/<device>/...`` as mosquitto's does. A denied publish is acknowledged and dropped:
+MQTT 3.1.1 has no way to refuse one. Devices reach it by falling back from MQTT 5 to 3.1.1.
+It also serves the tests of that fallback: a real broker that cannot speak MQTT 5.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from export.demo.broker import CTL_PASS, CTL_USER, DEVICE_PASS, DEVICES, BrokerError, free_port
+
+logger = logging.getLogger(__name__)
+
+
+def amqtt_available() -> bool:
+    return importlib.util.find_spec("amqtt") is not None
+
+
+def _password_file(path: Path, users: list[tuple[str, str]]) -> None:
+    from pwdlib import PasswordHash
+    from pwdlib.hashers.argon2 import Argon2Hasher
+
+    hasher = PasswordHash((Argon2Hasher(),))
+    path.write_text("".join(f"{user}:{hasher.hash(secret)}\n" for user, secret in users))
+    path.chmod(0o600)
+
+
+class AmqttBroker:
+    """One amqtt process on a free loopback port; the interface of :class:`Broker`, less TLS."""
+
+    mqtt5 = False
+    tls_port = None
+    pki = None
+
+    def __init__(
+        self, d: Path, devices: tuple[str, ...] = DEVICES, topic_prefix: str = "palm"
+    ) -> None:
+        if not amqtt_available():
+            raise BrokerError(
+                "neither mosquitto nor the amqtt package is installed: run "
+                "`bash scripts/bootstrap.sh` (installs both where it may), or "
+                "`sudo apt-get install mosquitto mosquitto-clients`"
+            )
+        self.dir = Path(d)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        pw = self.dir / "passwd"
+        _password_file(pw, [(CTL_USER, CTL_PASS)] + [(u, DEVICE_PASS) for u in devices])
+        publish = {CTL_USER: ["#"]}
+        subscribe = {CTL_USER: ["#"]}
+        for dev in devices:
+            publish[dev] = [f"{topic_prefix}/{dev}/#", f"homeassistant/event/{dev}/#"]
+            subscribe[dev] = [f"{topic_prefix}/{dev}/cmd", "homeassistant/status"]
+        conf = {
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
+            "plugins": {
+                "amqtt.plugins.authentication.FileAuthPlugin": {"password_file": str(pw)},
+                "amqtt.plugins.topic_checking.TopicAccessControlListPlugin": {
+                    "publish_acl": publish,
+                    "acl": subscribe,
+                },
+            },
+        }
+        self.conf = self.dir / "amqtt.yaml"
+        self.conf.write_text(yaml.safe_dump(conf, sort_keys=False))
+        self.log = self.dir / "amqtt.log"
+        self.proc: subprocess.Popen | None = None
+
+    def describe(self) -> str:
+        return (
+            f"amqtt (pure-Python fallback, MQTT 3.1.1 only) on 127.0.0.1:{self.port}, plain TCP "
+            f"on loopback with passwords, config {self.conf}"
+        )
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start and return once the listener accepts connections."""
+        cmd = [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(self.conf)]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = self.log.read_text(errors="replace")[-2000:]
+                raise BrokerError(f"amqtt exited with {self.proc.returncode}: {tail}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    logger.info("amqtt broker started port=%d", self.port)
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise BrokerError(f"amqtt did not start listening within {timeout:g}s; see {self.log}")
+
+    def stop(self) -> None:
+        if self.running:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGINT)  # amqtt shuts down cleanly on SIGINT only
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.proc = None
+
+    def __enter__(self) -> AmqttBroker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def mqtt_section(self, device: str, **over: Any) -> dict[str, Any]:
+        """The ``mqtt:`` config section a device needs to reach this broker."""
+        sec: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "tls": False,
+            "user": device,
+            "password": DEVICE_PASS,
+            "stats_interval": 0.2,
+            "keepalive": 5,
+            "reconnect_min": 0.1,
+            "reconnect_max": 0.5,
+        }
+        sec.update(over)
+        return sec
+
+    def device_section(self, device: str, **over: Any) -> dict[str, Any]:
+        """What the demo's device uses: the plain listener (there is no TLS one here)."""
+        return self.mqtt_section(device, **over)
