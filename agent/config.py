@@ -144,6 +144,7 @@ class CameraConfig(_Model):
     replay_path: str | None = None
     vein_replay_path: str | None = None
     loop: bool = False
+    replay_cache_mb: float = Field(64.0, ge=0)
     width: int = Field(640, ge=16)
     height: int = Field(480, ge=16)
     fps: float = Field(15.0, gt=0)

@@ -6,6 +6,7 @@ a :class:`PreprocessSpec`, so a device can never normalise differently from the 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -55,8 +56,8 @@ DEFAULT_SPEC = PreprocessSpec()
 _INTERP = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
 
 
-def to_channels(roi: np.ndarray, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarray:
-    """uint8 ROI (H, W) or (H, W, C) -> uint8 (S, S, channels), resized, bands kept in order."""
+def _checked(roi: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """uint8 (H, W) or (H, W, C), resized to the spec's input size."""
     img = np.asarray(roi)
     if img.dtype != np.uint8:
         raise ValueError(f"ROI must be uint8, got {img.dtype}")
@@ -65,6 +66,12 @@ def to_channels(roi: np.ndarray, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndar
     s = spec.input_size
     if img.shape[:2] != (s, s):
         img = cv2.resize(img, (s, s), interpolation=_INTERP[spec.interpolation])
+    return img
+
+
+def to_channels(roi: np.ndarray, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarray:
+    """uint8 ROI (H, W) or (H, W, C) -> uint8 (S, S, channels), resized, bands kept in order."""
+    img = _checked(roi, spec)
     if img.ndim == 2:
         img = img[:, :, None]
     c = img.shape[2]
@@ -77,13 +84,41 @@ def to_channels(roi: np.ndarray, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndar
     raise ValueError(f"ROI has {c} channels, the model takes {spec.channels}")
 
 
-def normalise(hwc: np.ndarray, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarray:
-    """uint8 or float [0,255] (..., H, W, C) -> float32 (..., C, H, W), mean/std normalised."""
-    x = np.asarray(hwc, dtype=np.float32) / 255.0
+def _normalise_float(x: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32) / 255.0
     x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
     return np.ascontiguousarray(np.moveaxis(x, -1, -3))
 
 
+@functools.lru_cache(maxsize=16)
+def _lookup(spec: PreprocessSpec) -> np.ndarray:
+    """(channels, 256) float32: the float arithmetic done once per grey level, so that a uint8
+    input becomes a table lookup with bit-for-bit the same result (and a fifth of the time)."""
+    levels = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], spec.channels, axis=2)
+    table = _normalise_float(levels, spec)[:, 0, :]
+    table.flags.writeable = False
+    return table
+
+
+def normalise(hwc: np.ndarray, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarray:
+    """uint8 or float [0,255] (..., H, W, C) -> float32 (..., C, H, W), mean/std normalised.
+
+    One band against a multi-band spec is broadcast over the spec's channels.
+    """
+    x = np.asarray(hwc)
+    if x.dtype != np.uint8 or x.ndim < 3 or x.shape[-1] not in (1, spec.channels):
+        return _normalise_float(x, spec)
+    table = _lookup(spec)
+    out = np.empty((*x.shape[:-3], spec.channels, *x.shape[-3:-1]), np.float32)
+    for c in range(spec.channels):
+        band = x[..., c if x.shape[-1] > 1 else 0]
+        np.take(table[c], band, out=out[..., c, :, :], mode="clip")
+    return out
+
+
 def preprocess(roi: np.ndarray, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarray:
     """uint8 ROI -> float32 (C, S, S), ready to batch for any backend (NCHW)."""
-    return normalise(to_channels(roi, spec), spec)
+    img = _checked(roi, spec)
+    if img.ndim == 2 and spec.grey_to == "repeat":
+        return normalise(img[:, :, None], spec)  # repeated by the lookup, not copied first
+    return normalise(to_channels(img, spec), spec)

@@ -61,7 +61,20 @@ class Verdict:
 def laplacian_var(img: np.ndarray) -> float:
     """Variance of the Laplacian: high for sharp creases, low once they are blurred away."""
     grey = img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    if grey.dtype == np.uint8:  # |Laplacian| <= 4 * 255 fits int16: no float64 image
+        _, std = cv2.meanStdDev(cv2.Laplacian(grey, cv2.CV_16S))
+        return float(std[0, 0]) ** 2
     return float(cv2.Laplacian(grey, cv2.CV_64F).var())
+
+
+def percentile_u8(img: np.ndarray, q: float) -> float:
+    """``np.percentile(img, q)`` (linear interpolation) of a uint8 image, from its histogram:
+    counting is a fraction of the cost of sorting, and the value is the same."""
+    cum = np.cumsum(np.bincount(img.ravel(), minlength=256))
+    pos = q / 100 * (int(cum[-1]) - 1)
+    lo = int(pos)
+    v_lo, v_hi = np.searchsorted(cum, [lo + 1, min(lo + 2, int(cum[-1]))])
+    return float(v_lo + (pos - lo) * (v_hi - v_lo))
 
 
 def assess(
@@ -72,8 +85,10 @@ def assess(
     The order is from "nothing to see" to "not sharp enough", so the reason names the most
     basic thing the user has to fix.
     """
-    # every 4th pixel each way: the percentile of a 640x480 frame costs ~1 ms otherwise
-    m: dict[str, float] = {"frame_p99": float(np.percentile(frame[::4, ::4], 99))}
+    # every 4th pixel each way: enough for a percentile, and 1/16 of the counting
+    sample = frame[::4, ::4]
+    p99 = percentile_u8(sample, 99) if sample.dtype == np.uint8 else np.percentile(sample, 99)
+    m: dict[str, float] = {"frame_p99": float(p99)}
     if m["frame_p99"] < limits.min_frame_p99:
         return Verdict(False, "too_dark", m)
     if found.roi is None and found.reason == "no_hand":

@@ -104,6 +104,9 @@ class RoiConfig:
     mirror_left: bool = False
     side_ratio: float = SIDE_RATIO
     gap_ratio: float = GAP_RATIO
+    # the hand is segmented and its valleys found on a copy whose long side is at most this
+    # (0: full resolution); the ROI is still cut from the full-resolution frame
+    search_px: int = 320
 
 
 @dataclass
@@ -114,26 +117,40 @@ class RoiResult:
     square: RoiSquare | None = None
     reason: str | None = None
     hand: str | None = None  # "left" / "right" when the thumb valley was seen
-    mask: np.ndarray | None = field(default=None, repr=False)
+    mask: np.ndarray | None = field(default=None, repr=False)  # at the search resolution
     valleys: np.ndarray | None = None  # (2, 2): index-middle / ring-little, in either order
     touches_border: bool = False
     hand_frac: float = 0.0
 
 
-def segment(frame: np.ndarray, min_contrast: float = 20.0) -> np.ndarray:
+def segment(frame: np.ndarray, min_contrast: float = 20.0, kernel: int = 5) -> np.ndarray:
     """Lit hand on a dark background -> uint8 mask (255 = hand), Otsu on a smoothed frame.
 
     Otsu always splits, even an empty scene; when the two classes differ by less than
-    ``min_contrast`` grey levels there is nothing lit in front of the camera.
+    ``min_contrast`` grey levels there is nothing lit in front of the camera. ``kernel`` is the
+    smoothing and opening size in pixels of ``frame`` (5 suits a 640x480 frame).
     """
+    return _segment(frame, min_contrast, kernel)[0]
+
+
+def _segment(frame: np.ndarray, min_contrast: float, kernel: int) -> tuple[np.ndarray, float]:
+    """(mask, Otsu level of the smoothed frame); the level is that of the full frame too, since
+    area averaging keeps grey levels."""
     grey = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-    smooth = cv2.GaussianBlur(grey, (5, 5), 0)
-    _, mask = cv2.threshold(smooth, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    fg = mask > 0
-    if fg.all() or not fg.any() or smooth[fg].mean() - smooth[~fg].mean() < min_contrast:
-        return np.zeros_like(mask)
-    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
-    return cv2.morphologyEx(mask, cv2.MORPH_OPEN, k)
+    smooth = cv2.GaussianBlur(grey, (kernel, kernel), 0)
+    level, mask = cv2.threshold(smooth, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    # the class means from the histogram: indexing the frame with the mask costs more than Otsu
+    hist = cv2.calcHist([smooth], [0], None, [256], [0, 256]).ravel()
+    t = int(level) + 1  # Otsu's foreground is > level
+    n_bg, n_fg = hist[:t].sum(), hist[t:].sum()
+    if n_bg == 0 or n_fg == 0:
+        return np.zeros_like(mask), level
+    levels = np.arange(256, dtype=np.float64)
+    contrast = (hist[t:] @ levels[t:]) / n_fg - (hist[:t] @ levels[:t]) / n_bg
+    if contrast < min_contrast:
+        return np.zeros_like(mask), level
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kernel, kernel))
+    return cv2.morphologyEx(mask, cv2.MORPH_OPEN, k), level
 
 
 def _largest_contour(mask: np.ndarray) -> np.ndarray | None:
@@ -160,23 +177,21 @@ def find_valleys(
     if defects is None:
         return None
     pts = contour.reshape(-1, 2).astype(float)
-    deep = sorted(
-        (int(f), int(s), int(e), depth / 256)
-        for s, e, f, depth in defects.reshape(-1, 4)
-        if depth / 256 >= min_depth_px
-    )
+    d = defects.reshape(-1, 4)
+    d = d[d[:, 3] >= min_depth_px * 256]
+    deep = sorted((f, s, e, depth / 256) for s, e, f, depth in d.tolist())
     if len(deep) < 3:
         return None
     best, best_score = None, math.inf
     m = len(deep)
     for i in range(m if m > 3 else 1):
         tri = [deep[(i + k) % m] for k in range(3)]
-        p1, p2, p3 = (pts[t[0]] for t in tri)
-        span = float(np.hypot(*(p3 - p1)))
-        g1, g2 = float(np.hypot(*(p2 - p1))), float(np.hypot(*(p3 - p2)))
+        (x1, y1), (x2, y2), (x3, y3) = (pts[t[0]].tolist() for t in tri)
+        span = math.hypot(x3 - x1, y3 - y1)
+        g1, g2 = math.hypot(x2 - x1, y2 - y1), math.hypot(x3 - x2, y3 - y2)
         if min(g1, g2) <= 0 or span <= 0:
             continue
-        cross = (p3 - p1)[0] * (p2 - p1)[1] - (p3 - p1)[1] * (p2 - p1)[0]
+        cross = (x3 - x1) * (y2 - y1) - (y3 - y1) * (x2 - x1)
         dev = abs(cross) / span
         depths = [t[3] for t in tri]
         score = max(g1, g2) / min(g1, g2) + 2 * dev / span + max(depths) / min(depths) - 1
@@ -202,6 +217,43 @@ def find_valleys(
     return v_a, v_b, tip, thumb
 
 
+def _refine(
+    frame: np.ndarray, v_a: np.ndarray, v_b: np.ndarray, tip: np.ndarray, level: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The two valleys again, on the full-resolution hand outline near them.
+
+    The reduced search places each valley to within one of its pixels; segmenting only the
+    strip around the valley line at full resolution (a few percent of the frame) puts the
+    web's bottom back to within a frame pixel, as a full-resolution search would.
+    """
+    d = float(np.hypot(*(v_b - v_a)))
+    r = max(4.0, 0.15 * d)  # how far a valley may move; well short of the palm's sides
+    h, w = frame.shape[:2]
+    x0, y0 = np.maximum(np.floor(np.minimum(v_a, v_b) - r - 5), 0).astype(int)
+    x1, y1 = np.ceil(np.maximum(v_a, v_b) + r + 6).astype(int)
+    crop = frame[y0 : min(y1, h), x0 : min(x1, w)]
+    grey = crop if crop.ndim == 2 else cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
+    _, mask = cv2.threshold(cv2.GaussianBlur(grey, (5, 5), 0), level, 255, cv2.THRESH_BINARY)
+    mask = cv2.morphologyEx(
+        mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+    )
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return v_a, v_b
+    pts = np.concatenate(contours).reshape(-1, 2).astype(float) + np.array([x0, y0])
+    near = [pts[np.hypot(*(pts - v).T) <= r] for v in (v_a, v_b)]
+    if min(len(p) for p in near) == 0:
+        return v_a, v_b
+    for _ in range(2):
+        line = v_b - v_a
+        n = np.array([-line[1], line[0]])
+        if np.dot(tip - (v_a + v_b) / 2, n) > 0:
+            n = -n
+        n = n / np.hypot(*n)
+        v_a, v_b = (p[p @ n >= (p @ n).max() - 1.0].mean(axis=0) for p in near)
+    return v_a, v_b
+
+
 def _deepest(pts: np.ndarray, start: int, end: int, direction: np.ndarray) -> np.ndarray:
     """The bottom of the contour between two hull points, deepest along unit ``direction``.
 
@@ -219,7 +271,8 @@ def extract(frame: np.ndarray, config: RoiConfig = RoiConfig()) -> RoiResult:
         roi = frame if frame.shape[:2] == (config.out_size,) * 2 else _resize(frame, config)
         h, w = frame.shape[:2]
         return RoiResult(roi=roi, square=RoiSquare((w / 2, h / 2), float(min(h, w)), 0.0))
-    mask = segment(frame, config.min_contrast)
+    small, scale = _search_copy(frame, config.search_px)
+    mask, level = _segment(small, config.min_contrast, 5 if scale.min() > 0.75 else 3)
     contour = _largest_contour(mask)
     h, w = mask.shape
     area = cv2.contourArea(contour) if contour is not None else 0.0
@@ -234,7 +287,10 @@ def extract(frame: np.ndarray, config: RoiConfig = RoiConfig()) -> RoiResult:
         result.reason = "fingers_not_found"
         logger.debug("roi fingers_not_found hand_frac=%.3f", result.hand_frac)
         return result
-    v_a, v_b, tip, thumb = found
+    # back to full-resolution pixels: a search pixel i covers frame pixels [i/scale, (i+1)/scale)
+    v_a, v_b, tip, thumb = ((p + 0.5) / scale - 0.5 if p is not None else None for p in found)
+    if scale.min() < 1:
+        v_a, v_b = _refine(frame, v_a, v_b, tip, level)
     mid = (v_a + v_b) / 2
     palm_point = mid - (tip - mid)  # the palm lies opposite the fingertips
     sq = square_from_valleys(v_a, v_b, palm_point, config.side_ratio, config.gap_ratio)
@@ -248,6 +304,19 @@ def extract(frame: np.ndarray, config: RoiConfig = RoiConfig()) -> RoiResult:
         roi = np.ascontiguousarray(roi[:, ::-1])
     result.roi = roi
     return result
+
+
+def _search_copy(frame: np.ndarray, search_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """The frame shrunk (area averaging) so its long side is at most ``search_px``, and the
+    (x, y) factors: segmentation and contour work scale with the pixel count, and the valleys
+    found there are put back to full-resolution accuracy by :func:`_refine`."""
+    h, w = frame.shape[:2]
+    if search_px <= 0 or max(h, w) <= search_px:
+        return frame, np.ones(2)
+    f = search_px / max(h, w)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    small = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+    return small, np.array([size[0] / w, size[1] / h])
 
 
 def _resize(frame: np.ndarray, config: RoiConfig) -> np.ndarray:

@@ -108,6 +108,7 @@ class Camera:
             if cam.source == "replay":
                 path = cam.vein_replay_path if vein else cam.replay_path
                 args: dict[str, Any] = {"path": path, "loop": cam.loop, "fps": cam.fps}
+                args["cache_mb"] = cam.replay_cache_mb
             elif cam.source == "opencv":
                 dev = (cam.vein_device if vein else cam.device) or cam.device
                 device: int | str = int(dev) if dev.isdigit() else dev

@@ -74,3 +74,20 @@ def test_thresholds_from_config():
     assert t.min_laplacian_var == 2.5
     with pytest.raises(ValueError, match="unknown key"):
         quality.QualityThresholds.from_dict({"min_sharpness": 1})
+
+
+def test_histogram_percentile_and_laplacian_equal_the_direct_computation(frame):
+    rng = np.random.default_rng(3)
+    images = [
+        frame,
+        frame[::4, ::4],
+        rng.integers(0, 4, (37, 53), dtype=np.uint8),
+        np.full((5, 5), 255, np.uint8),
+        rng.integers(0, 256, (1, 1), dtype=np.uint8),
+    ]
+    for img in images:
+        for q in (0, 1, 50, 99, 99.9, 100):
+            assert quality.percentile_u8(img, q) == pytest.approx(np.percentile(img, q), abs=1e-9)
+    roi_img = roi.extract(frame).roi
+    direct = float(cv2.Laplacian(roi_img, cv2.CV_64F).var())
+    assert quality.laplacian_var(roi_img) == pytest.approx(direct, rel=1e-9)

@@ -110,3 +110,31 @@ def test_mirror_left_flips_left_hands_only():
     mirrored = roi.extract(frame, roi.RoiConfig(mirror_left=True))
     assert plain.hand == truth["hand"] == "left"
     np.testing.assert_array_equal(mirrored.roi, plain.roi[:, ::-1])
+
+
+def test_search_on_a_reduced_copy_agrees_with_the_full_resolution_search():
+    for i in range(12):
+        frame, truth = hands.render_hand_frame(i, 1, seed=6, level="medium")
+        fast = roi.extract(frame)
+        full = roi.extract(frame, roi.RoiConfig(search_px=0))
+        assert fast.mask.shape == (240, 320) and full.mask.shape == (480, 640)
+        shift = np.hypot(*np.subtract(fast.square.centre, full.square.centre))
+        assert shift <= 0.03 * full.square.side
+        assert abs(fast.square.angle_deg - full.square.angle_deg) <= 2.0
+        assert abs(fast.square.side - full.square.side) <= 0.05 * full.square.side
+        assert fast.hand == full.hand == truth["hand"]
+        assert fast.roi.shape == full.roi.shape == (128, 128)  # cut at full resolution
+
+
+def test_large_frames_meet_the_goal_through_the_reduced_search():
+    checked = 0
+    for i in range(8):
+        frame, truth = hands.render_hand_frame(i, 0, seed=9, level="medium", size=(1280, 960))
+        if roi.extract(frame, roi.RoiConfig(search_px=0)).roi is None:
+            continue  # the renderer's hand is unusable at any resolution
+        found = roi.extract(frame)
+        assert found.mask.shape == (240, 320)  # a quarter of the frame each way
+        c, a = _errors(found, truth)
+        assert c <= MAX_CENTRE_ERR and a <= MAX_ANGLE_ERR
+        checked += 1
+    assert checked >= 6
