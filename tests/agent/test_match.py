@@ -53,7 +53,7 @@ def test_chunked_paths_agree(monkeypatch):
     # small chunks so one test walks the multi-chunk single and batch searches
     monkeypatch.setattr(gallery, "CHUNK", 64)
     monkeypatch.setattr(gallery, "BATCH_ELEMS", 256)
-    monkeypatch.setattr(gallery, "SORT_BELOW", 8)
+    monkeypatch.setattr(gallery, "KEY_SORT_MAX", 40)  # the short last chunk
     monkeypatch.setattr(gallery, "BATCH_2D_MAX", 10**9)
     rng = np.random.default_rng(7)
     for bits in (16, 32, 128):
@@ -95,13 +95,39 @@ def test_many_ties_at_the_kth_distance(bits, n, k, flips, seed):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(gallery, "CHUNK", 37)
         mp.setattr(gallery, "BATCH_ELEMS", 3 * 29)
-        mp.setattr(gallery, "SORT_BELOW", 5)
+        mp.setattr(gallery, "KEY_SORT_MAX", 20)
         g = PackedGallery([str(i) for i in range(n)], gal, bits)
         bi, bd = g.search_batch(probes, k)
         for j, probe in enumerate(probes):
             ref = _naive_topk(probe, gal, k)
             assert g.search(probe, k) == [(i, d) for d, i in ref]
             assert bi[j].tolist() == [i for _, i in ref] and bd[j].tolist() == [d for d, _ in ref]
+
+
+@pytest.mark.parametrize("bits", codes.SUPPORTED_BITS)
+def test_topk_paths_at_their_size_limits(bits, monkeypatch):
+    # every top-k selection (Python ints, sorted keys, partitioned keys, argmins, chunks) at and
+    # around its size limit, k above n, and batches of changing size reusing the buffers
+    monkeypatch.setattr(gallery, "KEY_SORT_MAX", 6)
+    monkeypatch.setattr(gallery, "KEY_SELECT_MAX", 20)
+    monkeypatch.setattr(gallery, "BATCH_ELEMS", 4 * 21)
+    rng = np.random.default_rng(bits)
+    pool = _codes(rng, 3, bits)
+    for n in (1, 5, 6, 7, 11, 12, 20, 21, 22, 43):
+        gal = np.concatenate([pool[rng.integers(0, 3, n - n // 2)], _codes(rng, n // 2, bits)])
+        g = PackedGallery([str(i) for i in range(n)], gal, bits)
+        for b in (4, 1, 4, 3):
+            probes = np.concatenate([pool, _codes(rng, 1, bits)])[:b]
+            for k in (1, 2, 5, n, n + 3):
+                bi, bd = g.search_batch(probes, k)
+                assert bi.dtype == np.int64 and bd.dtype == np.int32
+                for j, probe in enumerate(probes):
+                    ref = [(i, d) for d, i in _naive_topk(probe, gal, k)]
+                    assert g.search(probe, k) == ref, (n, b, k)
+                    assert list(zip(bi[j].tolist(), bd[j].tolist(), strict=True)) == ref
+    assert g.search(pool[0], 0) == []
+    bi, bd = g.search_batch(pool[:0], 3)
+    assert bi.shape == bd.shape == (0, 3)
 
 
 BITS = 32
