@@ -48,6 +48,7 @@ def open_backend(
         from agent.inference.onnx_backend import OnnxBackend
 
         return OnnxBackend(path, threads=threads, spec=spec)
-    from agent.inference.tflite_backend import TfliteBackend
+    from agent.inference.tflite_backend import PACKAGES, TfliteBackend
 
-    return TfliteBackend(path, threads=threads, spec=spec)
+    package = runtime.lower() if runtime and runtime.lower() in PACKAGES else None
+    return TfliteBackend(path, threads=threads, spec=spec, package=package)

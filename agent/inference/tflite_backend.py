@@ -5,6 +5,7 @@ TFLite tensors carry their own scale and zero point, so an int8 model describes 
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -13,29 +14,51 @@ import numpy as np
 from agent.inference.base import Backend, TensorInfo
 from agent.preprocess import DEFAULT_SPEC, PreprocessSpec
 
+PACKAGES = ("ai_edge_litert", "tflite_runtime")
 
-def interpreter_class() -> Any:
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
+
+def interpreter_class(package: str | None = None) -> Any:
+    """The Interpreter of ``package``, or of the first of PACKAGES installed when None."""
+    if package is not None and package not in PACKAGES:
+        raise ValueError(f"unknown TFLite package {package!r}; use one of {PACKAGES}")
+    for name in (package,) if package else PACKAGES:
         try:
-            from tflite_runtime.interpreter import Interpreter
-        except ImportError as e:
-            raise RuntimeError(
-                "no TFLite runtime found: pip install ai-edge-litert (or tflite-runtime where "
-                "a wheel exists for this platform), or use runtime=onnxruntime"
-            ) from e
-    return Interpreter
+            module = importlib.import_module(f"{name}.interpreter")
+        except ImportError:
+            continue
+        return module.Interpreter
+    wanted = package or " or ".join(PACKAGES)
+    raise RuntimeError(
+        f"no TFLite runtime found ({wanted} is not installed): pip install ai-edge-litert "
+        "(or tflite-runtime where a wheel exists for this platform), or use runtime=onnxruntime"
+    )
+
+
+def _load(interpreter: Any, path: Path, threads: int) -> Any:
+    """tflite-runtime's last wheels are built against numpy 1.x and fail inside their C
+    extension under numpy 2 (which agent.codes needs); say so instead of a bare SystemError."""
+    try:
+        return interpreter(model_path=str(path), num_threads=threads)
+    except (SystemError, ImportError) as e:
+        raise RuntimeError(
+            f"{interpreter.__module__} cannot load {path} with numpy {np.__version__}: its wheel "
+            "was built for numpy 1.x. Install ai-edge-litert (pip install ai-edge-litert) and "
+            "use runtime=ai_edge_litert, or runtime=onnxruntime"
+        ) from e
 
 
 class TfliteBackend(Backend):
     runtime = "tflite"
 
     def __init__(
-        self, model_path: str | Path, threads: int = 1, spec: PreprocessSpec = DEFAULT_SPEC
+        self,
+        model_path: str | Path,
+        threads: int = 1,
+        spec: PreprocessSpec = DEFAULT_SPEC,
+        package: str | None = None,
     ) -> None:
         self.path = Path(model_path)
-        self.interpreter = interpreter_class()(model_path=str(self.path), num_threads=threads)
+        self.interpreter = _load(interpreter_class(package), self.path, threads)
         self.interpreter.allocate_tensors()
         super().__init__(spec)
 

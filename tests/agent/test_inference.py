@@ -316,3 +316,27 @@ def test_replayed_video_to_codes_matches_the_true_roi(models, tmp_path):
     print(f"found_vs_true_roi_bit_agreement={agree:.4f} distinct_codes={len(np.unique(want))}")
     assert len(np.unique(want)) > 1  # the toy net does tell these frames apart
     assert agree >= 0.9
+
+
+def test_tflite_runtime_fallback_gives_the_same_codes_or_a_clear_error(models):
+    """tflite-runtime is the fallback TFLite package; its last wheels need numpy 1.x."""
+    pytest.importorskip("tflite_runtime.interpreter")
+    _, paths = models
+    rois = _rois(4, seed=8)
+    with open_backend(paths["tflite_int8"], runtime="ai_edge_litert") as ref:
+        want = ref.hash(rois)
+    try:
+        with open_backend(paths["tflite_int8"], runtime="tflite_runtime") as fb:
+            assert type(fb.interpreter).__module__.startswith("tflite_runtime")
+            np.testing.assert_array_equal(fb.hash(rois), want)
+    except RuntimeError as e:
+        assert np.__version__.startswith("2")
+        for hint in ("numpy 1.x", "ai-edge-litert", str(paths["tflite_int8"])):
+            assert hint in str(e)
+
+
+def test_unknown_tflite_package_is_refused():
+    from agent.inference.tflite_backend import interpreter_class
+
+    with pytest.raises(ValueError, match="unknown TFLite package"):
+        interpreter_class("tensorflow")
