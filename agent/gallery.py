@@ -30,7 +30,7 @@ MODALITIES = ("print", "vein")
 INT_CROSSOVER = 12  # codes; below this Python ints are faster (bench/match.py, 32-bit, k=1)
 CHUNK = 131072  # codes per chunk for one probe (bench/match.py: 64K-128K are fastest here)
 BATCH_ELEMS = 262144  # probe x code pairs per chunk of a batch search
-BATCH_2D_MAX = 4096  # above this many codes a batch is searched one probe at a time
+BATCH_2D_MAX = 16384  # above this many codes a batch is searched one probe at a time
 KEY_SORT_MAX = 64  # top-k: up to this many codes per chunk, one sort of packed keys
 KEY_SELECT_MAX = 2048  # top-k: up to this many, a partition of packed keys (above: argmins)
 _KEY_MASK = (1 << 24) - 1
