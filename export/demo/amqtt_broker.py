@@ -14,16 +14,22 @@ from __future__ import annotations
 import importlib.util
 import logging
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from export.demo.broker import CTL_PASS, CTL_USER, DEVICE_PASS, DEVICES, BrokerError, free_port
+from export.demo.broker import (
+    CTL_PASS,
+    CTL_USER,
+    DEVICE_PASS,
+    DEVICES,
+    BrokerError,
+    BrokerProcess,
+    free_port,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +47,12 @@ def _password_file(path: Path, users: list[tuple[str, str]]) -> None:
     path.chmod(0o600)
 
 
-class AmqttBroker:
+class AmqttBroker(BrokerProcess):
     """One amqtt process on a free loopback port; the interface of :class:`Broker`, less TLS."""
+
+    name = "amqtt"
+    stop_signal = signal.SIGINT  # amqtt shuts down cleanly on SIGINT only
+    start_timeout = 20.0
 
     mqtt5 = False
     tls_port = None
@@ -88,62 +98,10 @@ class AmqttBroker:
             f"on loopback with passwords, config {self.conf}"
         )
 
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def start(self, timeout: float = 20.0) -> None:
-        """Start and return once the listener accepts connections."""
+    def _launch(self) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(self.conf)]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = self.log.read_text(errors="replace")[-2000:]
-                raise BrokerError(f"amqtt exited with {self.proc.returncode}: {tail}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    logger.info("amqtt broker started port=%d", self.port)
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise BrokerError(f"amqtt did not start listening within {timeout:g}s; see {self.log}")
-
-    def stop(self) -> None:
-        if self.running:
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGINT)  # amqtt shuts down cleanly on SIGINT only
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self.proc = None
-
-    def __enter__(self) -> AmqttBroker:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def mqtt_section(self, device: str, **over: Any) -> dict[str, Any]:
-        """The ``mqtt:`` config section a device needs to reach this broker."""
-        sec: dict[str, Any] = {
-            "host": "127.0.0.1",
-            "port": self.port,
-            "tls": False,
-            "user": device,
-            "password": DEVICE_PASS,
-            "stats_interval": 0.2,
-            "keepalive": 5,
-            "reconnect_min": 0.1,
-            "reconnect_max": 0.5,
-        }
-        sec.update(over)
-        return sec
+            return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
     def device_section(self, device: str, **over: Any) -> dict[str, Any]:
         """What the demo's device uses: the plain listener (there is no TLS one here)."""

@@ -14,6 +14,7 @@ TCP on loopback with the same passwords); devices then fall back from MQTT 5 to 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import logging
@@ -25,7 +26,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -140,8 +141,93 @@ def mosquitto_binary() -> str:
     return found
 
 
-class Broker:
+class BrokerProcess:
+    """A broker process on loopback ports: started, awaited until it listens, stopped.
+
+    Subclasses build the config and say how to launch the process (:meth:`_launch`), which
+    ports must accept connections (:meth:`_ports`), and which signal stops it cleanly.
+    """
+
+    name = "broker"
+    stop_signal = signal.SIGTERM
+    start_timeout = 10.0
+    port: int
+    log: Path
+    proc: subprocess.Popen | None
+
+    def _launch(self) -> subprocess.Popen:
+        raise NotImplementedError
+
+    def _ports(self) -> tuple[int, ...]:
+        return (self.port,)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float | None = None) -> None:
+        """Start and return once every listener accepts connections."""
+        timeout = self.start_timeout if timeout is None else timeout
+        self.proc = self._launch()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+                raise BrokerError(f"{self.name} exited with {self.proc.returncode}: {tail}")
+            try:
+                with contextlib.ExitStack() as stack:
+                    for port in self._ports():
+                        stack.enter_context(
+                            socket.create_connection(("127.0.0.1", port), timeout=0.2)
+                        )
+                logger.info("%s started ports=%s", self.name, self._ports())
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise BrokerError(
+            f"{self.name} did not start listening within {timeout:g}s; see {self.log}"
+        )
+
+    def stop(self) -> None:
+        if self.running:
+            assert self.proc is not None
+            self.proc.send_signal(self.stop_signal)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.proc = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def mqtt_section(self, device: str, **over: Any) -> dict[str, Any]:
+        """The ``mqtt:`` config section a device needs to reach this broker (plain listener)."""
+        sec: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "tls": False,
+            "user": device,
+            "password": DEVICE_PASS,
+            "stats_interval": 0.2,
+            "keepalive": 5,
+            "reconnect_min": 0.1,
+            "reconnect_max": 0.5,
+        }
+        sec.update(over)
+        return sec
+
+
+class Broker(BrokerProcess):
     """One mosquitto process that may be stopped and started again (same ports, same sessions)."""
+
+    name = "mosquitto"
 
     mqtt5 = True
 
@@ -198,63 +284,11 @@ class Broker:
             f"{self.tls_port}), config {self.conf}"
         )
 
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+    def _launch(self) -> subprocess.Popen:
+        return subprocess.Popen([self.binary, "-c", str(self.conf)])
 
-    def start(self, timeout: float = 10.0) -> None:
-        """Start and return once both listeners accept connections."""
-        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)])
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = self.log.read_text()[-2000:] if self.log.exists() else ""
-                raise BrokerError(f"mosquitto exited with {self.proc.returncode}: {tail}")
-            try:
-                with (
-                    socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
-                    socket.create_connection(("127.0.0.1", self.tls_port), timeout=0.2),
-                ):
-                    logger.info("broker started port=%d tls_port=%d", self.port, self.tls_port)
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise BrokerError(f"mosquitto did not start listening within {timeout:g}s; see {self.log}")
-
-    def stop(self) -> None:
-        if self.running:
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self.proc = None
-
-    def __enter__(self) -> Broker:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def mqtt_section(self, device: str, **over: Any) -> dict[str, Any]:
-        """The ``mqtt:`` config section a device needs to reach this broker (plain listener)."""
-        sec: dict[str, Any] = {
-            "host": "127.0.0.1",
-            "port": self.port,
-            "tls": False,
-            "user": device,
-            "password": DEVICE_PASS,
-            "stats_interval": 0.2,
-            "keepalive": 5,
-            "reconnect_min": 0.1,
-            "reconnect_max": 0.5,
-        }
-        sec.update(over)
-        return sec
+    def _ports(self) -> tuple[int, ...]:
+        return (self.port, self.tls_port)
 
     def device_section(self, device: str, **over: Any) -> dict[str, Any]:
         """What the demo's device uses: mutual TLS, as a deployed device would."""
