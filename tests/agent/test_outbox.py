@@ -29,3 +29,13 @@ def test_bound_drops_oldest_and_counts(tmp_path):
     assert box.counter("refused") == 1 and box.depth() == 2
     box.close()
     assert Outbox(tmp_path / "o.sqlite", max_messages=3).counter("dropped") == 4
+
+
+def test_adds_sync_fully_and_an_ack_leaves_that_setting_in_place(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite")
+    sync = lambda: box._db.execute("PRAGMA synchronous").fetchone()[0]  # noqa: E731
+    assert sync() == 2  # FULL: a decision handed to the outbox survives a power cut
+    box.ack(box.add("t", b"x"))
+    assert sync() == 2 and box.depth() == 0
+    box.ack(10**9)  # an unknown id (acknowledged twice) is no error and changes nothing
+    assert sync() == 2
