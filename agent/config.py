@@ -171,6 +171,9 @@ class RoiSettings(_Model):
     already_roi: bool = False
     mirror_left: bool = False
     min_hand_frac: float = Field(0.03, gt=0, lt=1)
+    # one search per capture, its square cut from every modality's frame; None: only when one
+    # sensor takes both (camera layout "switched"), where the hand cannot move between frames
+    shared: bool | None = None
 
 
 class QualityConfig(_Model):

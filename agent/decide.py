@@ -188,6 +188,7 @@ class BundleEngine:
         self.roi_config = RoiConfig(
             already_roi=r.already_roi, mirror_left=r.mirror_left, min_hand_frac=r.min_hand_frac
         )
+        self.shared_roi = r.shared if r.shared is not None else cfg.camera.layout == "switched"
         logger.info(
             "bundle loaded path=%s model_hash=%s modalities=%s",
             bc.path,
@@ -197,11 +198,17 @@ class BundleEngine:
 
     def vision(self, frames: Mapping[str, np.ndarray]) -> Probe:
         probe = Probe()
+        first: roi.RoiResult | None = None  # the capture's one search when the ROI is shared
         for m, frame in frames.items():
             if m not in self.backends:
                 continue
             t0 = time.perf_counter()
-            found = roi.extract(frame, self.roi_config)
+            if first is None:
+                found = roi.extract(frame, self.roi_config)
+                # a failed search is not shared: the next frame gets its own try
+                first = found if self.shared_roi and found.square is not None else None
+            else:
+                found = roi.recut(frame, first, self.roi_config)
             t1 = time.perf_counter()
             probe.timings["roi"] = probe.timings.get("roi", 0.0) + (t1 - t0) * 1e3
             verdict = quality.assess(frame, found, self.limits)

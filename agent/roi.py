@@ -299,11 +299,36 @@ def extract(frame: np.ndarray, config: RoiConfig = RoiConfig()) -> RoiResult:
         u, _ = sq.axes()
         # palm towards the camera, fingers up: a right hand has its thumb on the right
         result.hand = "right" if np.dot(thumb - np.asarray(sq.centre), u) > 0 else "left"
-    roi = cut(frame, sq, config.out_size)
-    if config.mirror_left and result.hand == "left":
-        roi = np.ascontiguousarray(roi[:, ::-1])
-    result.roi = roi
+    result.roi = _cut_oriented(frame, result, config)
     return result
+
+
+def recut(frame: np.ndarray, found: RoiResult, config: RoiConfig = RoiConfig()) -> RoiResult:
+    """The ROI that ``found`` located in another frame of the same capture, cut from ``frame``.
+
+    A camera whose modalities share one sensor (switched light) or a registered pair sees the
+    hand at the same pixels in both frames, so one search serves both: the second search would
+    find the same square and cost as much as a light model's inference.
+    """
+    if found.square is None or config.already_roi:
+        return extract(frame, config)
+    shared = RoiResult(
+        square=found.square,
+        hand=found.hand,
+        valleys=found.valleys,
+        touches_border=found.touches_border,
+        hand_frac=found.hand_frac,
+    )
+    shared.roi = _cut_oriented(frame, shared, config)
+    return shared
+
+
+def _cut_oriented(frame: np.ndarray, found: RoiResult, config: RoiConfig) -> np.ndarray:
+    assert found.square is not None
+    roi = cut(frame, found.square, config.out_size)
+    if config.mirror_left and found.hand == "left":
+        roi = np.ascontiguousarray(roi[:, ::-1])
+    return roi
 
 
 def _search_copy(frame: np.ndarray, search_px: int) -> tuple[np.ndarray, np.ndarray]:

@@ -69,6 +69,8 @@ def write_agent_config(
             "loop": False,
             "fps": 30,
         },
+        # the replay's print and vein frames are one pose drawn twice, as a registered rig sees it
+        "roi": {"shared": True},
         "trigger": {"kind": "command", "cooldown": 0},
         "enroll": {"captures": a.captures, "max_spread": 12, "timeout": 30},
         "logging": {"level": "INFO"},

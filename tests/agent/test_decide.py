@@ -104,3 +104,48 @@ def test_quality_gate_names_the_reason_and_nothing_is_hashed(engine_store):
     flat = engine.vision({"print": np.full((128, 128), 128, np.uint8), "vein": palm_roi(50, 1)})
     assert flat.rejected == "blurred" and set(flat.codes) == {"vein"}
     assert flat.quality["print"]["ok"] is False and flat.quality["vein"]["ok"] is True
+
+
+@pytest.mark.parametrize(
+    ("layout", "shared", "searches"),
+    [("switched", None, 1), ("dual", None, 2), ("dual", True, 1), ("switched", False, 2)],
+)
+def test_one_roi_search_per_capture_when_the_frames_share_a_sensor(
+    palm_bundle, tmp_path, monkeypatch, layout, shared, searches
+):
+    from agent import roi
+    from export.synth.hands import render_hand_frame
+
+    cfg = parse_config(
+        {
+            "device": {"id": "bench"},
+            "bundle": {"path": str(palm_bundle), "threads": 1},
+            "camera": {
+                "source": "replay",
+                "replay_path": "x",
+                "vein_replay_path": "y",
+                "layout": layout,
+            },
+            "roi": {"shared": shared},
+        },
+        check_files=False,
+    )
+    store = TemplateStore(
+        tmp_path / "t.sqlite", Protector(DeviceKey.load_or_create(tmp_path / "k"), 32)
+    )
+    engine = BundleEngine(cfg, store)
+    calls = []
+    search = roi.extract
+    monkeypatch.setattr(roi, "extract", lambda *a, **k: calls.append(1) or search(*a, **k))
+    capture = {m: render_hand_frame(4, 2, seed=5, modality=m)[0] for m in ("print", "vein")}
+    try:
+        probe = engine.vision(capture)
+        assert len(calls) == searches
+        assert set(probe.codes) == {"print", "vein"}, probe.quality
+        # the shared search changes the cost, not the codes: each frame's own ROI hashes alike
+        for m, frame in capture.items():
+            own = search(frame, engine.roi_config)
+            assert engine.backends[m].hash([own.roi])[0] == probe.codes[m]
+    finally:
+        engine.close()
+        store.close()

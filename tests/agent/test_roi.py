@@ -138,3 +138,24 @@ def test_large_frames_meet_the_goal_through_the_reduced_search():
         assert c <= MAX_CENTRE_ERR and a <= MAX_ANGLE_ERR
         checked += 1
     assert checked >= 6
+
+
+def test_recut_gives_the_other_frame_of_a_capture_what_its_own_search_would():
+    # the renderer draws a capture's print and vein frames in one pose, as one sensor would
+    for identity, hand in ((0, "right"), (3, "left")):
+        config = roi.RoiConfig(mirror_left=True)
+        found = roi.extract(hands.render_hand_frame(identity, 1, seed=2, hand=hand)[0], config)
+        vein, _ = hands.render_hand_frame(identity, 1, seed=2, hand=hand, modality="vein")
+        own = roi.extract(vein, config)
+        shared = roi.recut(vein, found, config)
+        assert shared.square == own.square and shared.hand == own.hand == hand
+        np.testing.assert_array_equal(shared.roi, own.roi)
+
+
+def test_recut_searches_the_frame_itself_when_the_first_search_failed():
+    failed = roi.extract(np.zeros((480, 640), np.uint8))
+    assert failed.square is None
+    frame, truth = hands.render_hand_frame(1, 0, seed=3)
+    again = roi.recut(frame, failed)
+    assert again.square is not None
+    assert _errors(again, truth)[0] < MAX_CENTRE_ERR
