@@ -33,6 +33,10 @@ class OnnxBackend(Backend):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        # workers sleep between runs instead of spinning: the pipeline's own work (ROI search,
+        # MQTT) comes between two inferences and a spinning worker takes its core away
+        # (bench/e2e.py, onnx int8 on 2 cores: 86 -> 148 frames/s, p50 12.2 -> 6.9 ms)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.session = ort.InferenceSession(
             str(self.path), sess_options=opts, providers=["CPUExecutionProvider"]

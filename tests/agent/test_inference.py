@@ -120,6 +120,14 @@ def test_onnx_and_tflite_give_the_same_codes(models):
     assert agree >= FP32_AGREEMENT
 
 
+def test_onnx_workers_sleep_between_runs(models):
+    # a spinning intra-op pool kept the ROI search off its core (bench/e2e.py)
+    with open_backend(models[1]["onnx"], threads=2) as ob:
+        opts = ob.session.get_session_options()
+        assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert opts.intra_op_num_threads == 2
+
+
 def test_nhwc_model_is_fed_nhwc(models):
     net, paths = models
     rois = _rois(5, seed=2)
