@@ -280,6 +280,10 @@ class MqttReporter(Reporter):
             if self._v5:
                 props = Properties(PacketTypes.PUBLISH)
                 props.MessageExpiryInterval = remaining
+                # how long it waited on the device (outbox write, an outage) before it left: a
+                # consumer sees a replayed decision for what it is, and frame -> publish is
+                # the document's latency_ms plus this
+                props.UserProperty = ("queued_ms", f"{(time.time() - row.created) * 1e3:.2f}")
             info = client.publish(
                 row.topic, row.payload, qos=row.qos, retain=False, properties=props
             )

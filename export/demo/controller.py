@@ -62,6 +62,9 @@ class Controller:
                     return
                 doc["_received"] = time.monotonic()
                 doc["_received_wall"] = time.time()
+                user = dict(getattr(msg.properties, "UserProperty", None) or [])
+                if "queued_ms" in user:  # MQTT 5: how long the decision waited on the device
+                    doc["_queued_ms"] = float(user["queued_ms"])
                 if leaf == "decision":
                     self.decisions.append(doc)
                 elif leaf == "stats":

@@ -62,17 +62,22 @@ def test_decisions_availability_and_clean_stop(running_broker, subscribe, tmp_pa
     assert [m[3] for m in late.messages] == ["stopped"]
 
 
-def test_decision_carries_message_expiry_on_mqtt5(running_broker, tmp_path):
+def test_decision_carries_message_expiry_and_time_queued_on_mqtt5(running_broker, tmp_path):
     seen: list[mqtt.MQTTMessage] = []
     c = ctl_client(running_broker)
     c.on_message = lambda cl, ud, msg: seen.append(msg)
     c.subscribe("palm/dev2/decision", qos=1)
     time.sleep(0.2)
     r = reporter(running_broker, "dev2", tmp_path, decision_expiry=120)
+    r.decision({"seq": 0})  # made before the connection: it waits in the outbox
+    time.sleep(0.5)
     r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
+    assert wait_until(lambda: len(seen) == 1)
     r.decision({"seq": 1})
-    assert wait_until(lambda: seen)
-    assert 0 < seen[0].properties.MessageExpiryInterval <= 120
+    assert wait_until(lambda: len(seen) == 2)
+    assert all(0 < m.properties.MessageExpiryInterval <= 120 for m in seen)
+    queued = [float(dict(m.properties.UserProperty)["queued_ms"]) for m in seen]
+    assert queued[0] >= 500 and 0 <= queued[1] < 500, queued
     r.stop(timeout=2)
     c.loop_stop()
     c.disconnect()
