@@ -6,7 +6,10 @@ from ``bench/match.py``) one preallocated, cache-sized chunk at a time is XORed 
 Top-1 is one argmin on the uint8 counts. Top-k of a small gallery writes the counts into the top
 byte of uint32 keys whose low 24 bits hold the index, so one SIMD partition (or sort) of the keys
 orders by distance and then index; larger galleries take k argmins per chunk and skip chunks that
-cannot beat the k found so far. Ties go to the lower gallery index on every path, so all agree.
+cannot beat the k found so far. A batch of probes counts each (probes, codes) chunk per byte
+(numpy's popcount is SIMD on bytes only) and sums a word's byte counts with one multiply; its
+top-k are k argmins with the taken ones marked. Ties go to the lower gallery index on every path,
+so all agree.
 
 Buffers are preallocated per gallery, so one gallery must not be searched from two threads.
 :class:`StoreGallery` reloads from the template store whenever the store's change counter moves.
@@ -29,14 +32,17 @@ if TYPE_CHECKING:
 MODALITIES = ("print", "vein")
 INT_CROSSOVER = 12  # codes; below this Python ints are faster (bench/match.py, 32-bit, k=1)
 CHUNK = 131072  # codes per chunk for one probe (bench/match.py: 64K-128K are fastest here)
-BATCH_ELEMS = 262144  # probe x code pairs per chunk of a batch search
+BATCH_ELEMS = 1 << 20  # probe x code pairs per chunk of a batch search (fewer merges win)
 BATCH_2D_MAX = 16384  # above this many codes a batch is searched one probe at a time
-KEY_SORT_MAX = 64  # top-k: up to this many codes per chunk, one sort of packed keys
-KEY_SELECT_MAX = 2048  # top-k: up to this many, a partition of packed keys (above: argmins)
+BATCH_SMALL_MAX = 128  # up to this many codes a batch takes _batch_small (bench/match.py)
+BATCH_BYTES_MIN = 2048  # batch top-k: from this many codes per chunk, argmins on uint8 copies
+BATCH_BUFSIZE = 256  # numpy ufunc buffer (elements) during a 2-D batch search, see search_batch
+KEY_SORT_MAX = 64  # one probe's top-k: up to this many codes per chunk, one sort of packed keys
+KEY_SELECT_MAX = 2048  # one probe's top-k: up to this many, a partition of keys (above: argmins)
 _KEY_MASK = (1 << 24) - 1
-_U32_SHIFT, _U32_MASK = np.uint32(24), np.uint32(_KEY_MASK)  # numpy scalars: cheaper ufunc calls
-_KEY_SHIFT = 24  # a batch key is distance << 24 | index within the chunk
+_KEY_SHIFT = 24  # a one-probe key is distance << 24 | index
 _KEY_BYTE = 3 if sys.byteorder == "little" else 0  # the byte of a uint32 key holding bits 24..31
+_U32_SHIFT, _U32_MASK = np.uint32(24), np.uint32(_KEY_MASK)  # numpy scalars: cheaper ufunc calls
 
 
 class PackedGallery:
@@ -61,7 +67,10 @@ class PackedGallery:
         self._cnt = np.empty(m, dtype=np.uint8)
         self._tmp = np.empty(m, dtype=np.uint8) if self.words > 1 else None
         self._keys: tuple | None = None  # one probe's packed keys (_key_buffers)
-        self._batch: tuple | None = None  # the last batch shape's buffers (_batch_buffers)
+        self._batch: tuple | None = None  # the last batch shape's buffers
+        # x * 0x01..01 sums the byte counts of a word into its top byte (_batch_distances)
+        self._byte_ones = dtype.type(int("01" * dtype.itemsize, 16))
+        self._top_shift = dtype.type(8 * dtype.itemsize - 8)
 
     def __len__(self) -> int:
         return self._n
@@ -118,15 +127,18 @@ class PackedGallery:
     def search_batch(self, probes: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`search` for b probes at once: (b, k) int64 indices and int32 distances.
 
-        Small galleries: each chunk is compared with every probe at once (fewer numpy calls
-        than a probe at a time); per chunk the k best of each row are kept, and one sort
-        merges the chunks' candidates.
+        Up to ``BATCH_SMALL_MAX`` codes the call overhead dominates and the fewest calls win.
+        Up to ``BATCH_2D_MAX`` codes each chunk is compared with every probe at once (counted
+        per byte, see :meth:`_batch_distances`), the k best of each row are kept by argmins, and
+        one sort merges the chunks' candidates; above it a probe at a time is faster.
         """
         p = self._words(probes).reshape(-1, self.words)
         b, n = len(p), self._n
         k = max(0, min(k, n))
         if k == 0 or b == 0:
             return np.zeros((b, k), dtype=np.int64), np.zeros((b, k), dtype=np.int32)
+        if n <= BATCH_SMALL_MAX:
+            return self._batch_small(p, k)
         if n > BATCH_2D_MAX:
             # large galleries: the 1-D kernels (contiguous XOR with a scalar) are faster than
             # a broadcast 2-D one, and a probe's pass over a chunk already amortises the calls
@@ -135,8 +147,50 @@ class PackedGallery:
                 np.array([[i for i, _ in f] for f in found], dtype=np.int64),
                 np.array([[d for _, d in f] for f in found], dtype=np.int32),
             )
-        step = max(1, min(n, BATCH_ELEMS // b, 1 << _KEY_SHIFT))
-        bufs = self._batch_buffers(b, step)
+        with np.errstate():  # restores the ufunc buffer size on exit
+            # numpy copies a broadcast operand through its ufunc buffer whenever a row is
+            # shorter than that buffer; a small buffer keeps the probe broadcast unbuffered
+            # (bench: (64, 1000) XOR 0.5 -> 0.2 ns per pair)
+            np.setbufsize(BATCH_BUFSIZE)
+            return self._batch_chunks(p, k)
+
+    def _batch_small(self, p: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Small galleries, where each numpy call costs more than its work: top-1 is one argmin
+        of the uint8 counts; top-k writes the counts into the top byte of index-preset uint32
+        keys, so one sort orders by distance and then index."""
+        b, n = len(p), self._n
+        if self._batch is None or self._batch[:2] != ("small", b):
+            keys = np.empty((b, n), dtype=np.uint32)
+            keys[:] = np.arange(n, dtype=np.uint32)
+            top = keys.view(np.uint8).reshape(b, n, 4)[:, :, _KEY_BYTE]
+            cnt = np.empty((b, n), dtype=np.uint8)
+            tmp = np.empty((b, n), dtype=np.uint8) if self.words > 1 else None
+            x = np.empty((b, n), dtype=self._dtype)
+            self._batch = ("small", b, x, cnt, tmp, keys, top, np.arange(b) * n)
+        x, cnt, tmp, keys, top, offs = self._batch[2:]
+        out = cnt if k == 1 else top
+        for w in range(self.words):
+            np.bitwise_xor(self._cols[w], p[:, w, None], out=x)
+            if w == 0:
+                np.bitwise_count(x, out=out)
+            else:
+                np.bitwise_count(x, out=tmp)
+                np.add(out, tmp, out=out)
+        if k == 1:
+            i = cnt.argmin(axis=1)
+            return i[:, None], cnt.reshape(-1)[i + offs].astype(np.int32)[:, None]
+        best = np.sort(keys, axis=1)[:, :k]
+        return (best & _U32_MASK).astype(np.int64), (best >> _U32_SHIFT).astype(np.int32)
+
+    def _batch_chunks(self, p: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        b, n = len(p), self._n
+        step = max(1, min(n, BATCH_ELEMS // b))
+        if self._batch is None or self._batch[:2] != (b, step):
+            tmp = np.empty((b, step), dtype=self._dtype) if self.words > 1 else None
+            x = np.empty((b, step), dtype=self._dtype)
+            small = np.empty((b, step), dtype=np.uint8)
+            self._batch = (b, step, x, tmp, small, np.arange(b) * step)
+        bufs = self._batch[2:]
         if n <= step:
             i, d = self._batch_chunk(p, 0, n, k, bufs)
             return i, d.astype(np.int32)
@@ -148,7 +202,7 @@ class PackedGallery:
         all_i = np.concatenate(found_i, axis=1)
         all_d = np.concatenate(found_d, axis=1).astype(np.int32)
         order = np.lexsort((all_i, all_d), axis=1)[:, :k]
-        rows = bufs[5][:, None]
+        rows = np.arange(b)[:, None]
         return all_i[rows, order], all_d[rows, order]
 
     def _search_keys(self, words: np.ndarray, k: int) -> list[tuple[int, int]]:
@@ -169,68 +223,48 @@ class PackedGallery:
         # numpy leaves the order of the first k after a partition unspecified: sort them
         return [(v & _KEY_MASK, v >> _KEY_SHIFT) for v in sorted(best[:k].tolist())]
 
-    def _batch_buffers(self, b: int, step: int) -> tuple:
-        """(b, step) work buffers, kept while the batch shape repeats (as it does in a daemon).
+    def _batch_distances(self, p: np.ndarray, s: int, e: int, x: np.ndarray, tmp) -> None:
+        """Distances of every probe to codes s..e, into the word-typed buffer ``x``.
 
-        ``keys`` is uint32 with each column's index preset in its low 24 bits; ``top`` is the
-        view of its high byte, where the distances go, so one sort orders by distance and then
-        by index and the index bits are never rewritten.
+        popcount of a whole word is scalar in numpy, of bytes it is SIMD (about 4x faster per
+        byte here), so the bytes of each XOR are counted in place and one multiply by 0x01..01
+        sums a word's byte counts into its top byte, which a shift brings down.
         """
-        if self._batch is not None and self._batch[:2] == (b, step):
-            return self._batch[2:]
-        xor = np.empty((b, step), dtype=self._dtype)
-        cnt = np.empty((b, step), dtype=np.uint8)
-        tmp = np.empty((b, step), dtype=np.uint8) if self.words > 1 else None
-        keys = np.empty((b, step), dtype=np.uint32)
-        keys[:] = np.arange(step, dtype=np.uint32)
-        top = keys.view(np.uint8).reshape(b, step, 4)[:, :, _KEY_BYTE]
-        rows = np.arange(b)
-        self._batch = (b, step, xor, cnt, tmp, keys, top, rows, cnt.reshape(-1), rows * step)
-        return self._batch[2:]
+        for w in range(self.words):
+            out = x if w == 0 else tmp
+            col = self._cols[w] if e - s == self._n else self._cols[w][s:e]
+            np.bitwise_xor(col, p[:, w, None], out=out)
+            counts = out.view(np.uint8)
+            np.bitwise_count(counts, out=counts)
+            np.multiply(out, self._byte_ones, out=out)
+            np.right_shift(out, self._top_shift, out=out)
+            if w:
+                np.add(x, tmp, out=x)
 
     def _batch_chunk(
         self, p: np.ndarray, s: int, e: int, k: int, bufs: tuple
     ) -> tuple[np.ndarray, np.ndarray]:
         """The k best of each probe among codes s..e: (b, k) int64 indices and distances."""
-        xor, cnt, tmp, keys, top, _, flat, offs = bufs  # flat[offs + j] is cnt[row, j]
+        full, tmp, small, offs = bufs  # row r of a (b, step) buffer starts at offs[r] when flat
         m = e - s
+        x = full[:, :m]
+        self._batch_distances(p, s, e, x, None if tmp is None else tmp[:, :m])
+        if k == 1:
+            i = x.argmin(axis=1)
+            return (i + s)[:, None], full.reshape(-1)[i + offs][:, None]
+        if m >= BATCH_BYTES_MIN:  # an argmin over uint8 reads a quarter of the bytes
+            np.copyto(small[:, :m], x, casting="unsafe")
+            full = small
+        sel, flat = full[:, :m], full.reshape(-1)
         kk = min(k, m)
-        use_keys = kk > 1 and m <= KEY_SELECT_MAX
-        if m != xor.shape[1]:
-            xor, cnt, keys, top = xor[:, :m], cnt[:, :m], keys[:, :m], top[:, :m]
-            tmp = None if tmp is None else tmp[:, :m]
-        out = top if use_keys else cnt
-        whole = m == self._n
-        for w in range(self.words):
-            col = self._cols[w] if whole else self._cols[w][s:e]
-            np.bitwise_xor(col, p if self.words == 1 else p[:, w, None], out=xor)
-            if w == 0:
-                np.bitwise_count(xor, out=out)
-            else:
-                np.bitwise_count(xor, out=tmp)
-                np.add(out, tmp, out=out)
-        if kk == 1:
-            i = cnt.argmin(axis=1)
-            d = flat[i + offs][:, None]
-            i = i[:, None]
-        elif use_keys:
-            if m <= KEY_SORT_MAX:
-                best = np.sort(keys, axis=1)[:, :kk]
-            else:
-                best = np.sort(np.partition(keys, kk - 1, axis=1)[:, :kk], axis=1)
-            best = np.ascontiguousarray(best)  # a strided view makes each ufunc call dearer
-            d = best >> _U32_SHIFT
-            i = (best & _U32_MASK).astype(np.int64)
-        else:
-            i = np.empty((len(p), kk), dtype=np.int64)
-            d = np.empty((len(p), kk), dtype=np.uint8)
-            for j in range(kk):  # argmin returns the lowest index among equal distances
-                at = cnt.argmin(axis=1) + offs
-                i[:, j] = at - offs
-                d[:, j] = flat[at]
-                flat[at] = 255  # taken; the next argmin finds the next best
-        if s:
-            i += s
+        i = np.empty((len(p), kk), dtype=np.int64)
+        d = np.empty((len(p), kk), dtype=full.dtype)
+        for j in range(kk):  # argmin returns the lowest index among equal distances
+            at = sel.argmin(axis=1) + offs
+            i[:, j] = at
+            d[:, j] = flat[at]
+            flat[at] = 255  # taken (above any distance); the next argmin finds the next
+        i -= (offs - s)[:, None]
         return i, d
 
     def _words(self, probe: np.ndarray) -> np.ndarray:

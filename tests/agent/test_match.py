@@ -54,6 +54,7 @@ def test_chunked_paths_agree(monkeypatch):
     monkeypatch.setattr(gallery, "CHUNK", 64)
     monkeypatch.setattr(gallery, "BATCH_ELEMS", 256)
     monkeypatch.setattr(gallery, "KEY_SORT_MAX", 40)  # the short last chunk
+    monkeypatch.setattr(gallery, "BATCH_BYTES_MIN", 40)  # batch chunks of 51, the last of 31
     monkeypatch.setattr(gallery, "BATCH_2D_MAX", 10**9)
     rng = np.random.default_rng(7)
     for bits in (16, 32, 128):
@@ -96,6 +97,8 @@ def test_many_ties_at_the_kth_distance(bits, n, k, flips, seed):
         mp.setattr(gallery, "CHUNK", 37)
         mp.setattr(gallery, "BATCH_ELEMS", 3 * 29)
         mp.setattr(gallery, "KEY_SORT_MAX", 20)
+        mp.setattr(gallery, "BATCH_SMALL_MAX", 10)
+        mp.setattr(gallery, "BATCH_BYTES_MIN", 20)  # batch chunks of 29 codes count bytes
         g = PackedGallery([str(i) for i in range(n)], gal, bits)
         bi, bd = g.search_batch(probes, k)
         for j, probe in enumerate(probes):
@@ -106,10 +109,13 @@ def test_many_ties_at_the_kth_distance(bits, n, k, flips, seed):
 
 @pytest.mark.parametrize("bits", codes.SUPPORTED_BITS)
 def test_topk_paths_at_their_size_limits(bits, monkeypatch):
-    # every top-k selection (Python ints, sorted keys, partitioned keys, argmins, chunks) at and
-    # around its size limit, k above n, and batches of changing size reusing the buffers
+    # every top-k selection (Python ints, sorted keys, partitioned keys, argmins over words or
+    # bytes, small and chunked batches) at and around its size limit, k above n, and batches of
+    # changing size reusing the buffers
     monkeypatch.setattr(gallery, "KEY_SORT_MAX", 6)
     monkeypatch.setattr(gallery, "KEY_SELECT_MAX", 20)
+    monkeypatch.setattr(gallery, "BATCH_SMALL_MAX", 6)
+    monkeypatch.setattr(gallery, "BATCH_BYTES_MIN", 11)
     monkeypatch.setattr(gallery, "BATCH_ELEMS", 4 * 21)
     rng = np.random.default_rng(bits)
     pool = _codes(rng, 3, bits)
