@@ -1,6 +1,12 @@
 """The enrolled gallery in memory: packed codes per modality, searched by popcount(XOR).
 
-Why several paths: for a handful of codes the numpy call overhead (a few hundred ns per ufunc)
+Where the C extension ``agent._hamming`` was built (``setup.py``; it is optional), one fused
+pass over the codes does XOR, popcount and top-k selection: numpy needs several calls per chunk
+and counts 32/64-bit words with scalar code, so it cannot match faiss at small N nor stay near
+10 us at N = 1e5. ``KERNEL`` says which is in use. The numpy paths below remain the fallback for
+an install without a C compiler, and ties go to the lower index on both.
+
+Why several numpy paths: for a handful of codes the numpy call overhead (a few hundred ns per ufunc)
 dwarfs the work, and Python ints with ``int.bit_count`` win; above ``INT_CROSSOVER`` codes (set
 from ``bench/match.py``) one preallocated, cache-sized chunk at a time is XORed and counted.
 Top-1 is one argmin on the uint8 counts. Top-k of a small gallery writes the counts into the top
@@ -18,6 +24,7 @@ Buffers are preallocated per gallery, so one gallery must not be searched from t
 from __future__ import annotations
 
 import bisect
+import logging
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -29,8 +36,19 @@ from agent import codes
 if TYPE_CHECKING:
     from agent.store import TemplateStore
 
+try:
+    from agent import _hamming
+except ImportError:  # built without a C compiler: the numpy paths serve
+    _hamming = None
+
+KERNEL = "numpy" if _hamming is None else "c"
+logging.getLogger(__name__).debug(
+    "1:N matcher kernel: %s", KERNEL if _hamming is None else f"c ({_hamming.impl()})"
+)
+
 MODALITIES = ("print", "vein")
-INT_CROSSOVER = 12  # codes; below this Python ints are faster (bench/match.py, 32-bit, k=1)
+NUMPY_INT_CROSSOVER = 12  # codes; below this Python ints beat numpy (bench/match.py, 32-bit, k=1)
+INT_CROSSOVER = NUMPY_INT_CROSSOVER if _hamming is None else 0  # ints never beat the C kernel
 CHUNK = 131072  # codes per chunk for one probe (bench/match.py: 64K-128K are fastest here)
 BATCH_ELEMS = 1 << 20  # probe x code pairs per chunk of a batch search (fewer merges win)
 BATCH_2D_MAX = 16384  # above this many codes a batch is searched one probe at a time
@@ -109,6 +127,8 @@ class PackedGallery:
             return [(i, d[i]) for i in sorted(range(n), key=d.__getitem__)[:k]]
         if probe.dtype != self._dtype:
             self._words(probe)  # raises, saying how to pack the probe
+        if _hamming is not None:
+            return _hamming.topk(self.codes, probe, k)
         words = probe if probe.ndim == 1 else probe.reshape(-1)
         if n > self._chunk:
             return self._search_chunks(words, k)
@@ -137,6 +157,10 @@ class PackedGallery:
         k = max(0, min(k, n))
         if k == 0 or b == 0:
             return np.zeros((b, k), dtype=np.int64), np.zeros((b, k), dtype=np.int32)
+        if _hamming is not None:
+            i, d = np.empty((b, k), dtype=np.int64), np.empty((b, k), dtype=np.int32)
+            _hamming.topk_batch(self.codes, p, i, d)
+            return i, d
         if n <= BATCH_SMALL_MAX:
             return self._batch_small(p, k)
         if n > BATCH_2D_MAX:

@@ -1,9 +1,10 @@
 """1:N identification speed of agent.gallery against faiss IndexBinaryFlat, single thread.
 
 One JSON object per gallery size N (random 32-bit codes, random probes: no early exit):
+``kernel`` (``agent.gallery.KERNEL``: "c" for the compiled extension, "numpy" without it),
 ``ms_project`` / ``ms_faiss`` (one probe, top-1), ``*_top5``, ``*_batch64`` (64 probes, top-1)
 and ``*_batch64_top5``, ``ms_floor`` (one read-only pass over the gallery: ``max``), and the
-ratios project/faiss. A last object measures the Python-int / numpy crossover that sets
+ratios project/faiss. A last object measures the Python-int / array (C or numpy) crossover for
 ``agent.gallery.INT_CROSSOVER``. Each time is the best of 5 repeats of a loop of >= ~20 ms.
 
     OMP_NUM_THREADS=1 python bench/match.py            # N = 1 .. 1e6 (about a minute)
@@ -40,7 +41,7 @@ def bench_size(n: int, rng: np.random.Generator, faiss) -> dict:
     index.add(g.view(np.uint8).reshape(n, 4))
     q = probes.view(np.uint8).reshape(64, 4)
     p = probes[0]
-    row = {"n": n}
+    row = {"n": n, "kernel": gallery.KERNEL}
     row["ms_project"] = best_ms(lambda: pg.search(p, 1))
     row["ms_faiss"] = best_ms(lambda: index.search(q[:1], 1))
     row["ms_floor"] = best_ms(lambda: g.max())
@@ -56,7 +57,7 @@ def bench_size(n: int, rng: np.random.Generator, faiss) -> dict:
 
 
 def crossover(rng: np.random.Generator) -> dict:
-    """Smallest gallery where the numpy path beats Python ints (32-bit, one probe, top-1)."""
+    """Smallest gallery where the array path (C or numpy) beats Python ints (32-bit, top-1)."""
     times = {}
     for n in (1, 2, 4, 8, 12, 16, 24, 32, 64):
         g = rng.integers(0, 2**32, (n, 1), dtype=np.uint32)
@@ -75,10 +76,11 @@ def crossover(rng: np.random.Generator) -> dict:
         )
     faster = [n for n, (ti, ta) in times.items() if ta < ti]
     return {
+        "kernel": gallery.KERNEL,
         "crossover_n": min(faster) if faster else None,
         "configured": gallery.INT_CROSSOVER,
         "us_ints": {n: round(t[0] * 1e3, 3) for n, t in times.items()},
-        "us_numpy": {n: round(t[1] * 1e3, 3) for n, t in times.items()},
+        "us_arrays": {n: round(t[1] * 1e3, 3) for n, t in times.items()},
     }
 
 

@@ -7,6 +7,20 @@ from agent import codes, gallery
 from agent.gallery import Gallery, PackedGallery
 from agent.match import Decision, Matcher, Thresholds
 
+KERNELS = [
+    pytest.param(
+        "c", marks=pytest.mark.skipif(gallery._hamming is None, reason="agent._hamming not built")
+    ),
+    "numpy",
+]
+
+
+def _use_kernel(mp, kernel):
+    """The numpy paths are the fallback without the C extension: force them to test them."""
+    if kernel == "numpy":
+        mp.setattr(gallery, "_hamming", None)
+        mp.setattr(gallery, "INT_CROSSOVER", gallery.NUMPY_INT_CROSSOVER)
+
 
 def _codes(rng, n, bits):
     return codes.pack_bits(rng.random((n, bits)) > 0.5)
@@ -25,6 +39,7 @@ def _naive_topk(probe, gal, k):
     return sorted((d[i], i) for i in range(len(d)))[:k]
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @settings(max_examples=60, deadline=None)
 @given(
     bits=st.sampled_from(codes.SUPPORTED_BITS),
@@ -32,24 +47,29 @@ def _naive_topk(probe, gal, k):
     k=st.sampled_from([1, 2, 5]),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_search_equals_naive_bit_count(bits, n, k, seed):
+def test_search_equals_naive_bit_count(kernel, bits, n, k, seed):
     rng = np.random.default_rng(seed)
     # few distinct codes, so ties are common and the tie rule (lower index) is exercised
     pool = _codes(rng, 6, bits)
     gal = np.concatenate([pool[rng.integers(0, 6, n // 2)], _codes(rng, n - n // 2, bits)])
     probes = np.concatenate([pool[:2], _codes(rng, 2, bits)])
-    g = PackedGallery([f"s{i}" for i in range(n)], gal, bits)
-    bi, bd = g.search_batch(probes, k)
+    with pytest.MonkeyPatch.context() as mp:
+        _use_kernel(mp, kernel)
+        g = PackedGallery([f"s{i}" for i in range(n)], gal, bits)
+        bi, bd = g.search_batch(probes, k)
+        found = [g.search(probe, k) for probe in probes]
     for j, probe in enumerate(probes):
         ref = _naive_topk(probe, gal, k)
-        assert g.search(probe, k) == [(i, d) for d, i in ref]
+        assert found[j] == [(i, d) for d, i in ref]
         assert bi[j].tolist() == [i for _, i in ref] and bd[j].tolist() == [d for d, _ in ref]
         assert g.distances(probe).tolist() == [
             (codes.to_int(probe) ^ codes.to_int(c)).bit_count() for c in gal
         ]
 
 
-def test_chunked_paths_agree(monkeypatch):
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_chunked_paths_agree(kernel, monkeypatch):
+    _use_kernel(monkeypatch, kernel)
     # small chunks so one test walks the multi-chunk single and batch searches
     monkeypatch.setattr(gallery, "CHUNK", 64)
     monkeypatch.setattr(gallery, "BATCH_ELEMS", 256)
@@ -73,6 +93,7 @@ def test_chunked_paths_agree(monkeypatch):
             assert (bi1[j, 0], bd1[j, 0]) == _naive_topk(probe, gal, 1)[0][::-1]
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @settings(max_examples=40, deadline=None)
 @given(
     bits=st.sampled_from(codes.SUPPORTED_BITS),
@@ -81,7 +102,7 @@ def test_chunked_paths_agree(monkeypatch):
     flips=st.integers(0, 3),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_many_ties_at_the_kth_distance(bits, n, k, flips, seed):
+def test_many_ties_at_the_kth_distance(kernel, bits, n, k, flips, seed):
     # codes at a handful of distances, so dozens tie at the k-th: every path must keep the
     # lower indices, across single-probe chunks and batch tiles (sizes chosen to split them)
     rng = np.random.default_rng(seed)
@@ -94,6 +115,7 @@ def test_many_ties_at_the_kth_distance(bits, n, k, flips, seed):
     )
     probes = np.stack([base, _flip(base, bits, [0]), _codes(rng, 1, bits)[0]])
     with pytest.MonkeyPatch.context() as mp:
+        _use_kernel(mp, kernel)
         mp.setattr(gallery, "CHUNK", 37)
         mp.setattr(gallery, "BATCH_ELEMS", 3 * 29)
         mp.setattr(gallery, "KEY_SORT_MAX", 20)
@@ -107,11 +129,13 @@ def test_many_ties_at_the_kth_distance(bits, n, k, flips, seed):
             assert bi[j].tolist() == [i for _, i in ref] and bd[j].tolist() == [d for d, _ in ref]
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("bits", codes.SUPPORTED_BITS)
-def test_topk_paths_at_their_size_limits(bits, monkeypatch):
+def test_topk_paths_at_their_size_limits(kernel, bits, monkeypatch):
     # every top-k selection (Python ints, sorted keys, partitioned keys, argmins over words or
     # bytes, small and chunked batches) at and around its size limit, k above n, and batches of
     # changing size reusing the buffers
+    _use_kernel(monkeypatch, kernel)
     monkeypatch.setattr(gallery, "KEY_SORT_MAX", 6)
     monkeypatch.setattr(gallery, "KEY_SELECT_MAX", 20)
     monkeypatch.setattr(gallery, "BATCH_SMALL_MAX", 6)
