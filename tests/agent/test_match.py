@@ -1,3 +1,6 @@
+import shutil
+import sysconfig
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -13,6 +16,14 @@ KERNELS = [
     ),
     "numpy",
 ]
+
+
+def test_the_c_kernel_is_built_where_a_compiler_is():
+    # the extension is optional, so a failed build would pass silently without this
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(cc) is None:
+        pytest.skip(f"no C compiler ({cc}): the numpy fallback is what this install has")
+    assert gallery.KERNEL == "c", "agent._hamming was not built: see `pip install -v -e .`"
 
 
 def _use_kernel(mp, kernel):
