@@ -2,7 +2,7 @@
 # The main job end to end on this machine: environment, synthetic palms, training on the CPU,
 # evaluation, an int8 bundle, a private mosquitto, the daemon on replayed frames, enrollment and
 # decisions over MQTT, and a summary. Artefacts go to runs/demo/ (a second run reuses them).
-#   ./scripts/demo.sh                 # ~10 minutes on 2 cores
+#   ./scripts/demo.sh                 # ~12 minutes on 2 cores
 #   ./scripts/demo.sh --fresh         # regenerate, retrain, re-export
 #   ./scripts/demo.sh --help          # every option (ids, minutes, runtime, mode, ...)
 # PALM_SKIP_BOOTSTRAP=1 skips the environment step when .venv is known to be ready.

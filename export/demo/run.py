@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=8, help="captures per identity")
     p.add_argument("--level", default="medium", choices=("easy", "medium", "hard"))
     p.add_argument("--model", default="light", help="backbone (light; tiny for a quick check)")
-    p.add_argument("--minutes", type=float, default=4.0, help="training time budget")
+    p.add_argument("--minutes", type=float, default=8.0, help="training time budget")
     p.add_argument("--epochs", type=int, default=300, help="upper bound on training epochs")
     p.add_argument("--enroll", type=int, default=6, help="subjects enrolled over MQTT")
     p.add_argument("--impostors", type=int, default=4, help="identities shown but not enrolled")
