@@ -221,3 +221,13 @@ def palm_roi(subject: int, capture: int):
 @pytest.fixture(scope="session")
 def palm_bundle(tmp_path_factory) -> Path:
     return make_bundle(tmp_path_factory.mktemp("bundle") / "bundle")
+
+
+def use_kernel(mp: pytest.MonkeyPatch, kernel: str) -> None:
+    """Search with ``kernel`` ("c" or "numpy"): the numpy paths, Python ints for small galleries
+    included, are what an install without a C compiler runs, so tests force them this way."""
+    from agent import gallery
+
+    if kernel == "numpy":
+        mp.setattr(gallery, "_hamming", None)
+        mp.setattr(gallery, "INT_CROSSOVER", gallery.NUMPY_INT_CROSSOVER)

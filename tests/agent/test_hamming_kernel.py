@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 import agent
 from agent import codes, gallery
 
+from .conftest import use_kernel
+
 _hamming = pytest.importorskip("agent._hamming", reason="the C extension is not built")
 
 
@@ -57,7 +59,7 @@ def _reference(probe, gal, k):
 def _numpy_topk(probe, gal, bits, k):
     """The numpy fallback's answer (the C path must agree with it exactly)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(gallery, "_hamming", None)
+        use_kernel(mp, "numpy")
         return gallery.PackedGallery(range(len(gal)), gal, bits).search(probe, k)
 
 

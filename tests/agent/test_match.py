@@ -10,6 +10,8 @@ from agent import codes, gallery
 from agent.gallery import Gallery, PackedGallery
 from agent.match import Decision, Matcher, Thresholds
 
+from .conftest import use_kernel
+
 KERNELS = [
     pytest.param(
         "c", marks=pytest.mark.skipif(gallery._hamming is None, reason="agent._hamming not built")
@@ -24,13 +26,6 @@ def test_the_c_kernel_is_built_where_a_compiler_is():
     if shutil.which(cc) is None:
         pytest.skip(f"no C compiler ({cc}): the numpy fallback is what this install has")
     assert gallery.KERNEL == "c", "agent._hamming was not built: see `pip install -v -e .`"
-
-
-def _use_kernel(mp, kernel):
-    """The numpy paths are the fallback without the C extension: force them to test them."""
-    if kernel == "numpy":
-        mp.setattr(gallery, "_hamming", None)
-        mp.setattr(gallery, "INT_CROSSOVER", gallery.NUMPY_INT_CROSSOVER)
 
 
 def _codes(rng, n, bits):
@@ -65,7 +60,7 @@ def test_search_equals_naive_bit_count(kernel, bits, n, k, seed):
     gal = np.concatenate([pool[rng.integers(0, 6, n // 2)], _codes(rng, n - n // 2, bits)])
     probes = np.concatenate([pool[:2], _codes(rng, 2, bits)])
     with pytest.MonkeyPatch.context() as mp:
-        _use_kernel(mp, kernel)
+        use_kernel(mp, kernel)
         g = PackedGallery([f"s{i}" for i in range(n)], gal, bits)
         bi, bd = g.search_batch(probes, k)
         found = [g.search(probe, k) for probe in probes]
@@ -80,7 +75,7 @@ def test_search_equals_naive_bit_count(kernel, bits, n, k, seed):
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_chunked_paths_agree(kernel, monkeypatch):
-    _use_kernel(monkeypatch, kernel)
+    use_kernel(monkeypatch, kernel)
     # small chunks so one test walks the multi-chunk single and batch searches
     monkeypatch.setattr(gallery, "CHUNK", 64)
     monkeypatch.setattr(gallery, "BATCH_ELEMS", 256)
@@ -126,7 +121,7 @@ def test_many_ties_at_the_kth_distance(kernel, bits, n, k, flips, seed):
     )
     probes = np.stack([base, _flip(base, bits, [0]), _codes(rng, 1, bits)[0]])
     with pytest.MonkeyPatch.context() as mp:
-        _use_kernel(mp, kernel)
+        use_kernel(mp, kernel)
         mp.setattr(gallery, "CHUNK", 37)
         mp.setattr(gallery, "BATCH_ELEMS", 3 * 29)
         mp.setattr(gallery, "KEY_SORT_MAX", 20)
@@ -146,7 +141,7 @@ def test_topk_paths_at_their_size_limits(kernel, bits, monkeypatch):
     # every top-k selection (Python ints, sorted keys, partitioned keys, argmins over words or
     # bytes, small and chunked batches) at and around its size limit, k above n, and batches of
     # changing size reusing the buffers
-    _use_kernel(monkeypatch, kernel)
+    use_kernel(monkeypatch, kernel)
     monkeypatch.setattr(gallery, "KEY_SORT_MAX", 6)
     monkeypatch.setattr(gallery, "KEY_SELECT_MAX", 20)
     monkeypatch.setattr(gallery, "BATCH_SMALL_MAX", 6)
