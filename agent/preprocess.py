@@ -56,7 +56,7 @@ DEFAULT_SPEC = PreprocessSpec()
 _INTERP = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
 
 
-def _checked(roi: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+def checked(roi: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """uint8 (H, W) or (H, W, C), resized to the spec's input size."""
     img = np.asarray(roi)
     if img.dtype != np.uint8:
@@ -71,7 +71,7 @@ def _checked(roi: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 def to_channels(roi: np.ndarray, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarray:
     """uint8 ROI (H, W) or (H, W, C) -> uint8 (S, S, channels), resized, bands kept in order."""
-    img = _checked(roi, spec)
+    img = checked(roi, spec)
     if img.ndim == 2:
         img = img[:, :, None]
     c = img.shape[2]
@@ -91,7 +91,7 @@ def _normalise_float(x: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
-def _lookup(spec: PreprocessSpec) -> np.ndarray:
+def lookup(spec: PreprocessSpec) -> np.ndarray:
     """(channels, 256) float32: the float arithmetic done once per grey level, so that a uint8
     input becomes a table lookup with bit-for-bit the same result (and a fifth of the time)."""
     levels = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], spec.channels, axis=2)
@@ -108,7 +108,7 @@ def normalise(hwc: np.ndarray, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarra
     x = np.asarray(hwc)
     if x.dtype != np.uint8 or x.ndim < 3 or x.shape[-1] not in (1, spec.channels):
         return _normalise_float(x, spec)
-    table = _lookup(spec)
+    table = lookup(spec)
     out = np.empty((*x.shape[:-3], spec.channels, *x.shape[-3:-1]), np.float32)
     for c in range(spec.channels):
         band = x[..., c if x.shape[-1] > 1 else 0]
@@ -118,7 +118,7 @@ def normalise(hwc: np.ndarray, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarra
 
 def preprocess(roi: np.ndarray, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarray:
     """uint8 ROI -> float32 (C, S, S), ready to batch for any backend (NCHW)."""
-    img = _checked(roi, spec)
+    img = checked(roi, spec)
     if img.ndim == 2 and spec.grey_to == "repeat":
         return normalise(img[:, :, None], spec)  # repeated by the lookup, not copied first
     return normalise(to_channels(img, spec), spec)

@@ -14,7 +14,7 @@ import pytest
 
 from agent import codes
 from agent.inference import open_backend
-from agent.inference.base import layout_of
+from agent.inference.base import layout_of, quantise
 from agent.preprocess import DEFAULT_SPEC, preprocess
 
 torch = pytest.importorskip("torch")
@@ -154,6 +154,40 @@ def test_int8_reads_bits_against_the_zero_point(models):
     assert agree >= INT8_AGREEMENT
 
 
+def _model_input_reference(be, rois) -> np.ndarray:
+    """The float chain the table lookup replaces: normalise, to the model's layout, quantise."""
+    x = be.tensor(rois)
+    if be.layout == "NHWC":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    return quantise(x, be.input) if be.input.quantised else x
+
+
+def _mixed_rois() -> list[np.ndarray]:
+    """Grey, grey with a band axis, three different bands, and an off-size ROI to be resized."""
+    grey = _rois(3, seed=11)
+    bands = np.stack([grey[0], 255 - grey[1], grey[2]], axis=2)
+    return [grey[0], grey[1][:, :, None], bands, np.ascontiguousarray(grey[2][:100, :90])]
+
+
+@pytest.mark.parametrize("name", ["onnx", "tflite", "tflite_nhwc", "tflite_int8", "onnx_uint8"])
+def test_table_lookup_feeds_the_model_what_the_float_chain_does(models, tmp_path, name):
+    if name == "onnx_uint8":
+        path = tmp_path / "u8.onnx"
+        rng = np.random.default_rng(4)
+        w = rng.normal(0, 0.05, (BITS, 3, 8, 8)).astype(np.float32)
+        _uint8_onnx(path, w, np.zeros(BITS, np.float32), (0.02, 128), (0.01, 131))
+    else:
+        path = models[1][name]
+    with open_backend(path) as be:
+        for roi in _mixed_rois():
+            got, want = be.feed([roi]), _model_input_reference(be, [roi])
+            assert got.dtype == want.dtype and got.shape == want.shape
+            np.testing.assert_array_equal(got, want)
+        rois = _rois(4, seed=12)
+        np.testing.assert_array_equal(be.feed(rois), _model_input_reference(be, rois))
+        np.testing.assert_array_equal(be.hash(rois), codes.pack(be.outputs(rois) > 0))
+
+
 def _uint8_onnx(path, w: np.ndarray, b: np.ndarray, in_q, out_q) -> None:
     """x uint8 (n,3,128,128) -> Dequantize -> Conv 8x8/8 -> mean -> Flatten -> Quantize u8."""
     import onnx
@@ -252,6 +286,9 @@ def test_spec_from_the_manifest_is_applied(tmp_path):
         x = np.stack([preprocess(r, spec) for r in rois]).reshape(3, -1)
         np.testing.assert_allclose(be.outputs(rois), x @ w.T, rtol=1e-4, atol=1e-4)
         assert be.hash(rois).shape == (3, 1)
+        colour = np.stack([rois[0], rois[1], rois[2]], axis=2)  # averaged for one channel
+        for roi in (rois[0], colour):
+            np.testing.assert_array_equal(be.feed([roi]), _model_input_reference(be, [roi]))
     with pytest.raises(ValueError, match="neither NCHW nor NHWC"):
         open_backend(tmp_path / "lin.onnx")  # the default 3x128x128 spec does not fit
 
