@@ -192,7 +192,7 @@ def run(args) -> int:
     from export.checkpoint import load_checkpoint
     from export.data import load_split
 
-    model, ckpt = load_checkpoint(args.checkpoint)
+    model, ckpt = load_checkpoint(args.checkpoint, args.device)
     if args.ds and args.ds != ckpt["dataset"]["ds"]:
         ckpt = {**ckpt, "dataset": {**ckpt["dataset"], "ds": args.ds}}
     arrays = load_split(ckpt, args.part, root=args.data_root)
@@ -211,5 +211,5 @@ def register(subparsers) -> None:
     p.add_argument("--data-root", help="data root (default: the checkpoint's)")
     p.add_argument("--part", choices=("test", "train"), default="test")
     p.add_argument("--out", help="folder for report.json and det_<mode>.png")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     p.set_defaults(func=run)
