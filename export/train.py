@@ -113,13 +113,13 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
     """Train on in-memory arrays (export.data.PalmArrays); returns the last evaluation report."""
     import torch
     import torch.distributed as dist
-    from torch.utils.data import DataLoader, DistributedSampler
+    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
     from tqdm import tqdm
 
     from export.augment import AugmentConfig
     from export.centroids import make_centroids
     from export.checkpoint import load_checkpoint, save_checkpoint
-    from export.data import PalmDataset, reference_split, split_record
+    from export.data import EpochSampler, PalmDataset, reference_split, split_record
     from export.evaluate import evaluate_model
     from export.losses import LossConfig, cohash_loss
     from export.model import PalmCohashNet, load_pretrained
@@ -177,8 +177,22 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
         net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=unused)
     aug = AugmentConfig() if args.augment else None
     train_ds = PalmDataset(arrays, train_rows, spec, aug, args.seed)
-    sampler = DistributedSampler(train_ds, world, rank, seed=args.seed) if world > 1 else None
+    inner = (
+        DistributedSampler(train_ds, world, rank, seed=args.seed)
+        if world > 1
+        else RandomSampler(train_ds, generator=torch.Generator())
+    )
+    sampler = EpochSampler(inner, args.seed)
     per_rank = max(1, args.batch_size // world)
+    # one loader for the whole run: its workers start once, not at every epoch
+    loader = DataLoader(
+        train_ds,
+        per_rank,
+        sampler=sampler,
+        num_workers=args.workers,
+        pin_memory=device.startswith("cuda"),
+        persistent_workers=args.workers > 0,
+    )
     logger.info(
         "train start rank=%d world=%d device=%s train=%d test=%d batch_per_rank=%d",
         rank,
@@ -201,19 +215,9 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
     try:
         for epoch in range(start, args.epochs):
             model.train()
-            train_ds.set_epoch(epoch)
+            sampler.set_epoch(epoch)
+            # the cross-modal shuffle's draws, seeded per epoch so that a resumed run repeats them
             gen = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch)
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            loader = DataLoader(
-                train_ds,
-                per_rank,
-                shuffle=sampler is None,
-                sampler=sampler,
-                generator=gen,
-                num_workers=args.workers,
-                pin_memory=device.startswith("cuda"),
-            )
             bar = tqdm(
                 loader,
                 desc=f"epoch {epoch + 1}/{args.epochs}",

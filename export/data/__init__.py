@@ -1,12 +1,13 @@
 """Data sets: layouts on disk, arrays in memory, the reference split, the torch Dataset."""
 
 from export.data.arrays import PalmArrays, from_synth, load_dataset
-from export.data.dataset import PalmDataset
+from export.data.dataset import EpochSampler, PalmDataset
 from export.data.layouts import LAYOUTS, LayoutError, scan
 from export.data.split import dataset_arrays, load_split, reference_split, rows_of, split_record
 
 __all__ = [
     "LAYOUTS",
+    "EpochSampler",
     "LayoutError",
     "PalmArrays",
     "PalmDataset",

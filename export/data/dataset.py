@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from agent.preprocess import DEFAULT_SPEC, PreprocessSpec, preprocess
 from export.augment import AugmentConfig, augment
@@ -45,13 +47,42 @@ class PalmDataset(Dataset):
             img = augment(img, rng, self.augment_cfg)
         return torch.from_numpy(preprocess(img, self.spec))
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        """``key`` is an index, or (epoch, index) as :class:`EpochSampler` gives it."""
+        epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
         row = int(self.rows[i])
         rng = None
         if self.augment_cfg is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, row])
+            rng = np.random.default_rng([self.seed, epoch, row])
         label = int(self.arrays.labels[row])
         p = self._tensor(self.arrays.print[row], rng)
         if not self.paired:
             return p, label
         return p, self._tensor(self.arrays.vein[row], rng), label
+
+
+class EpochSampler(Sampler):
+    """One epoch's indices as (epoch, index) keys, in an order seeded by (seed, epoch).
+
+    Loader workers that live across epochs (``persistent_workers``, which spares a GPU run
+    the start of every worker in every epoch) hold their own copy of the dataset and never see
+    :meth:`PalmDataset.set_epoch`; the epoch travels with each index instead, so a sample's
+    augmentation stays a function of (seed, epoch, row) however the work is spread.
+    ``inner`` is a ``RandomSampler`` with its own generator, or a ``DistributedSampler``.
+    """
+
+    def __init__(self, inner: Sampler, seed: int) -> None:
+        self.inner, self.seed, self.epoch = inner, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.inner, "set_epoch"):
+            self.inner.set_epoch(epoch)
+        if getattr(self.inner, "generator", None) is not None:
+            self.inner.generator.manual_seed(self.seed * 1_000_003 + epoch)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((self.epoch, int(i)) for i in self.inner)

@@ -120,3 +120,36 @@ def test_dataset_items_augmentation_and_print_only(synth_arrays):
     assert not torch.equal(first, aug[5][0])
     print_only = from_synth(synth_arrays[0], None)
     assert len(PalmDataset(print_only)[0]) == 2
+
+
+def test_persistent_workers_draw_each_epochs_own_augmentation(synth_arrays):
+    """Workers that outlive an epoch never see set_epoch: the epoch rides with each index."""
+    from torch.utils.data import DataLoader, RandomSampler
+
+    from export.augment import AugmentConfig
+    from export.data import EpochSampler
+
+    def epochs(workers: int) -> list[list[torch.Tensor]]:
+        ds = PalmDataset(from_synth(*synth_arrays), augment_cfg=AugmentConfig(), seed=3)
+        sampler = EpochSampler(RandomSampler(ds, generator=torch.Generator()), seed=3)
+        loader = DataLoader(
+            ds, 4, sampler=sampler, num_workers=workers, persistent_workers=workers > 0
+        )
+        out = []
+        for epoch in range(3):
+            sampler.set_epoch(epoch)
+            out.append([batch[0] for batch in loader])
+            sampler.set_epoch(epoch)  # the same order again, to rebuild the first batch by hand
+            keys = list(sampler)[:4]
+            assert all(k[0] == epoch for k in keys)
+            assert torch.equal(out[-1][0], torch.stack([ds[k][0] for k in keys]))
+        return out
+
+    ds = PalmDataset(from_synth(*synth_arrays), augment_cfg=AugmentConfig(), seed=3)
+    assert not torch.equal(ds[(0, 5)][0], ds[(1, 5)][0])  # the key's epoch, not ds.epoch
+    inline, pooled = epochs(0), epochs(2)
+    for a, b in zip(inline, pooled, strict=True):
+        assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    # a new order and new draws every epoch, and the same ones again for the same epoch
+    assert not torch.equal(inline[0][0], inline[1][0])
+    assert all(torch.equal(x, y) for x, y in zip(inline[2], epochs(0)[2], strict=True))
