@@ -6,7 +6,9 @@ needs no trained weights (the graph is the same), so the nets are freshly initia
 agreement, EER deltas) are printed, which is what the int8 goal is judged on.
 
     python bench/infer.py --backbones res18,light --runs 50
-    python bench/infer.py --checkpoint runs/tiny.pt --calib 100
+    python bench/infer.py --checkpoint runs/tiny.pt --calib 100 [--onnx-weights int8]
+
+ONNX int8 is timed with both weight types (``palm-export export --onnx-weights``).
 """
 
 from __future__ import annotations
@@ -58,11 +60,15 @@ def bench_backbone(name: str, bits: int, runs: int, modalities: list[str], tmp: 
         files = {
             ("onnx", "fp32"): d / "fp32.onnx",
             ("onnx", "int8"): d / "int8.onnx",
+            ("onnx", "int8, int8 weights"): d / "int8.s8.onnx",
             ("tflite", "fp32"): d / "fp32.tflite",
             ("tflite", "int8"): d / "int8.tflite",
         }
         convert_onnx.export_fp32(net, 3, 128, files["onnx", "fp32"])
         convert_onnx.quantize_int8(files["onnx", "fp32"], files["onnx", "int8"], calib)
+        convert_onnx.quantize_int8(
+            files["onnx", "fp32"], files["onnx", "int8, int8 weights"], calib, weights="int8"
+        )
         convert_tflite.export_fp32(net, 3, 128, files["tflite", "fp32"])
         convert_tflite.export_int8(net, calib, files["tflite", "int8"])
         with contextlib.ExitStack() as stack:
@@ -89,7 +95,7 @@ def bench_backbone(name: str, bits: int, runs: int, modalities: list[str], tmp: 
     return rows
 
 
-def parity_rows(checkpoint: str, calib: int, tmp: Path) -> None:
+def parity_rows(checkpoint: str, calib: int, tmp: Path, onnx_weights: str) -> None:
     from export.checkpoint import load_checkpoint
     from export.data.split import load_split
     from export.export_cli import export_bundle
@@ -106,6 +112,7 @@ def parity_rows(checkpoint: str, calib: int, tmp: Path) -> None:
         ["fp32", "int8"],
         calib,
         allow_degraded=True,
+        onnx_weights=onnx_weights,
     )
     for row in report["files"]:
         print(
@@ -132,6 +139,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--checkpoint", help="also export this trained checkpoint and report parity")
     p.add_argument("--calib", type=int, default=100)
+    p.add_argument("--onnx-weights", choices=("uint8", "int8"), default="uint8")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
@@ -152,7 +160,7 @@ def main() -> None:
                 )
             )
         if args.checkpoint:
-            parity_rows(args.checkpoint, args.calib, Path(tmp))
+            parity_rows(args.checkpoint, args.calib, Path(tmp), args.onnx_weights)
 
 
 if __name__ == "__main__":

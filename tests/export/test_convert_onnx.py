@@ -80,3 +80,33 @@ def test_int8_tracks_fp32(exported: dict) -> None:
     ref = _session(exported["fp32"]).run(None, {"input": x})[0].ravel()
     got = _session(exported["int8"]).run(None, {"input": x})[0].ravel()
     assert np.corrcoef(ref, got)[0, 1] > 0.95
+
+
+def _weight_types(path: Path) -> set[int]:
+    """Element types of the quantized weights (the initializers read by DequantizeLinear,
+    less the biases, which are int32 either way)."""
+    graph = onnx.load(str(path)).graph
+    inits = {t.name: t for t in graph.initializer}
+    types = {
+        inits[n.input[0]].data_type
+        for n in graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].dims
+    }
+    return types - {onnx.TensorProto.INT32}
+
+
+def test_weight_type_is_chosen_and_recorded(exported: dict) -> None:
+    from export import convert_onnx
+
+    assert _weight_types(exported["int8"]) == {onnx.TensorProto.UINT8}
+    assert exported["info"]["weights"] == "uint8 per-channel"
+    signed = exported["dir"] / "int8.s8.onnx"
+    info = convert_onnx.quantize_int8(exported["fp32"], signed, exported["calib"], "int8")
+    assert _weight_types(signed) == {onnx.TensorProto.INT8}
+    assert info["weights"] == "int8 per-channel"
+    x = exported["calib"][:1]
+    ref = _session(exported["fp32"]).run(None, {"input": x})[0].ravel()
+    got = _session(signed).run(None, {"input": x})[0].ravel()
+    assert np.corrcoef(ref, got)[0, 1] > 0.95
+    with pytest.raises(ValueError, match="must be one of"):
+        convert_onnx.quantize_int8(exported["fp32"], signed, exported["calib"], "int4")
