@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.bundle import load_bundle  # noqa: E402
 from agent.inference import open_backend  # noqa: E402
+from export.convert_onnx import WEIGHT_TYPES  # noqa: E402
 from export.demo.broker import Broker  # noqa: E402
 from export.demo.controller import Controller  # noqa: E402
 from export.demo.frames import write_replay  # noqa: E402
@@ -238,7 +239,7 @@ def main() -> int:
     p.add_argument("--fresh", action="store_true", help="rebuild the bench's own bundle")
     p.add_argument(
         "--onnx-weights",
-        choices=("uint8", "int8"),
+        choices=WEIGHT_TYPES,
         default="uint8",
         help="ONNX int8 weight type of the bench's own bundle (palm-export export --onnx-weights)",
     )

@@ -132,6 +132,8 @@ def parity_rows(checkpoint: str, calib: int, tmp: Path, onnx_weights: str) -> No
 
 
 def main() -> None:
+    from export.convert_onnx import WEIGHT_TYPES
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backbones", default="res18,light")
     p.add_argument("--modalities", default="print,vein")
@@ -139,7 +141,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--checkpoint", help="also export this trained checkpoint and report parity")
     p.add_argument("--calib", type=int, default=100)
-    p.add_argument("--onnx-weights", choices=("uint8", "int8"), default="uint8")
+    p.add_argument("--onnx-weights", choices=WEIGHT_TYPES, default="uint8")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         rows = []

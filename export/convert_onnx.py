@@ -101,7 +101,7 @@ def quantize_int8(
     """Static per-channel 8-bit QDQ from ``calib`` (N, C, S, S float32, training split only).
 
     ``weights``: uint8 (the default) multiplies without saturating on every x86 CPU; int8 runs
-    about three times faster where the CPU has 8-bit dot products (x86 VNNI), but x86 CPUs
+    two to three times faster where the CPU has 8-bit dot products (x86 VNNI), but x86 CPUs
     with AVX2 only sum uint8 x int8 pairs into saturating 16-bit integers and lose bits.
     """
     if weights not in WEIGHT_TYPES:

@@ -30,6 +30,7 @@ from agent.bundle import (
 )
 from agent.preprocess import PreprocessSpec
 from export import bundle_writer, calibrate, parity
+from export.convert_onnx import WEIGHT_TYPES as ONNX_WEIGHT_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -311,9 +312,9 @@ def register(sub: Any) -> None:
     p.add_argument("--allow-degraded", action="store_true", help="ship even if the gate fails")
     p.add_argument(
         "--onnx-weights",
-        choices=("uint8", "int8"),
+        choices=ONNX_WEIGHT_TYPES,
         default="uint8",
-        help="ONNX int8 weight type: int8 runs ~3x faster on CPUs with VNNI (docs/export.md), "
+        help="ONNX int8 weight type: int8 runs 2-3x faster on CPUs with VNNI (docs/export.md), "
         "uint8 keeps every bit on x86 CPUs with AVX2 only",
     )
     p.set_defaults(func=cmd_export)

@@ -119,7 +119,7 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
     from export.augment import AugmentConfig
     from export.centroids import make_centroids
     from export.checkpoint import load_checkpoint, save_checkpoint
-    from export.data import EpochSampler, PalmDataset, reference_split, split_record
+    from export.data import EpochSampler, PalmDataset, epoch_seed, reference_split, split_record
     from export.evaluate import evaluate_model
     from export.losses import LossConfig, cohash_loss
     from export.model import PalmCohashNet, load_pretrained
@@ -216,8 +216,7 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
         for epoch in range(start, args.epochs):
             model.train()
             sampler.set_epoch(epoch)
-            # the cross-modal shuffle's draws, seeded per epoch so that a resumed run repeats them
-            gen = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch)
+            gen = torch.Generator().manual_seed(epoch_seed(args.seed, epoch))  # cross-modal shuffle
             bar = tqdm(
                 loader,
                 desc=f"epoch {epoch + 1}/{args.epochs}",

@@ -1,7 +1,7 @@
 """Data sets: layouts on disk, arrays in memory, the reference split, the torch Dataset."""
 
 from export.data.arrays import PalmArrays, from_synth, load_dataset
-from export.data.dataset import EpochSampler, PalmDataset
+from export.data.dataset import EpochSampler, PalmDataset, epoch_seed
 from export.data.layouts import LAYOUTS, LayoutError, scan
 from export.data.split import dataset_arrays, load_split, reference_split, rows_of, split_record
 
@@ -12,6 +12,7 @@ __all__ = [
     "PalmArrays",
     "PalmDataset",
     "dataset_arrays",
+    "epoch_seed",
     "from_synth",
     "load_dataset",
     "load_split",

@@ -29,15 +29,10 @@ class PalmDataset(Dataset):
         self.spec = spec
         self.augment_cfg = augment_cfg
         self.seed = seed
-        self.epoch = 0
 
     @property
     def paired(self) -> bool:
         return self.arrays.vein is not None
-
-    def set_epoch(self, epoch: int) -> None:
-        """New augmentation draws each epoch, the same ones for the same (seed, epoch)."""
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -48,8 +43,9 @@ class PalmDataset(Dataset):
         return torch.from_numpy(preprocess(img, self.spec))
 
     def __getitem__(self, key: int | tuple[int, int]):
-        """``key`` is an index, or (epoch, index) as :class:`EpochSampler` gives it."""
-        epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
+        """``key`` is (epoch, index) as :class:`EpochSampler` gives it, or an index (epoch 0):
+        new augmentation draws each epoch, the same ones for the same (seed, epoch)."""
+        epoch, i = key if isinstance(key, tuple) else (0, key)
         row = int(self.rows[i])
         rng = None
         if self.augment_cfg is not None:
@@ -61,13 +57,19 @@ class PalmDataset(Dataset):
         return p, self._tensor(self.arrays.vein[row], rng), label
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The torch seed of one epoch's draws (the sample order, the cross-modal shuffle), so that
+    a resumed run repeats them."""
+    return seed * 1_000_003 + epoch
+
+
 class EpochSampler(Sampler):
     """One epoch's indices as (epoch, index) keys, in an order seeded by (seed, epoch).
 
     Loader workers that live across epochs (``persistent_workers``, which spares a GPU run
-    the start of every worker in every epoch) hold their own copy of the dataset and never see
-    :meth:`PalmDataset.set_epoch`; the epoch travels with each index instead, so a sample's
-    augmentation stays a function of (seed, epoch, row) however the work is spread.
+    the start of every worker in every epoch) hold their own copy of the dataset, which a
+    per-epoch setting on it would never reach; the epoch travels with each index instead, so a
+    sample's augmentation stays a function of (seed, epoch, row) however the work is spread.
     ``inner`` is a ``RandomSampler`` with its own generator, or a ``DistributedSampler``.
     """
 
@@ -79,7 +81,7 @@ class EpochSampler(Sampler):
         if hasattr(self.inner, "set_epoch"):
             self.inner.set_epoch(epoch)
         if getattr(self.inner, "generator", None) is not None:
-            self.inner.generator.manual_seed(self.seed * 1_000_003 + epoch)
+            self.inner.generator.manual_seed(epoch_seed(self.seed, epoch))
 
     def __len__(self) -> int:
         return len(self.inner)
