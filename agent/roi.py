@@ -45,10 +45,19 @@ class RoiSquare:
         return u, np.array([-u[1], u[0]])  # n: u rotated +90 degrees on screen (into the palm)
 
     def corners(self) -> np.ndarray:
-        u, n = self.axes()
-        c, h = np.asarray(self.centre, float), self.side / 2
-        return np.stack(
-            [c - h * u - h * n, c + h * u - h * n, c + h * u + h * n, c - h * u + h * n]
+        # in Python floats: numpy's per-call cost on 2-vectors is most of this otherwise, and
+        # it runs for every modality of every capture
+        a = math.radians(self.angle_deg)
+        ux, uy = math.cos(a), math.sin(a)
+        (cx, cy), h = self.centre, self.side / 2
+        hux, huy, hnx, hny = h * ux, h * uy, -h * uy, h * ux
+        return np.array(
+            [
+                [cx - hux - hnx, cy - huy - hny],
+                [cx + hux - hnx, cy + huy - hny],
+                [cx + hux + hnx, cy + huy + hny],
+                [cx - hux + hnx, cy - huy + hny],
+            ]
         )
 
     def to_dict(self) -> dict:
@@ -68,18 +77,17 @@ def square_from_valleys(
     gap_ratio: float = GAP_RATIO,
 ) -> RoiSquare:
     """The ROI square from the two valleys and any point on the palm side of their line."""
-    v_a, v_b = np.asarray(v_a, float), np.asarray(v_b, float)
-    line = v_b - v_a
-    d = float(np.hypot(*line))
-    n = np.array([-line[1], line[0]]) / d
-    mid = (v_a + v_b) / 2
-    if np.dot(np.asarray(palm_point, float) - mid, n) < 0:
-        n = -n
+    (ax, ay), (bx, by), (px, py) = (map(float, p) for p in (v_a, v_b, palm_point))
+    lx, ly = bx - ax, by - ay
+    d = math.hypot(lx, ly)
+    nx, ny = -ly / d, lx / d
+    mx, my = (ax + bx) / 2, (ay + by) / 2
+    if (px - mx) * nx + (py - my) * ny < 0:
+        nx, ny = -nx, -ny
     side = side_ratio * d
-    centre = mid + n * (gap_ratio * d + side / 2)
-    u = np.array([n[1], -n[0]])
-    angle = math.degrees(math.atan2(u[1], u[0]))
-    return RoiSquare((float(centre[0]), float(centre[1])), side, angle)
+    reach = gap_ratio * d + side / 2
+    angle = math.degrees(math.atan2(-nx, ny))  # of u = (n_y, -n_x)
+    return RoiSquare((mx + nx * reach, my + ny * reach), side, angle)
 
 
 def cut(frame: np.ndarray, square: RoiSquare, out_size: int = 128) -> np.ndarray:
@@ -249,7 +257,7 @@ def _refine(
         if np.dot(tip - (v_a + v_b) / 2, n) > 0:
             n = -n
         n = n / np.hypot(*n)
-        v_a, v_b = (p[p @ n >= (p @ n).max() - 1.0].mean(axis=0) for p in near)
+        v_a, v_b = (_bottom(p, n) for p in near)
     return v_a, v_b
 
 
@@ -260,8 +268,15 @@ def _deepest(pts: np.ndarray, start: int, end: int, direction: np.ndarray) -> np
     pixels, and a single argmax would wander along it with the noise.
     """
     seg = pts[start : end + 1] if start <= end else np.concatenate([pts[start:], pts[: end + 1]])
-    depth = seg @ (direction / np.hypot(*direction))
-    return seg[depth >= depth.max() - 1.0].mean(axis=0)
+    return _bottom(seg, direction / math.hypot(*direction))
+
+
+def _bottom(pts: np.ndarray, unit: np.ndarray) -> np.ndarray:
+    """Mean of the points within a pixel of the deepest along ``unit``; sum / count is what
+    ``mean`` computes, without its Python-level bookkeeping, on arrays of a few hundred points."""
+    depth = pts @ unit
+    sel = pts[depth >= depth.max() - 1.0]
+    return sel.sum(axis=0) / len(sel)
 
 
 def extract(frame: np.ndarray, config: RoiConfig = RoiConfig()) -> RoiResult:
