@@ -5,7 +5,9 @@ TFLite tensors carry their own scale and zero point, so an int8 model describes 
 
 from __future__ import annotations
 
+import ctypes
 import importlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,10 @@ import numpy as np
 from agent.inference.base import Backend, TensorInfo
 from agent.preprocess import DEFAULT_SPEC, PreprocessSpec
 
+logger = logging.getLogger(__name__)
+
 PACKAGES = ("ai_edge_litert", "tflite_runtime")
+MADV_DONTNEED = 4  # the same number on every Linux architecture
 
 
 def interpreter_class(package: str | None = None) -> Any:
@@ -61,6 +66,7 @@ class TfliteBackend(Backend):
         self.interpreter = _load(interpreter_class(package), self.path, threads)
         self.interpreter.allocate_tensors()
         super().__init__(spec)
+        release_mapped(self.path)
 
     def _describe(self) -> tuple[TensorInfo, TensorInfo]:
         def info(d: dict[str, Any]) -> TensorInfo:
@@ -87,3 +93,33 @@ class TfliteBackend(Backend):
 
     def close(self) -> None:
         self.interpreter = None
+
+
+def release_mapped(path: Path) -> int:
+    """Drop this process's resident pages of a model file the interpreter has mapped.
+
+    The interpreter maps the whole file, and XNNPACK packs the weights into its own memory when
+    the model is loaded; the mapped copy is not read again, yet stays resident: 11 MB per res18
+    model, both models twice over. Dropping the pages only unmaps them from this process (the
+    file and the page cache are untouched), so anything that still reads them faults them back
+    in from the file. Returns the bytes released; 0 where /proc or madvise is not available.
+    """
+    target = str(path.resolve())
+    try:
+        with open("/proc/self/maps") as f:
+            spans = [
+                tuple(int(v, 16) for v in fields[0].split("-"))
+                for fields in (line.split(maxsplit=5) for line in f)
+                if len(fields) == 6 and fields[5].rstrip("\n") == target and "w" not in fields[1]
+            ]
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return 0
+    released = 0
+    for start, end in spans:
+        if madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_DONTNEED) == 0:
+            released += end - start
+        else:
+            logger.debug("madvise failed path=%s errno=%d", target, ctypes.get_errno())
+    logger.debug("model pages released path=%s bytes=%d", target, released)
+    return released

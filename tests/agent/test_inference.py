@@ -385,3 +385,40 @@ def test_unknown_tflite_package_is_refused():
 
     with pytest.raises(ValueError, match="unknown TFLite package"):
         interpreter_class("tensorflow")
+
+
+def _resident_kb(path) -> int:
+    """This process's resident kB of mappings of ``path`` (the kernel's own count)."""
+    target, total, current = str(path.resolve()), 0, None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(maxsplit=5)
+            if "-" in head[0] and len(head) >= 5 and head[1][:1] in "r-":
+                current = head[5].strip() if len(head) == 6 else None
+            elif head[0] == "Rss:" and current == target:
+                total += int(head[1])
+    return total
+
+
+@pytest.mark.parametrize("name", ["tflite", "tflite_int8"])
+def test_tflite_model_pages_are_released_once_loaded_with_the_same_outputs(
+    models, name, monkeypatch
+):
+    """The interpreter maps the model file and XNNPACK packs its own copy of the weights; the
+    mapped copy is dropped from this process once loaded, and nothing the model computes
+    changes (the pages would be read back from the file if anything still used them)."""
+    from agent.inference import tflite_backend
+
+    path = models[1][name]
+    rois = _rois(8, seed=12)
+    with monkeypatch.context() as m:
+        m.setattr(tflite_backend, "release_mapped", lambda p: 0)
+        with open_backend(path) as kept:
+            want = kept.outputs(rois)
+            assert _resident_kb(path) > 0  # what a loaded interpreter holds otherwise
+    assert _resident_kb(path) == 0  # the reference interpreter is gone, and its mapping
+    with open_backend(path) as be:
+        assert be.interpreter is not None and _resident_kb(path) == 0
+        np.testing.assert_array_equal(be.outputs(rois), want)
+        print(f"{name} resident_kb_after_inference={_resident_kb(path)}")
+    assert tflite_backend.release_mapped(path) == 0  # no mapping left: nothing to release
