@@ -5,16 +5,23 @@ backward, RMSprop. One pair (print + vein) is two images. The data pipeline (aug
 agent.preprocess, per image, on the CPU) is timed separately, since loader workers overlap it.
 Ratios are against the light backbone measured in the same run.
 
-    python bench/train_speed.py [--threads N] [--steps N]
+The loader: pairs per second through the training loader's workers, for an epoch of a few
+batches (fewer than workers, as with the paper's data sets on a GPU machine), a batch built by
+one worker (torch's DataLoader) against a batch cut into chunks built by all workers
+(export.data.loader.ChunkedLoader, the one training uses), in the same run.
+
+    python bench/train_speed.py [--threads N] [--steps N] [--workers N]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
+import cv2
 import numpy as np
 import torch
 
@@ -59,12 +66,47 @@ def pipeline_rate(n: int = 200) -> float:
     return n / (time.perf_counter() - t)
 
 
+def loader_rates(workers: int, batch: int, batches: int, epochs: int = 3) -> dict[str, float]:
+    """Pairs per second over ``epochs`` epochs of ``batches`` batches, after one warm-up epoch
+    that starts the persistent workers."""
+    from torch.utils.data import DataLoader, RandomSampler
+
+    from export.augment import AugmentConfig
+    from export.data import EpochSampler, PalmDataset, from_synth
+    from export.data.loader import ChunkedLoader
+    from export.synth import generate_arrays
+
+    cv2.setNumThreads(1)  # as training does: workers fork safely and augment on one thread
+    ids = max(1, batch * batches // 4)
+    ds = PalmDataset(from_synth(*generate_arrays(ids, 4, "easy", 0)), augment_cfg=AugmentConfig())
+    out = {}
+    for name in ("one_worker_per_batch", "chunked"):
+        sampler = EpochSampler(RandomSampler(ds, generator=torch.Generator()), seed=0)
+        if name == "chunked":
+            loader = ChunkedLoader(ds, batch, sampler, workers)
+        else:
+            loader = DataLoader(
+                ds, batch, sampler=sampler, num_workers=workers, persistent_workers=True
+            )
+        for _ in loader:  # warm-up: the workers start
+            pass
+        t = time.perf_counter()
+        for epoch in range(1, epochs + 1):
+            sampler.set_epoch(epoch)
+            for _ in loader:
+                pass
+        out[name] = epochs * len(ds) / (time.perf_counter() - t)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="loader workers")
+    p.add_argument("--loader-batches", type=int, default=1, help="batches per loader epoch")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     rates = {b: step_rate(b, a.batch, a.steps, a.device) for b in ("light", "res18")}
@@ -92,6 +134,14 @@ def main() -> int:
             }
         )
     )
+    if a.workers > 1:
+        rates = loader_rates(a.workers, a.batch, a.loader_batches)
+        base = rates["one_worker_per_batch"]
+        for name, r in rates.items():
+            row = {"bench": "train_speed", "stage": "loader", "loader": name}
+            row |= {"workers": a.workers, "batch": a.batch, "batches": a.loader_batches}
+            row |= {"pairs_per_s": round(r, 1), "ratio": round(r / base, 3)}
+            print(json.dumps(row))
     return 0
 
 

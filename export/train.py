@@ -111,15 +111,17 @@ def _jsonable(args: argparse.Namespace) -> dict:
 
 def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
     """Train on in-memory arrays (export.data.PalmArrays); returns the last evaluation report."""
+    import cv2
     import torch
     import torch.distributed as dist
-    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+    from torch.utils.data import DistributedSampler, RandomSampler
     from tqdm import tqdm
 
     from export.augment import AugmentConfig
     from export.centroids import make_centroids
     from export.checkpoint import load_checkpoint, save_checkpoint
     from export.data import EpochSampler, PalmDataset, epoch_seed, reference_split, split_record
+    from export.data.loader import ChunkedLoader
     from export.evaluate import evaluate_model
     from export.losses import LossConfig, cohash_loss
     from export.model import PalmCohashNet, load_pretrained
@@ -127,7 +129,11 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     rank, world, device = _distributed(device)
     # process-wide settings, put back when done so a caller (a test, a bench) keeps its own
-    restore = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
+    restore = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.get_num_threads(),
+        cv2.getNumThreads(),  # the loader stops OpenCV's pool before its workers fork
+    )
     if device == "cpu":
         torch.use_deterministic_algorithms(True)
     if args.threads:
@@ -184,23 +190,19 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
     )
     sampler = EpochSampler(inner, args.seed)
     per_rank = max(1, args.batch_size // world)
-    # one loader for the whole run: its workers start once, not at every epoch
-    loader = DataLoader(
-        train_ds,
-        per_rank,
-        sampler=sampler,
-        num_workers=args.workers,
-        pin_memory=device.startswith("cuda"),
-        persistent_workers=args.workers > 0,
+    # one loader for the whole run (its workers start once), each batch built by all workers
+    loader = ChunkedLoader(
+        train_ds, per_rank, sampler, args.workers, pin_memory=device.startswith("cuda")
     )
     logger.info(
-        "train start rank=%d world=%d device=%s train=%d test=%d batch_per_rank=%d",
+        "train start rank=%d world=%d device=%s train=%d test=%d batch_per_rank=%d chunks=%d",
         rank,
         world,
         device,
         len(train_rows),
         len(test_rows),
         per_rank,
+        loader.parts,
     )
     test_arrays = arrays.subset(test_rows)
     metrics_path = out / "metrics.jsonl"
@@ -278,6 +280,7 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
     finally:
         torch.use_deterministic_algorithms(restore[0])
         torch.set_num_threads(restore[1])
+        cv2.setNumThreads(restore[2])
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
     return meta["eval"]

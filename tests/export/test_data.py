@@ -124,17 +124,16 @@ def test_dataset_items_augmentation_and_print_only(synth_arrays):
 
 def test_persistent_workers_draw_each_epochs_own_augmentation(synth_arrays):
     """Workers that outlive an epoch hold their own dataset: the epoch rides with each index."""
-    from torch.utils.data import DataLoader, RandomSampler
+    from torch.utils.data import RandomSampler
 
     from export.augment import AugmentConfig
     from export.data import EpochSampler
+    from export.data.loader import ChunkedLoader
 
     def epochs(workers: int) -> list[list[torch.Tensor]]:
         ds = PalmDataset(from_synth(*synth_arrays), augment_cfg=AugmentConfig(), seed=3)
         sampler = EpochSampler(RandomSampler(ds, generator=torch.Generator()), seed=3)
-        loader = DataLoader(
-            ds, 4, sampler=sampler, num_workers=workers, persistent_workers=workers > 0
-        )
+        loader = ChunkedLoader(ds, 4, sampler, workers)  # the training loop's loader
         out = []
         for epoch in range(3):
             sampler.set_epoch(epoch)
@@ -153,3 +152,39 @@ def test_persistent_workers_draw_each_epochs_own_augmentation(synth_arrays):
     # a new order and new draws every epoch, and the same ones again for the same epoch
     assert not torch.equal(inline[0][0], inline[1][0])
     assert all(torch.equal(x, y) for x, y in zip(inline[2], epochs(0)[2], strict=True))
+
+
+def test_chunked_loader_gives_a_plain_loaders_batches(synth_arrays):
+    """Each batch is cut into chunks that different workers build at once; put back together
+    they are the plain loader's batches, tensor for tensor, the short last one included."""
+    from torch.utils.data import DataLoader, RandomSampler
+
+    from export.augment import AugmentConfig
+    from export.data import EpochSampler
+    from export.data.loader import ChunkedLoader, chunks_per_batch
+
+    assert [chunks_per_batch(b, w) for b, w in ((256, 12), (9, 3), (7, 4), (6, 0), (5, 8))] == [
+        8,
+        3,
+        1,
+        1,
+        5,
+    ]
+    ds = PalmDataset(from_synth(*synth_arrays), augment_cfg=AugmentConfig(), seed=3)
+
+    def sampler() -> EpochSampler:
+        return EpochSampler(RandomSampler(ds, generator=torch.Generator()), seed=3)
+
+    plain_order, chunked_order = sampler(), sampler()
+    plain = DataLoader(ds, 9, sampler=plain_order)
+    chunked = ChunkedLoader(ds, 9, chunked_order, workers=3)
+    assert chunked.parts == 3 and chunked.loader.batch_size == 3 and len(chunked) == 2
+    for epoch in range(2):
+        plain_order.set_epoch(epoch)
+        chunked_order.set_epoch(epoch)
+        want, got = list(plain), list(chunked)
+        assert [len(b[0]) for b in got] == [9, 3]  # 12 pairs: a full batch and a short one
+        assert len(want) == len(got)
+        for a, b in zip(want, got, strict=True):
+            assert len(a) == len(b) == 3  # print, vein, label
+            assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
