@@ -165,7 +165,7 @@ class BundleEngine:
         from agent.inference import open_backend
 
         bc = cfg.bundle
-        b = load_bundle(bc.path, bc.public_key)
+        b = load_bundle(bc.path, bc.public_key, only=(bc.runtime, bc.precision))
         if b.bits != store.bits:
             raise ValueError(
                 f"bundle codes are {b.bits} bits, the template store holds {store.bits}"

@@ -50,7 +50,7 @@ def build(config_path: Path, with_reporter: bool = True) -> Any:
     from agent.store import TemplateStore
 
     key = DeviceKey.load_or_create(cfg.store.key_path)
-    bits = _bundle_bits(cfg.bundle.path, cfg.bundle.public_key)
+    bits = _bundle_bits(cfg)
     store = TemplateStore(cfg.store.path, Protector(key, bits))
     reporter = None
     if with_reporter:
@@ -163,10 +163,11 @@ class Camera:
         self.state = "closed"
 
 
-def _bundle_bits(path: str, public_key: str | None) -> int:
+def _bundle_bits(cfg: Any) -> int:
     from agent.bundle import load_bundle
 
-    return load_bundle(path, public_key).bits
+    bc = cfg.bundle
+    return load_bundle(bc.path, bc.public_key, only=(bc.runtime, bc.precision)).bits
 
 
 def _startup_errors() -> tuple[type[BaseException], ...]:

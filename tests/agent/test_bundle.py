@@ -85,6 +85,29 @@ def test_tampered_model_file_is_refused(bundle_dir: Path):
         load_bundle(bundle_dir)
 
 
+def test_only_the_models_in_use_are_hashed_but_every_size_is_checked(bundle_dir: Path):
+    """A device loads one form of the models; hashing the rest at every start costs seconds on
+    a Pi. A model it will not load may differ, but not in size, and never the centroids."""
+    data = bytearray((bundle_dir / "print.fp32.onnx").read_bytes())
+    data[100] ^= 1
+    (bundle_dir / "print.fp32.onnx").write_bytes(bytes(data))
+    assert load_bundle(bundle_dir, only=("tflite", "int8")).bits == BITS  # not in use
+    for only in (("onnx", "fp32"), None):
+        with pytest.raises(BundleError, match=r"print\.fp32\.onnx: sha256"):
+            load_bundle(bundle_dir, only=only)
+    with open(bundle_dir / "vein.fp32.onnx", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(BundleError, match=r"vein\.fp32\.onnx: size 3001"):
+        load_bundle(bundle_dir, only=("tflite", "int8"))
+    _write(bundle_dir.parent / "again")
+    cents = bundle_dir.parent / "again" / "centroids.npz"
+    data = bytearray(cents.read_bytes())
+    data[-30] ^= 1
+    cents.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"centroids\.npz: sha256"):
+        load_bundle(bundle_dir.parent / "again", only=("tflite", "int8"))
+
+
 def test_truncated_or_missing_file_is_refused(bundle_dir: Path):
     with open(bundle_dir / "vein.fp32.onnx", "ab") as f:
         f.write(b"x")
