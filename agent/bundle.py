@@ -7,8 +7,8 @@ so that the exporter writes exactly what the device reads (``export/bundle_write
 Loading is deliberately strict: every file's size and the sha256 of every file that will be used
 are checked before anything is used, a configured public key makes the Ed25519 signature over
 ``manifest.json`` mandatory, and an unknown format version or bit order is refused rather than
-guessed at. A device that ran a
-model with the wrong hash, bit order or normalisation would make wrong decisions silently.
+guessed at. A device that ran a model with the wrong hash, bit order or normalisation would
+make wrong decisions silently.
 """
 
 from __future__ import annotations

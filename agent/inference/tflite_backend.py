@@ -99,10 +99,10 @@ def release_mapped(path: Path) -> int:
     """Drop this process's resident pages of a model file the interpreter has mapped.
 
     The interpreter maps the whole file, and XNNPACK packs the weights into its own memory when
-    the model is loaded; the mapped copy is not read again, yet stays resident: 11 MB per res18
-    model, both models twice over. Dropping the pages only unmaps them from this process (the
-    file and the page cache are untouched), so anything that still reads them faults them back
-    in from the file. Returns the bytes released; 0 where /proc or madvise is not available.
+    the model is loaded; the mapped copy is not read again, yet stays resident beside the packed
+    one: 11 MB more per res18 int8 model. Dropping the pages only unmaps them from this process
+    (the file and the page cache are untouched), so anything that still reads them faults them
+    back in from the file. Returns the bytes released; 0 where /proc or madvise is missing.
     """
     target = str(path.resolve())
     try:
