@@ -78,7 +78,9 @@ def drop_libraries_from_page_cache() -> int:
 def _page_cache_arg(argv: list[str]) -> str:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--page-cache", default="cold")
-    return pre.parse_known_args(argv)[0].page_cache
+    pre.add_argument("-h", "--help", action="store_true")
+    known = pre.parse_known_args(argv)[0]
+    return "as-is" if known.help else known.page_cache
 
 
 # before the imports below map the libraries (see --page-cache)
