@@ -19,7 +19,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from agent.config import Config
 from agent.match import Decision, Matcher, Thresholds
 from agent.quality import QualityThresholds
 from agent.roi import RoiConfig
+
+if TYPE_CHECKING:
+    from agent.bundle import Bundle
 
 logger = logging.getLogger(__name__)
 
@@ -156,16 +159,28 @@ class Agreement:
         return dict(next(d for d in reversed(self._window) if d["subject"] == subject))
 
 
-class BundleEngine:
-    """The stages a bundle provides, loaded together so that a reload swaps them together."""
+def load_configured_bundle(cfg: Config) -> Bundle:
+    """The configured bundle, checked for the one form of the models the device runs."""
+    from agent.bundle import load_bundle
 
-    def __init__(self, cfg: Config, store: Any) -> None:
-        from agent.bundle import load_bundle
+    bc = cfg.bundle
+    return load_bundle(bc.path, bc.public_key, only=(bc.runtime, bc.precision))
+
+
+class BundleEngine:
+    """The stages a bundle provides, loaded together so that a reload swaps them together.
+
+    ``bundle``: one :func:`load_configured_bundle` already gave (the daemon's start reads it
+    once, for the code length of the template store too); without it the bundle is loaded and
+    checked here, as a reload does.
+    """
+
+    def __init__(self, cfg: Config, store: Any, bundle: Bundle | None = None) -> None:
         from agent.gallery import StoreGallery
         from agent.inference import open_backend
 
         bc = cfg.bundle
-        b = load_bundle(bc.path, bc.public_key, only=(bc.runtime, bc.precision))
+        b = bundle if bundle is not None else load_configured_bundle(cfg)
         if b.bits != store.bits:
             raise ValueError(
                 f"bundle codes are {b.bits} bits, the template store holds {store.bits}"

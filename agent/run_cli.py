@@ -41,7 +41,7 @@ def build(config_path: Path, with_reporter: bool = True) -> Any:
     logging.getLogger().setLevel(cfg.logging.level)
 
     from agent.daemon import Daemon
-    from agent.decide import BundleEngine
+    from agent.decide import BundleEngine, load_configured_bundle
     from agent.gallery_cli import rekey_store
     from agent.mqtt import MqttReporter
     from agent.notify import Notifier
@@ -50,8 +50,8 @@ def build(config_path: Path, with_reporter: bool = True) -> Any:
     from agent.store import TemplateStore
 
     key = DeviceKey.load_or_create(cfg.store.key_path)
-    bits = _bundle_bits(cfg)
-    store = TemplateStore(cfg.store.path, Protector(key, bits))
+    bundle = load_configured_bundle(cfg)
+    store = TemplateStore(cfg.store.path, Protector(key, bundle.bits))
     reporter = None
     if with_reporter:
         outbox = Outbox(cfg.outbox.path, cfg.outbox.max_messages)
@@ -61,12 +61,14 @@ def build(config_path: Path, with_reporter: bool = True) -> Any:
     report = (
         (lambda event, fields: reporter.error({"event": event, **fields})) if reporter else None
     )
+    first = [bundle]
     daemon = Daemon(
         cfg,
         reporter,  # type: ignore[arg-type]
         Camera(cfg.camera, report),
         store,
-        load_engine=lambda: BundleEngine(cfg, store),
+        # the first engine takes the bundle read above; a reload reads and checks its own
+        load_engine=lambda: BundleEngine(cfg, store, first.pop() if first else None),
         rekey=lambda: rekey_store(store, Path(cfg.store.key_path)),
         notifier=Notifier(),
     )
@@ -161,13 +163,6 @@ class Camera:
     def close(self) -> None:
         self.rig.close()
         self.state = "closed"
-
-
-def _bundle_bits(cfg: Any) -> int:
-    from agent.bundle import load_bundle
-
-    bc = cfg.bundle
-    return load_bundle(bc.path, bc.public_key, only=(bc.runtime, bc.precision)).bits
 
 
 def _startup_errors() -> tuple[type[BaseException], ...]:

@@ -399,3 +399,34 @@ def test_gpio_button_trigger_and_outcome_leds(running_broker, subscribe, palm_bu
     assert seen["before"] == 0
     assert seen["doc"]["decision"] == "unknown"  # nobody enrolled
     assert seen["denied_led"] and not seen["granted_led"]
+
+
+def test_start_reads_the_bundle_once_and_a_reload_checks_its_own(
+    running_broker, palm_bundle, tmp_path, monkeypatch
+):
+    """The template store's code length and the first engine come from one read of the bundle:
+    each model in use and the centroids are hashed once at start, and once more per reload."""
+    from collections import Counter
+
+    from agent import bundle as bundle_mod
+    from agent.run_cli import build
+
+    hashed: Counter[str] = Counter()
+    real = bundle_mod.sha256_file
+
+    def counting(path: Path) -> str:
+        hashed[Path(path).name] += 1
+        return real(path)
+
+    monkeypatch.setattr(bundle_mod, "sha256_file", counting)
+    replay = write_replay(tmp_path / "r", [2])
+    cfg = agent_config(tmp_path, running_broker, "dev14", palm_bundle, replay)
+    daemon = build(cfg, with_reporter=False)
+    try:
+        assert hashed and set(hashed.values()) == {1}, hashed
+        assert daemon._reload()["model_hash"] == daemon.engine.model_hash
+        assert set(hashed.values()) == {2}, hashed
+    finally:
+        daemon.source.close()
+        daemon.engine.close()
+        daemon.store.close()
