@@ -5,6 +5,9 @@ Topics, under ``<topic_prefix>/<device id>``:
   ``offline`` as the last will; ``decision`` QoS 1, never retained (a replayed "granted" must not
   open a door), with a message expiry on MQTT 5; ``stats``; ``error``; ``cmd`` (in) and ``reply``.
 
+Durability: ``decision`` commits the document to the outbox and wakes the pump thread, which
+hands new rows to paho and then syncs the outbox to disk (see :mod:`agent.outbox`).
+
 Ordering across outages: a pump thread hands outbox rows to paho only while connected, at most a
 window at a time. paho re-sends its own unacknowledged window on reconnect, so after a reconnect
 the pump waits until that window is acknowledged before sending newer rows: replay stays in
@@ -214,7 +217,12 @@ class MqttReporter(Reporter):
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         # called on paho's thread, possibly before publish() returned: hand over, do not touch state
         self._acks.put((mid, reason_code.value if hasattr(reason_code, "value") else 0))
-        self._wake.set()
+        # The pump handles acknowledgements when it next wakes: for the next decision, or within
+        # its half-second wait. Waking it for each one cost the capture loop as much again as
+        # the publish (a pump cycle per decision holding the GIL); it is woken at once only
+        # when it waits for acknowledgements to send more (a full window, a resync).
+        if self._resync or len(self._inflight) >= WINDOW:
+            self._wake.set()
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         ha_status = f"{self.cfg.homeassistant.discovery_prefix}/status"
@@ -240,17 +248,24 @@ class MqttReporter(Reporter):
                     self._fall_back()
                 if self._connected.is_set():
                     self._send_pending()
+                # after the hand-over, so that the network does not wait for the disk
+                self.outbox.sync()
             except Exception:
                 logger.exception("mqtt pump error")
                 time.sleep(0.5)
-        self._drain_acks()
+        try:
+            self._drain_acks()
+            self.outbox.sync()
+        except Exception:
+            logger.exception("mqtt pump error at stop")
 
     def _drain_acks(self) -> None:
+        delivered: list[int] = []
         while True:
             try:
                 mid, rc = self._acks.get_nowait()
             except queue.Empty:
-                return
+                break
             row = self._inflight.pop(mid, None)
             if row is None:
                 continue
@@ -258,7 +273,8 @@ class MqttReporter(Reporter):
                 logger.error("mqtt broker refused decision row=%d reason=%d", row, rc)
                 self.outbox.discard(row, "refused")
             else:
-                self.outbox.ack(row)
+                delivered.append(row)
+        self.outbox.ack(*delivered)
 
     def _send_pending(self) -> None:
         if self._resync and self._inflight:

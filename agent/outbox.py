@@ -1,18 +1,28 @@
-"""The on-disk outbox: a decision is durable before it is published and gone only after PUBACK.
+"""The on-disk outbox: a decision is committed before it is published and gone only after PUBACK.
 
 paho keeps unacknowledged QoS 1 messages in memory only, so a daemon restarted while the broker is
 away would lose them. Rows are kept in insertion order (an autoincrement id) and replayed in that
 order. The outbox is bounded: past ``max_messages`` the oldest rows are dropped, and the drops are
 counted in the database so the count survives restarts and reaches the stats topic.
+
+Two steps make an added row durable. ``add`` commits it to the write-ahead log: from then on it
+survives the process (a crash, SIGKILL, a restart). ``sync`` puts the log on disk, so it survives
+a power cut too; the transport's own thread calls it right after handing new rows to the
+network. A decision is exposed to a power cut for as long as when ``add`` synced itself (from
+its document to the end of one fsync), but the capture loop no longer waits for the disk: that
+synced add took 0.30-0.34 ms of every capture on an SSD, and an fsync is slower on an SD card.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from agent.disk import fsync_folder
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -44,15 +54,22 @@ class Outbox:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a decision acknowledged to the pipeline must survive a power cut
-        self._db.execute("PRAGMA synchronous=FULL")
+        # NORMAL: a commit reaches the log without an fsync; sync() makes it survive a power cut
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._wal = Path(f"{path}-wal")
+        self._wal_fd: int | None = None
+        self._added = 0  # adds committed since open
+        self._synced = 0  # of those, how many are known to be on disk
         # counted once here, then kept by every change: COUNT(*) walks the whole table, and
         # during an outage (a full outbox of 10,000 rows) it made each add 14 times dearer
         self._rows = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
     def add(self, topic: str, payload: bytes, qos: int = 1) -> int:
-        """Store one message (before it is published); drop the oldest past the bound."""
+        """Commit one message (before it is published); drop the oldest past the bound.
+
+        Committed is not yet on disk: see :meth:`sync`.
+        """
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -74,7 +91,28 @@ class Outbox:
                 self._db.execute("ROLLBACK")
                 raise
             self._rows = rows
+            self._added += 1
             return int(cur.lastrowid)
+
+    def unsynced(self) -> int:
+        """Adds committed but not yet known to be on disk."""
+        return self._added - self._synced
+
+    def sync(self) -> None:
+        """Put every committed add on disk: one fsync of the write-ahead log.
+
+        Called from one thread (the transport's pump), while adds go on in another: an add
+        committed after this read of the count is left for the next call. The first sync also
+        syncs the folder, so that the log file itself is found after a power cut.
+        """
+        target = self._added
+        if target == self._synced:
+            return
+        if self._wal_fd is None:
+            self._wal_fd = os.open(self._wal, os.O_RDONLY)
+            fsync_folder(self._wal.parent)
+        os.fsync(self._wal_fd)
+        self._synced = target
 
     def after(self, last_id: int, limit: int = 100) -> list[Pending]:
         """Pending messages with id > last_id, oldest first."""
@@ -86,21 +124,21 @@ class Outbox:
             ).fetchall()
         return [Pending(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows]
 
-    def ack(self, msg_id: int) -> None:
-        """Forget a delivered message, without an fsync of its own.
+    def ack(self, *msg_ids: int) -> None:
+        """Forget delivered messages (one commit for all), without an fsync of their own.
 
         A delete lost to a power cut only sends the message again, which at-least-once delivery
-        allows (consumers drop repeats by ``event_id``), and the next ``add`` makes it durable
-        with its own sync. On an SD card a sync per acknowledgement doubled the cost of a
+        allows (consumers drop repeats by ``event_id``), and the next :meth:`sync` puts it on
+        disk with the adds. On an SD card a sync per acknowledgement doubled the cost of a
         decision.
         """
+        if not msg_ids:
+            return
+        marks = ",".join("?" * len(msg_ids))
         with self._lock:
-            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: commit without syncing
-            try:
-                gone = self._db.execute("DELETE FROM outbox WHERE id = ?", (msg_id,)).rowcount
-                self._rows -= gone
-            finally:
-                self._db.execute("PRAGMA synchronous=FULL")
+            self._rows -= self._db.execute(
+                f"DELETE FROM outbox WHERE id IN ({marks})", msg_ids
+            ).rowcount
 
     def discard(self, msg_id: int, counter: str) -> None:
         """Remove a message that will never be delivered (refused, expired) and count why."""
@@ -121,8 +159,12 @@ class Outbox:
         return int(row[0]) if row else 0
 
     def close(self) -> None:
+        self.sync()
         with self._lock:
             self._db.close()
+            if self._wal_fd is not None:
+                os.close(self._wal_fd)
+                self._wal_fd = None
 
     def _bump(self, name: str, n: int) -> None:
         self._db.execute(

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from agent import codes
+from agent.disk import fsync_folder
 
 logger = logging.getLogger(__name__)
 
@@ -107,11 +108,7 @@ class DeviceKey:
             logger.info("device_key_exists path=%s", path)
         finally:
             tmp.unlink()
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_folder(path.parent)
 
 
 class Protector:

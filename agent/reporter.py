@@ -21,7 +21,11 @@ class Reporter(ABC):
 
     @abstractmethod
     def decision(self, doc: dict[str, Any]) -> None:
-        """Durably queue one decision; it is delivered at least once, in order."""
+        """Queue one decision, to be delivered at least once, in order.
+
+        On return it survives the daemon; it is on disk (survives a power cut) moments later,
+        without the capture loop waiting for that.
+        """
 
     @abstractmethod
     def stats(self, doc: dict[str, Any]) -> None:

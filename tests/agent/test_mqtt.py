@@ -54,6 +54,7 @@ def test_decisions_availability_and_clean_stop(running_broker, subscribe, tmp_pa
     assert [json.loads(m[3])["seq"] for m in got] == list(range(5))
     assert all(m[2] == 1 and not m[1] for m in got)  # QoS 1, never retained
     assert wait_until(lambda: r.outbox.depth() == 0)  # removed on PUBACK
+    assert r.outbox.unsynced() == 0  # the pump synced them to disk after handing them over
     r.stop(timeout=2)
     assert sub.wait(lambda m: m[0] == "palm/dev1/availability" and m[3] == "stopped")
     # availability is retained, decisions are not: a late subscriber sees only "stopped"
@@ -97,6 +98,8 @@ def test_outage_reconnect_and_restart_replay_in_order(running_broker, subscribe,
     for _ in range(10):
         a.decision({"seq": seq})
         seq += 1
+    # nothing can be sent, and still each decision goes to disk within moments
+    assert wait_until(lambda: a.outbox.unsynced() == 0, timeout=2)
     a.stop(timeout=0.5)  # broker away: nothing can be flushed, the rows stay on disk
     assert a.outbox.depth() > 0
     b = reporter(running_broker, "dev3", tmp_path, outbox=Outbox(box_path))  # "restarted"

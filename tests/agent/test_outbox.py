@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 from agent.outbox import Outbox
 
 
@@ -31,14 +37,61 @@ def test_bound_drops_oldest_and_counts(tmp_path):
     assert Outbox(tmp_path / "o.sqlite", max_messages=3).counter("dropped") == 4
 
 
-def test_adds_sync_fully_and_an_ack_leaves_that_setting_in_place(tmp_path):
+def test_an_add_is_committed_at_once_and_on_disk_after_sync(tmp_path, monkeypatch):
+    """add() commits without an fsync of its own; sync() fsyncs the write-ahead log (and, the
+    first time, its folder), and only when something was added since."""
+    synced: list[str] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
     box = Outbox(tmp_path / "o.sqlite")
-    sync = lambda: box._db.execute("PRAGMA synchronous").fetchone()[0]  # noqa: E731
-    assert sync() == 2  # FULL: a decision handed to the outbox survives a power cut
-    box.ack(box.add("t", b"x"))
-    assert sync() == 2 and box.depth() == 0
+    assert box._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL: no sync per commit
+    box.sync()
+    assert synced == [] and box.unsynced() == 0  # nothing added, nothing to sync
+    box.add("t", b"x")
+    box.add("t", b"y")
+    assert synced == [] and box.unsynced() == 2
+    box.sync()
+    wal, folder = str(tmp_path / "o.sqlite-wal"), str(tmp_path)
+    assert sorted(synced) == sorted([folder, wal]) and box.unsynced() == 0
+    box.ack(box.add("t", b"z"))
     box.ack(10**9)  # an unknown id (acknowledged twice) is no error and changes nothing
-    assert sync() == 2
+    box.sync()
+    assert synced[2:] == [wal] and box.depth() == 2
+
+
+def test_a_committed_add_survives_a_killed_process(tmp_path):
+    """What the capture loop relies on before the pump's sync: the row is in the log, which
+    the operating system keeps when the process dies."""
+    path = tmp_path / "o.sqlite"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _ADD_AND_WAIT, str(path)],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "added"
+    finally:
+        child.kill()  # SIGKILL: no close, no checkpoint, no sync
+        child.wait(timeout=10)
+    assert child.returncode == -signal.SIGKILL
+    assert [m.payload for m in Outbox(path).after(0)] == [b"0", b"1", b"2"]
+
+
+_ADD_AND_WAIT = """
+import sys, time
+from agent.outbox import Outbox
+box = Outbox(sys.argv[1])
+for i in range(3):
+    box.add("t", str(i).encode())
+print("added", flush=True)
+time.sleep(60)
+"""
 
 
 def test_depth_is_kept_without_counting_and_matches_the_table(tmp_path):
