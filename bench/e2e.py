@@ -22,6 +22,7 @@ camera hands over arrays), and measured from outside:
   to another than inference does; ``overhead_ratio`` = overhead_ms / inference_ms (goal
   <= 0.30), the same without the capture stage, and ``overhead_ratio_to_subscriber`` with
   frame_to_subscriber instead;
+- ``cpu_ms_per_decision``: the daemon's CPU time (all threads) over the window per decision;
 - ``peak_rss_mb``: VmHWM of the daemon from /proc just before it is stopped (goal <= 150 MB
   with TFLite int8, the deployed form), with the environment's libraries evicted from the page
   cache before the bench starts, as after a boot (``--page-cache as-is`` measures without).
@@ -154,6 +155,12 @@ def inference_ms(bundle: Path, runtime: str, precision: str, threads: int, runs:
     return statistics.median(times)
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def vm_hwm_mb(pid: int) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -201,10 +208,10 @@ def run_one(out: Path, bundle: Path, broker: Broker, runtime: str, precision: st
                 ready_s = time.monotonic() - t0
         time.sleep(a.warmup)
         ctl.take()
-        w0 = time.monotonic()
+        w0, cpu0 = time.monotonic(), cpu_s(proc.pid)
         time.sleep(a.seconds)
         docs, stats = ctl.take()
-        window = time.monotonic() - w0
+        window, cpu = time.monotonic() - w0, cpu_s(proc.pid) - cpu0
         rss = vm_hwm_mb(proc.pid)
     finally:
         rc = stop_agent(proc)
@@ -256,6 +263,9 @@ def run_one(out: Path, bundle: Path, broker: Broker, runtime: str, precision: st
             round((p50 - means.get("capture", 0.0) - inf) / inf, 3) if p50 is not None else None
         ),
         "overhead_ratio_to_subscriber": round((sub50 - inf) / inf, 3) if lat else None,
+        # the daemon's CPU time (all its threads, user + system) per decision: what a capture
+        # costs a device in power and in cores taken from anything else it runs
+        "cpu_ms_per_decision": round(cpu * 1e3 / len(docs), 2) if docs else None,
         "peak_rss_mb": round(rss, 1) if rss is not None else None,
         "exit_code": rc,
         "outcomes": {

@@ -430,3 +430,21 @@ def test_start_reads_the_bundle_once_and_a_reload_checks_its_own(
         daemon.source.close()
         daemon.engine.close()
         daemon.store.close()
+
+
+def test_the_daemon_runs_opencv_on_its_own_thread(running_broker, palm_bundle, tmp_path):
+    """OpenCV's worker threads spin after each call: 1.2-1.4 ms of a second core per capture
+    that the inference threads and the MQTT client need."""
+    from agent.run_cli import build
+
+    cfg = agent_config(tmp_path, running_broker, "dev14", palm_bundle, write_replay(tmp_path, [2]))
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        daemon = build(cfg, with_reporter=False)
+        assert cv2.getNumThreads() == 1
+        daemon.source.close()
+        daemon.engine.close()
+        daemon.store.close()
+    finally:
+        cv2.setNumThreads(before)
