@@ -212,33 +212,40 @@ class BundleEngine:
         )
 
     def vision(self, frames: Mapping[str, np.ndarray]) -> Probe:
+        """ROI, quality gate and code per modality; ``probe.timings`` gets each stage's ms
+        summed over the modalities: ``roi``, ``quality``, ``convert`` (ROI -> the model's
+        input, its output -> packed code) and ``infer`` (the model alone)."""
         probe = Probe()
+        clock = _StageClock(probe.timings)
         first: roi.RoiResult | None = None  # the capture's one search when the ROI is shared
         for m, frame in frames.items():
             if m not in self.backends:
                 continue
-            t0 = time.perf_counter()
+            clock.start()
             if first is None:
                 found = roi.extract(frame, self.roi_config)
                 # a failed search is not shared: the next frame gets its own try
                 first = found if self.shared_roi and found.square is not None else None
             else:
                 found = roi.recut(frame, first, self.roi_config)
-            t1 = time.perf_counter()
-            probe.timings["roi"] = probe.timings.get("roi", 0.0) + (t1 - t0) * 1e3
+            clock.lap("roi")
             verdict = quality.assess(frame, found, self.limits)
             probe.quality[m] = {
                 "ok": verdict.ok,
                 "reason": verdict.reason,
                 "measures": {k: round(v, 3) for k, v in verdict.measures.items()},
             }
+            clock.lap("quality")
             if not verdict.ok:
                 probe.rejected = probe.rejected or verdict.reason
                 continue
-            probe.codes[m] = self.backends[m].hash([found.roi])[0]
-            probe.timings["hash"] = (
-                probe.timings.get("hash", 0.0) + (time.perf_counter() - t1) * 1e3
-            )
+            backend = self.backends[m]
+            x = backend.feed([found.roi])
+            clock.lap("convert")
+            raw = backend.infer(x)
+            clock.lap("infer")
+            probe.codes[m] = backend.pack(raw)[0]
+            clock.lap("convert")
         return probe
 
     def decide(self, probe: Probe, s: Settings, started: float) -> dict[str, Any]:
@@ -250,6 +257,22 @@ class BundleEngine:
     def close(self) -> None:
         for b in self.backends.values():
             b.close()
+
+
+class _StageClock:
+    """Adds the time since the last lap to a stage's total, in ms."""
+
+    def __init__(self, totals: dict[str, float]) -> None:
+        self.totals = totals
+        self.t = time.perf_counter()
+
+    def start(self) -> None:
+        self.t = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.totals[stage] = self.totals.get(stage, 0.0) + (now - self.t) * 1e3
+        self.t = now
 
 
 def _thresholds(cfg: Config, b: Any) -> Thresholds:

@@ -167,11 +167,18 @@ class Backend(ABC):
         """ROIs -> float32 (n, K) network outputs, dequantised for int8 models."""
         return dequantise(self.run(self.tensor(rois)), self.output)
 
-    def hash(self, rois: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
-        """ROIs -> packed codes (n, words); an int8 output's bit is ``q > zero_point``."""
-        raw = self._batched(self.feed(rois))
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """The model alone: its input batch (from :meth:`feed`) -> raw outputs (n, K)."""
+        return self._batched(x)
+
+    def pack(self, raw: np.ndarray) -> np.ndarray:
+        """Raw outputs -> packed codes (n, words); an int8 output's bit is ``q > zero_point``."""
         zp = self.output.zero_point if self.output.quantised else 0.0
         return codes.pack(raw, zero_point=zp)
+
+    def hash(self, rois: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+        """ROIs -> packed codes (n, words)."""
+        return self.pack(self.infer(self.feed(rois)))
 
     def __enter__(self) -> Backend:
         return self

@@ -178,7 +178,7 @@ def test_run_decisions_stats_notify_and_sigterm(running_broker, subscribe, palm_
         s = json.loads(stats[-1][3])
         assert s["gallery_size"] == 1 and s["connected"] is True and s["frames"] > 0
         assert {"uptime_s", "fps", "latency_ms", "outbox_depth", "camera", "decisions"} <= set(s)
-        assert {"roi", "hash", "match"} <= set(s["latency_ms"])
+        assert {"capture", "roi", "quality", "convert", "infer", "match"} == set(s["latency_ms"])
         assert sub.on("palm/dev9/availability")[0][3] == "online"
 
         agent.proc.send_signal(signal.SIGHUP)  # systemctl reload: the bundle is loaded again

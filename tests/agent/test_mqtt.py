@@ -63,6 +63,30 @@ def test_decisions_availability_and_clean_stop(running_broker, subscribe, tmp_pa
     assert [m[3] for m in late.messages] == ["stopped"]
 
 
+def test_a_burst_beyond_the_window_flows_without_waiting_for_the_pumps_timer(
+    running_broker, subscribe, tmp_path
+):
+    """Acknowledgements wake the pump only when it has a full window to refill: a burst of ten
+    windows' worth still arrives whole, in order, well inside the pump's half-second timer per
+    window (40 windows would take 20 s on the timer alone)."""
+    from agent.mqtt import WINDOW
+
+    sub = subscribe("palm/dev5/decision")
+    r = reporter(running_broker, "dev5", tmp_path)
+    r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
+    assert wait_until(lambda: r.counters()["connected"])
+    n = 40 * WINDOW
+    t0 = time.monotonic()
+    for i in range(n):
+        r.decision({"seq": i})
+    got = sub.wait(lambda m: True, count=n, timeout=15)
+    took = time.monotonic() - t0
+    assert [json.loads(m[3])["seq"] for m in got] == list(range(n))
+    assert took < 10, took
+    assert wait_until(lambda: r.outbox.depth() == 0)
+    r.stop(timeout=2)
+
+
 def test_decision_carries_message_expiry_and_time_queued_on_mqtt5(running_broker, tmp_path):
     seen: list[mqtt.MQTTMessage] = []
     c = ctl_client(running_broker)
