@@ -35,7 +35,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.properties import Properties, VariableByteIntegers, writeInt32, writeUTF
 
 from agent.config import MqttConfig
 from agent.outbox import Outbox
@@ -47,6 +47,34 @@ WINDOW = 20  # rows handed to paho and not yet acknowledged (paho's own in-fligh
 _UNSUPPORTED_PROTOCOL = (1, 132)  # 3.1.1 CONNACK code 1 / MQTT 5 reason 132
 SILENT_ATTEMPTS = 2  # MQTT 5 attempts in a row without a CONNACK before falling back to 3.1.1
 EVENT_TYPES = ["granted", "denied", "unknown", "error"]
+
+
+class DecisionProperties(Properties):
+    """A decision's MQTT 5 properties (message expiry, ``queued_ms``), packed once by paho's
+    own encoders.
+
+    paho packs a Properties object on every publish by walking the name of every property it
+    knows, and setting one walks them again: 40 us for a decision's two, under the interpreter
+    lock that the next capture's palm search is waiting for.
+    """
+
+    def __init__(self, expiry_s: int, queued_ms: str) -> None:
+        super().__init__(PacketTypes.PUBLISH)
+        # plain attributes as Properties keeps them, for its str() in paho's debug log
+        object.__setattr__(self, "MessageExpiryInterval", expiry_s)
+        object.__setattr__(self, "UserProperty", [("queued_ms", queued_ms)])
+        ident = VariableByteIntegers.encode
+        body = (
+            ident(self.names["Message Expiry Interval"])
+            + writeInt32(expiry_s)
+            + ident(self.names["User Property"])
+            + writeUTF("queued_ms")
+            + writeUTF(queued_ms)
+        )
+        object.__setattr__(self, "_packed", ident(len(body)) + body)
+
+    def pack(self) -> bytes:
+        return self._packed
 
 
 class MqttReporter(Reporter):
@@ -294,12 +322,10 @@ class MqttReporter(Reporter):
                 continue
             props = None
             if self._v5:
-                props = Properties(PacketTypes.PUBLISH)
-                props.MessageExpiryInterval = remaining
-                # how long it waited on the device (outbox write, an outage) before it left: a
-                # consumer sees a replayed decision for what it is, and frame -> publish is
-                # the document's latency_ms plus this
-                props.UserProperty = ("queued_ms", f"{(time.time() - row.created) * 1e3:.2f}")
+                # queued_ms: how long it waited on the device (outbox commit, an outage) before
+                # it left: a consumer sees a replayed decision for what it is, and frame ->
+                # publish is the document's latency_ms plus this
+                props = DecisionProperties(remaining, f"{(time.time() - row.created) * 1e3:.2f}")
             info = client.publish(
                 row.topic, row.payload, qos=row.qos, retain=False, properties=props
             )

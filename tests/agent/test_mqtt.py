@@ -63,6 +63,20 @@ def test_decisions_availability_and_clean_stop(running_broker, subscribe, tmp_pa
     assert [m[3] for m in late.messages] == ["stopped"]
 
 
+@pytest.mark.parametrize("expiry, queued", [(60, "0.12"), (0, ""), (2**32 - 1, "123456.78")])
+def test_decision_properties_pack_as_paho_packs_them(expiry, queued):
+    from agent.mqtt import DecisionProperties
+
+    ours = DecisionProperties(expiry, queued)
+    theirs = Properties(PacketTypes.PUBLISH)
+    theirs.MessageExpiryInterval = expiry
+    theirs.UserProperty = ("queued_ms", queued)
+    assert ours.pack() == theirs.pack()
+    back, _ = Properties(PacketTypes.PUBLISH).unpack(ours.pack())
+    assert back.MessageExpiryInterval == expiry and back.UserProperty == [("queued_ms", queued)]
+    assert str(ours) == str(theirs)  # what paho's debug log prints
+
+
 def test_a_burst_beyond_the_window_flows_without_waiting_for_the_pumps_timer(
     running_broker, subscribe, tmp_path
 ):
