@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import socket
 import ssl
 import threading
 import time
@@ -206,6 +207,11 @@ class MqttReporter(Reporter):
 
     def _on_socket_open(self, client, userdata, sock) -> None:
         self._answered = False
+        # Nagle's algorithm holds a small packet back while an earlier one is unacknowledged,
+        # and the broker delays its TCP acknowledgement: a reply or a decision sent right
+        # after another waited up to 40 ms for it
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         self._answered = True

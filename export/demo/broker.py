@@ -255,6 +255,7 @@ class Broker(BrokerProcess):
         self.log = self.dir / "mosquitto.log"
         conf = [
             "per_listener_settings false",
+            "set_tcp_nodelay true",
             "allow_anonymous false",
             f"password_file {pw}",
             f"acl_file {self.dir / 'acl'}",

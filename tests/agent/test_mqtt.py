@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 
@@ -35,6 +36,11 @@ def wait_until(pred, timeout=10.0) -> bool:
     return False
 
 
+def nodelay(r: MqttReporter) -> bool:
+    sock = r._client.socket() if r._client is not None else None
+    return sock is not None and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
 def ctl_client(broker, v5=True) -> mqtt.Client:
     c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
     c.username_pw_set(CTL_USER, CTL_PASS)
@@ -48,6 +54,7 @@ def test_decisions_availability_and_clean_stop(running_broker, subscribe, tmp_pa
     r = reporter(running_broker, "dev1", tmp_path)
     r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
     assert sub.wait(lambda m: m[0] == "palm/dev1/availability" and m[3] == "online")
+    assert nodelay(r)  # a reply is not held back for the broker's delayed TCP acknowledgement
     for i in range(5):
         r.decision({"seq": i, "decision": "denied"})
     got = sub.wait(lambda m: m[0] == "palm/dev1/decision", count=5)
@@ -176,6 +183,7 @@ def test_tls_client_cert_and_acl_confine_device(running_broker, subscribe, tmp_p
     r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
     r.decision({"seq": 1})
     assert sub.wait(lambda m: m[0] == "palm/dev4/decision")
+    assert nodelay(r)  # over TLS too
     assert wait_until(lambda: r.counters()["outbox_refused"] == 1)
     # the subscriber can see the decision before the device has handled its PUBACK
     assert wait_until(lambda: r.outbox.depth() == 0)
