@@ -92,6 +92,10 @@ class BundleConfig(_Model):
     runtime: Literal["onnx", "tflite"] = "onnx"
     precision: Literal["fp32", "int8"] = "fp32"
     threads: int = Field(2, ge=1, le=64)
+    # onnxruntime's graph optimisations: "all" includes the layout pass that keeps a reordered
+    # copy of fp32 weights (fastest); "extended" skips it, for a device short of memory
+    # (docs/dataflow.md: a res18 fp32 model 112 instead of 204-211 MB, 20-25% slower)
+    onnx_optimization: Literal["all", "extended"] = "all"
 
 
 class StoreConfig(_Model):

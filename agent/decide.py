@@ -188,7 +188,11 @@ class BundleEngine:
         self.modalities = tuple(m for m in ("print", "vein") if m in b.manifest.modalities)
         self.backends = {
             m: open_backend(
-                b.model_path(m, bc.runtime, bc.precision), bc.runtime, bc.threads, b.preprocess(m)
+                b.model_path(m, bc.runtime, bc.precision),
+                bc.runtime,
+                bc.threads,
+                b.preprocess(m),
+                onnx_optimization=bc.onnx_optimization,
             )
             for m in self.modalities
         }

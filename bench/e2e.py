@@ -133,13 +133,21 @@ def build_bundle(out: Path, fresh: bool, model: str, onnx_weights: str) -> Path:
     return bundle
 
 
-def inference_ms(bundle: Path, runtime: str, precision: str, threads: int, runs: int) -> float:
+def inference_ms(
+    bundle: Path, runtime: str, precision: str, threads: int, runs: int, optimization: str
+) -> float:
     """Median time of the models alone for one frame: the print then the vein model, taking
     turns as in the daemon, on the input the daemon gives them (``Backend.feed``)."""
     b = load_bundle(bundle, allow_degraded=True)
     roi = np.random.default_rng(0).integers(0, 255, (128, 128), dtype=np.uint8)
     backends = [
-        open_backend(b.model_path(m, runtime, precision), runtime, threads, b.preprocess(m))
+        open_backend(
+            b.model_path(m, runtime, precision),
+            runtime,
+            threads,
+            b.preprocess(m),
+            onnx_optimization=optimization,
+        )
         for m in b.manifest.modalities
     ]
     try:
@@ -181,7 +189,7 @@ def run_one(out: Path, bundle: Path, broker: Broker, runtime: str, precision: st
         runtime=runtime, precision=precision, mode="multi", fmr="0.01", captures=3
     )
     over = {
-        "bundle": {"threads": a.threads},
+        "bundle": {"threads": a.threads, "onnx_optimization": a.onnx_optimization},
         "mqtt": {"stats_interval": 1},
         # faster than the pipeline: the replay never holds a frame back, so "capture" is the
         # grab itself and not a wait for the next frame (a camera's cadence, not pipeline work)
@@ -239,7 +247,7 @@ def run_one(out: Path, bundle: Path, broker: Broker, runtime: str, precision: st
             stages.setdefault(k, []).append(v)
     means = {k: statistics.mean(v) for k, v in stages.items()}
     total = sum(means.values()) or 1.0
-    inf = inference_ms(bundle, runtime, precision, a.threads, a.runs)
+    inf = inference_ms(bundle, runtime, precision, a.threads, a.runs, a.onnx_optimization)
     in_daemon_inf = means.get("infer")
     p50 = float(np.percentile(lat, 50)) if lat else None
     sub50 = float(np.percentile(to_sub, 50)) if lat else None
@@ -248,6 +256,7 @@ def run_one(out: Path, bundle: Path, broker: Broker, runtime: str, precision: st
         "runtime": runtime,
         "precision": precision,
         "threads": a.threads,
+        "onnx_optimization": a.onnx_optimization if runtime == "onnx" else None,
         "ready_s": round(ready_s, 3) if ready_s is not None else None,
         "decisions": len(docs),
         "fps": round(len(docs) / window, 2),
@@ -315,6 +324,12 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=15.0, help="steady window per backend")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds skipped after READY")
     p.add_argument("--threads", type=int, default=2, help="inference threads")
+    p.add_argument(
+        "--onnx-optimization",
+        choices=("all", "extended"),
+        default="all",
+        help="the daemon's bundle.onnx_optimization (extended: less memory for fp32 ONNX)",
+    )
     p.add_argument("--runs", type=int, default=50, help="runs of the models-alone timing")
     p.add_argument("--only", help="comma list of runtime:precision, e.g. tflite:int8")
     p.add_argument(

@@ -29,8 +29,13 @@ def open_backend(
     runtime: str | None = None,
     threads: int = 1,
     spec: PreprocessSpec = DEFAULT_SPEC,
+    onnx_optimization: str = "all",
 ) -> Backend:
-    """Load a model; ``runtime`` None picks by file suffix (.onnx / .tflite)."""
+    """Load a model; ``runtime`` None picks by file suffix (.onnx / .tflite).
+
+    ``onnx_optimization``: onnxruntime's graph optimisation level, ``all`` or ``extended``
+    (see :class:`agent.config.BundleConfig`); LiteRT has no such choice.
+    """
     path = Path(model_path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist; check the bundle path")
@@ -47,7 +52,7 @@ def open_backend(
     if kind == "onnx":
         from agent.inference.onnx_backend import OnnxBackend
 
-        return OnnxBackend(path, threads=threads, spec=spec)
+        return OnnxBackend(path, threads=threads, spec=spec, optimization=onnx_optimization)
     from agent.inference.tflite_backend import PACKAGES, TfliteBackend
 
     package = runtime.lower() if runtime and runtime.lower() in PACKAGES else None

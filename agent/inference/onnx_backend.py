@@ -25,12 +25,25 @@ class OnnxBackend(Backend):
     runtime = "onnxruntime"
 
     def __init__(
-        self, model_path: str | Path, threads: int = 1, spec: PreprocessSpec = DEFAULT_SPEC
+        self,
+        model_path: str | Path,
+        threads: int = 1,
+        spec: PreprocessSpec = DEFAULT_SPEC,
+        optimization: str = "all",
     ) -> None:
         import onnxruntime as ort
 
+        levels = {
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        }
+        if optimization not in levels:
+            raise ValueError(
+                f"unknown onnx optimization {optimization!r}; use one of {sorted(levels)}"
+            )
         self.path = Path(model_path)
         opts = ort.SessionOptions()
+        opts.graph_optimization_level = levels[optimization]
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         # workers sleep between runs instead of spinning: the pipeline's own work (ROI search,

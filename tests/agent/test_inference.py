@@ -128,6 +128,28 @@ def test_onnx_workers_sleep_between_runs(models):
         assert opts.intra_op_num_threads == 2
 
 
+def test_onnx_optimization_extended_skips_the_layout_pass_with_the_same_outputs(models):
+    """ "extended" trades speed for memory (no reordered copy of the fp32 weights); the network
+    it runs is the same one."""
+    import onnxruntime as ort
+
+    net, paths = models
+    rois = _rois(8, seed=4)
+    with (
+        open_backend(paths["onnx"], onnx_optimization="extended") as small,
+        open_backend(paths["onnx"]) as fast,
+    ):
+        levels = [b.session.get_session_options().graph_optimization_level for b in (small, fast)]
+        assert levels == [
+            ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        ]
+        np.testing.assert_allclose(small.outputs(rois), fast.outputs(rois), atol=1e-4)
+        np.testing.assert_allclose(small.outputs(rois), _reference(net, rois), atol=1e-4)
+    with pytest.raises(ValueError, match="unknown onnx optimization"):
+        open_backend(paths["onnx"], onnx_optimization="basic")
+
+
 def test_nhwc_model_is_fed_nhwc(models):
     net, paths = models
     rois = _rois(5, seed=2)
