@@ -213,10 +213,7 @@ def find_valleys(
     # The defect point is the farthest from the fingertip chord, which slides along the web when
     # neighbouring fingers differ in length. The valley is the web's deepest point into the palm.
     for _ in range(2):
-        line = v_b - v_a
-        n = np.array([-line[1], line[0]])
-        if np.dot(tip - (v_a + v_b) / 2, n) > 0:
-            n = -n
+        n = _into_palm(v_a, v_b, tip)
         v_a, v_b = (_deepest(pts, t[1], t[2], n) for t in (tri[0], tri[2]))
     # the thumb-index web: the deeper of the defects next to the window in contour order (a
     # notch at the wrist, when there is one, is shallower)
@@ -252,13 +249,17 @@ def _refine(
     if min(len(p) for p in near) == 0:
         return v_a, v_b
     for _ in range(2):
-        line = v_b - v_a
-        n = np.array([-line[1], line[0]])
-        if np.dot(tip - (v_a + v_b) / 2, n) > 0:
-            n = -n
+        n = _into_palm(v_a, v_b, tip)
         n = n / np.hypot(*n)
         v_a, v_b = (_bottom(p, n) for p in near)
     return v_a, v_b
+
+
+def _into_palm(v_a: np.ndarray, v_b: np.ndarray, tip: np.ndarray) -> np.ndarray:
+    """A normal of the valley line (not unit length) pointing away from the fingertip."""
+    line = v_b - v_a
+    n = np.array([-line[1], line[0]])
+    return -n if np.dot(tip - (v_a + v_b) / 2, n) > 0 else n
 
 
 def _deepest(pts: np.ndarray, start: int, end: int, direction: np.ndarray) -> np.ndarray:
