@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from agent.commands import Dispatcher  # noqa: E402
 from agent.decide import MODE_MODALITIES  # noqa: E402
 from agent.run_cli import build  # noqa: E402
+from bench.procfs import cpu_seconds  # noqa: E402
 from export.demo.broker import Broker  # noqa: E402
 from export.demo.frames import write_replay  # noqa: E402
 from export.demo.live import DEVICE, write_agent_config  # noqa: E402
@@ -44,13 +45,11 @@ from export.demo.live import DEVICE, write_agent_config  # noqa: E402
 
 def thread_cpu_ms() -> dict[str, float]:
     """CPU ms so far per thread of this process, named where Python knows the thread."""
-    tick = os.sysconf("SC_CLK_TCK")
     names = {t.native_id: t.name for t in threading.enumerate()}
-    out = {}
-    for tid in os.listdir("/proc/self/task"):
-        stat = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-        out[names.get(int(tid), f"thread-{tid}")] = (int(stat[11]) + int(stat[12])) / tick * 1e3
-    return out
+    return {
+        names.get(int(tid), f"thread-{tid}"): cpu_seconds(Path(f"/proc/self/task/{tid}/stat")) * 1e3
+        for tid in os.listdir("/proc/self/task")
+    }
 
 
 def one_round(daemon, report: bool, captures: int) -> dict:

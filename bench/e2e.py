@@ -98,6 +98,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.bundle import load_bundle  # noqa: E402
 from agent.inference import open_backend  # noqa: E402
+from bench.procfs import cpu_seconds  # noqa: E402
 from export.convert_onnx import WEIGHT_TYPES  # noqa: E402
 from export.demo.broker import Broker  # noqa: E402
 from export.demo.controller import Controller  # noqa: E402
@@ -167,12 +168,6 @@ def inference_ms(
     return statistics.median(times)
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process, all its threads, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def vm_hwm_mb(pid: int) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -220,10 +215,10 @@ def run_one(out: Path, bundle: Path, broker: Broker, runtime: str, precision: st
                 ready_s = time.monotonic() - t0
         time.sleep(a.warmup)
         ctl.take()
-        w0, cpu0 = time.monotonic(), cpu_s(proc.pid)
+        w0, cpu0 = time.monotonic(), cpu_seconds(Path(f"/proc/{proc.pid}/stat"))
         time.sleep(a.seconds)
         docs, stats = ctl.take()
-        window, cpu = time.monotonic() - w0, cpu_s(proc.pid) - cpu0
+        window, cpu = time.monotonic() - w0, cpu_seconds(Path(f"/proc/{proc.pid}/stat")) - cpu0
         rss = vm_hwm_mb(proc.pid)
     finally:
         rc = stop_agent(proc)
@@ -251,6 +246,8 @@ def run_one(out: Path, bundle: Path, broker: Broker, runtime: str, precision: st
     in_daemon_inf = means.get("infer")
     p50 = float(np.percentile(lat, 50)) if lat else None
     sub50 = float(np.percentile(to_sub, 50)) if lat else None
+    overhead_ms, overhead_ratio = _overhead(p50, inf)
+    in_daemon_ms, in_daemon_ratio = _overhead(p50, in_daemon_inf)
     return {
         "bench": "e2e",
         "runtime": runtime,
@@ -271,21 +268,15 @@ def run_one(out: Path, bundle: Path, broker: Broker, runtime: str, precision: st
         "stage_mean_ms": {k: round(v, 2) for k, v in means.items()},
         "stage_share": {k: round(v / total, 3) for k, v in means.items()},
         "inference_ms": round(inf, 2),
-        "overhead_ms": round(p50 - inf, 2) if p50 is not None else None,
-        "overhead_ratio": round((p50 - inf) / inf, 3) if p50 is not None else None,
+        "overhead_ms": overhead_ms,
+        "overhead_ratio": overhead_ratio,
         "overhead_ratio_without_capture": (
-            round((p50 - means.get("capture", 0.0) - inf) / inf, 3) if p50 is not None else None
+            _overhead(p50 - means.get("capture", 0.0), inf)[1] if p50 is not None else None
         ),
-        "overhead_ratio_to_subscriber": round((sub50 - inf) / inf, 3) if lat else None,
+        "overhead_ratio_to_subscriber": _overhead(sub50, inf)[1],
         "infer_in_daemon_ms": round(in_daemon_inf, 2) if in_daemon_inf else None,
-        "overhead_in_daemon_ms": (
-            round(p50 - in_daemon_inf, 2) if p50 is not None and in_daemon_inf else None
-        ),
-        "overhead_ratio_in_daemon": (
-            round((p50 - in_daemon_inf) / in_daemon_inf, 3)
-            if p50 is not None and in_daemon_inf
-            else None
-        ),
+        "overhead_in_daemon_ms": in_daemon_ms,
+        "overhead_ratio_in_daemon": in_daemon_ratio,
         # the daemon's CPU time (all its threads, user + system) per decision: what a capture
         # costs a device in power and in cores taken from anything else it runs
         "cpu_ms_per_decision": round(cpu * 1e3 / len(docs), 2) if docs else None,
@@ -295,6 +286,14 @@ def run_one(out: Path, bundle: Path, broker: Broker, runtime: str, precision: st
             k: sum(d["decision"] == k for d in docs) for k in {d["decision"] for d in docs}
         },
     }
+
+
+def _overhead(latency: float | None, inference: float | None) -> tuple[float | None, float | None]:
+    """(latency - inference ms, that over inference): the pipeline's own time, absolute and as
+    the goal states it; (None, None) without a latency or an inference time."""
+    if latency is None or not inference:
+        return None, None
+    return round(latency - inference, 2), round((latency - inference) / inference, 3)
 
 
 def _percentiles(values: list[float]) -> dict[str, float] | None:
