@@ -150,6 +150,27 @@ def test_print_only_data_trains_the_print_path(tmp_path):
     assert torch.equal(state["vein_net.fc.weight"], fresh["vein_net.fc.weight"])
 
 
+def test_last_checkpoint_written_at_most_every_save_every_seconds(tmp_path, monkeypatch):
+    import export.checkpoint
+
+    arrays, meta = _synth(4, 4)
+    saved: list[tuple[str, int]] = []
+    real = export.checkpoint.save_checkpoint
+
+    def counting(path, model, centroids, ckpt_meta):
+        saved.append((Path(path).name, ckpt_meta["train"]["epoch"]))
+        return real(path, model, centroids, ckpt_meta)
+
+    monkeypatch.setattr(export.checkpoint, "save_checkpoint", counting)
+    common = [*FAST, "-b", "8", "--epoch", "3", "--eval-every", "100"]
+    for every, expected in (("3600", [3]), ("0", [1, 2, 3])):
+        saved.clear()
+        out = tmp_path / every
+        fit(parse_args([*common, "--save-every", every, "--out", str(out)]), arrays, meta)
+        assert [e for name, e in saved if name == "last.pt"] == expected, every
+        assert load_checkpoint(out / "last.pt")[1]["train"]["epoch"] == 3
+
+
 def test_ctrl_c_saves_and_resume_finishes(tmp_path):
     root = write_dataset("casiam", tmp_path / "data", 4, 4, "easy", 0)
     out = tmp_path / "run"
@@ -163,16 +184,18 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path):
         *FAST,
         "-b",
         "8",
-        "--eval-every",
-        "1000",
         "--out",
         str(out),
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([*cmd, "--epoch", "100000"], env=env, stderr=subprocess.PIPE, text=True)
+    # an evaluation every epoch shows that training runs; no periodic last.pt in this run, so
+    # the one found afterwards is the interrupt's
+    first = [*cmd, "--epoch", "100000", "--eval-every", "1", "--save-every", "3600"]
+    proc = subprocess.Popen(first, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 90
-    while not (out / "last.pt").is_file() and time.monotonic() < deadline:
+    while not (out / "metrics.jsonl").is_file() and time.monotonic() < deadline:
         time.sleep(0.2)
+    assert not (out / "last.pt").exists()
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
@@ -181,7 +204,7 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path):
     done = load_checkpoint(out / "last.pt")[1]["train"]["epoch"]
     assert done >= 1
     res = subprocess.run(
-        [*cmd, "--epoch", str(done + 1), "--resume"],
+        [*cmd, "--epoch", str(done + 1), "--eval-every", "1000", "--resume"],
         env=env,
         capture_output=True,
         text=True,
@@ -189,4 +212,4 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert f"resumed checkpoint={out / 'last.pt'} epoch={done}" in res.stderr
-    assert load_checkpoint(out / "best.pt")[1]["train"]["epoch"] == done + 1
+    assert load_checkpoint(out / "last.pt")[1]["train"]["epoch"] == done + 1
