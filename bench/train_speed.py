@@ -8,7 +8,9 @@ Ratios are against the light backbone measured in the same run.
 The loader: pairs per second through the training loader's workers, for an epoch of a few
 batches (fewer than workers, as with the paper's data sets on a GPU machine), a batch built by
 one worker (torch's DataLoader) against a batch cut into chunks built by all workers
-(export.data.loader.ChunkedLoader, the one training uses), in the same run.
+(export.data.loader.ChunkedLoader), with float32 network inputs from the workers and with
+uint8 images normalised afterwards (``chunked_uint8``: what training does, normalisation
+included), in the same run.
 
     python bench/train_speed.py [--threads N] [--steps N] [--workers N]
 """
@@ -66,23 +68,26 @@ def pipeline_rate(n: int = 200) -> float:
     return n / (time.perf_counter() - t)
 
 
-def loader_rates(workers: int, batch: int, batches: int, epochs: int = 3) -> dict[str, float]:
+def loader_rates(
+    workers: int, batch: int, batches: int, device: str, epochs: int = 3
+) -> dict[str, float]:
     """Pairs per second over ``epochs`` epochs of ``batches`` batches, after one warm-up epoch
     that starts the persistent workers."""
     from torch.utils.data import DataLoader, RandomSampler
 
     from export.augment import AugmentConfig
-    from export.data import EpochSampler, PalmDataset, from_synth
+    from export.data import EpochSampler, PalmDataset, from_synth, network_input
     from export.data.loader import ChunkedLoader
     from export.synth import generate_arrays
 
     cv2.setNumThreads(1)  # as training does: workers fork safely and augment on one thread
     ids = max(1, batch * batches // 4)
-    ds = PalmDataset(from_synth(*generate_arrays(ids, 4, "easy", 0)), augment_cfg=AugmentConfig())
+    arrays = from_synth(*generate_arrays(ids, 4, "easy", 0))
     out = {}
-    for name in ("one_worker_per_batch", "chunked"):
+    for name in ("one_worker_per_batch", "chunked", "chunked_uint8"):
+        ds = PalmDataset(arrays, augment_cfg=AugmentConfig(), normalised=name != "chunked_uint8")
         sampler = EpochSampler(RandomSampler(ds, generator=torch.Generator()), seed=0)
-        if name == "chunked":
+        if name.startswith("chunked"):
             loader = ChunkedLoader(ds, batch, sampler, workers)
         else:
             loader = DataLoader(
@@ -93,8 +98,9 @@ def loader_rates(workers: int, batch: int, batches: int, epochs: int = 3) -> dic
         t = time.perf_counter()
         for epoch in range(1, epochs + 1):
             sampler.set_epoch(epoch)
-            for _ in loader:
-                pass
+            for item in loader:
+                if not ds.normalised:
+                    network_input(item[0].to(device)), network_input(item[1].to(device))
         out[name] = epochs * len(ds) / (time.perf_counter() - t)
     return out
 
@@ -135,7 +141,7 @@ def main() -> int:
         )
     )
     if a.workers > 1:
-        rates = loader_rates(a.workers, a.batch, a.loader_batches)
+        rates = loader_rates(a.workers, a.batch, a.loader_batches, a.device)
         base = rates["one_worker_per_batch"]
         for name, r in rates.items():
             row = {"bench": "train_speed", "stage": "loader", "loader": name}

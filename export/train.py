@@ -129,7 +129,14 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
     from export.augment import AugmentConfig
     from export.centroids import make_centroids
     from export.checkpoint import load_checkpoint, save_checkpoint
-    from export.data import EpochSampler, PalmDataset, epoch_seed, reference_split, split_record
+    from export.data import (
+        EpochSampler,
+        PalmDataset,
+        epoch_seed,
+        network_input,
+        reference_split,
+        split_record,
+    )
     from export.data.loader import ChunkedLoader
     from export.evaluate import evaluate_model
     from export.losses import LossConfig, cohash_loss
@@ -191,7 +198,11 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
         unused = arrays.vein is None
         net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=unused)
     aug = AugmentConfig() if args.augment else None
-    train_ds = PalmDataset(arrays, train_rows, spec, aug, args.seed)
+    # for a GPU, uint8 images from the workers, normalised there: a quarter of the bytes through
+    # the loader (one H100, 12 workers: 2,430 -> 3,998 pairs/s); on a CPU the workers normalise,
+    # in parallel, rather than the training process
+    on_gpu = device.startswith("cuda")
+    train_ds = PalmDataset(arrays, train_rows, spec, aug, args.seed, normalised=not on_gpu)
     inner = (
         DistributedSampler(train_ds, world, rank, seed=args.seed)
         if world > 1
@@ -241,6 +252,9 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
                 px, vx, y = (
                     (item[0], item[1], item[2]) if len(item) == 3 else (item[0], None, item[1])
                 )
+                if on_gpu:
+                    px = network_input(px, spec)
+                    vx = network_input(vx, spec) if vx is not None else None
                 up, uv = net(px, vx)
                 loss, parts = cohash_loss(up, uv, y, cent_t, loss_cfg, gen)
                 optimizer.zero_grad(set_to_none=True)

@@ -1,7 +1,7 @@
 """Data sets: layouts on disk, arrays in memory, the reference split, the torch Dataset."""
 
 from export.data.arrays import PalmArrays, from_synth, load_dataset
-from export.data.dataset import EpochSampler, PalmDataset, epoch_seed
+from export.data.dataset import EpochSampler, PalmDataset, epoch_seed, network_input
 from export.data.layouts import LAYOUTS, LayoutError, scan
 from export.data.split import dataset_arrays, load_split, reference_split, rows_of, split_record
 
@@ -16,6 +16,7 @@ __all__ = [
     "from_synth",
     "load_dataset",
     "load_split",
+    "network_input",
     "reference_split",
     "rows_of",
     "scan",

@@ -9,6 +9,7 @@ from export.data import (
     from_synth,
     load_dataset,
     load_split,
+    network_input,
     reference_split,
     split_record,
 )
@@ -188,3 +189,32 @@ def test_chunked_loader_gives_a_plain_loaders_batches(synth_arrays):
         for a, b in zip(want, got, strict=True):
             assert len(a) == len(b) == 3  # print, vein, label
             assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_uint8_items_normalised_after_the_loader_are_the_float_items(synth_arrays):
+    """What a GPU run trains on (uint8 images through the workers, normalised where the batch
+    lands) is bit for bit what the workers would have normalised, augmentation included, for
+    grey and colour ROIs alike."""
+    from torch.utils.data import RandomSampler
+
+    from agent.preprocess import preprocess
+    from export.augment import AugmentConfig
+    from export.data import EpochSampler
+    from export.data.loader import ChunkedLoader
+
+    batches = {}
+    for normalised in (True, False):
+        ds = PalmDataset(
+            from_synth(*synth_arrays), augment_cfg=AugmentConfig(), seed=3, normalised=normalised
+        )
+        sampler = EpochSampler(RandomSampler(ds, generator=torch.Generator()), seed=3)
+        sampler.set_epoch(1)
+        batches[normalised] = list(ChunkedLoader(ds, 6, sampler, workers=2))
+    for floats, raw in zip(batches[True], batches[False], strict=True):
+        assert raw[0].dtype == torch.uint8 and raw[0].shape[1:] == (128, 128, 3)
+        assert torch.equal(network_input(raw[0]), floats[0])
+        assert torch.equal(network_input(raw[1]), floats[1])
+        assert torch.equal(raw[2], floats[2])
+    colour = np.random.default_rng(0).integers(0, 256, (2, 128, 128, 3), dtype=np.uint8)
+    expected = np.stack([preprocess(c) for c in colour])
+    assert torch.equal(network_input(torch.from_numpy(colour)), torch.from_numpy(expected))
