@@ -3,7 +3,12 @@
 For each runtime and precision in the bundle, ``palm-agent run`` is started as systemd would
 (a real NOTIFY_SOCKET datagram socket) on a private mosquitto, with the presence trigger on a
 looping replay of full-hand frames (multi mode, 1:N; decoded once and held in memory, as a
-camera hands over arrays), and measured from outside:
+camera hands over arrays), and measured from outside. Each form runs once per ``--cooldown``:
+0 keeps the device saturated, a decision on every frame as fast as it can (throughput; the
+MQTT client, the broker and the subscriber share the cores with the next capture), and a pause
+(0.05 s by default) leaves it idle between decisions, as at a door (latency of one decision on
+an otherwise idle device; the models-alone timing is still taken back to back, so compare
+``overhead_ratio_in_daemon`` there). Each row:
 
 - ``ready_s``: process start -> READY=1 on the notify socket (goal <= 2 s);
 - ``fps``: decisions per second received on ``palm/<id>/decision`` in the steady window;
@@ -33,7 +38,7 @@ camera hands over arrays), and measured from outside:
 
     python bench/e2e.py                            # builds a light bundle once (runs/bench-e2e)
     python bench/e2e.py --bundle runs/demo/bundle  # the demo's int8 bundle instead
-    python bench/e2e.py --seconds 10 --only tflite:int8
+    python bench/e2e.py --seconds 10 --only tflite:int8 --cooldown 0
     python bench/e2e.py --model res18 --out runs/bench-e2e-res18   # the paper's backbone
     python bench/e2e.py --onnx-weights int8 --out runs/bench-e2e-s8 --only onnx:int8
 """
@@ -179,7 +184,7 @@ def vm_hwm_mb(pid: int) -> float | None:
 
 
 def run_one(out: Path, bundle: Path, broker: Broker, runtime: str, precision: str,
-            a: argparse.Namespace) -> dict:  # fmt: skip
+            cooldown: float, a: argparse.Namespace) -> dict:  # fmt: skip
     ns = argparse.Namespace(
         runtime=runtime, precision=precision, mode="multi", fmr="0.01", captures=3
     )
@@ -189,7 +194,7 @@ def run_one(out: Path, bundle: Path, broker: Broker, runtime: str, precision: st
         # faster than the pipeline: the replay never holds a frame back, so "capture" is the
         # grab itself and not a wait for the next frame (a camera's cadence, not pipeline work)
         "camera": {"loop": True, "fps": 1000},
-        "trigger": {"kind": "presence", "cooldown": 0},
+        "trigger": {"kind": "presence", "cooldown": cooldown},
         "logging": {"level": "WARNING"},
     }
     config = write_agent_config(out, bundle, broker, ns, over)
@@ -254,6 +259,7 @@ def run_one(out: Path, bundle: Path, broker: Broker, runtime: str, precision: st
         "precision": precision,
         "threads": a.threads,
         "onnx_optimization": a.onnx_optimization if runtime == "onnx" else None,
+        "cooldown_s": cooldown,
         "ready_s": round(ready_s, 3) if ready_s is not None else None,
         "decisions": len(docs),
         "fps": round(len(docs) / window, 2),
@@ -330,6 +336,13 @@ def main() -> int:
         help="the daemon's bundle.onnx_optimization (extended: less memory for fp32 ONNX)",
     )
     p.add_argument("--runs", type=int, default=50, help="runs of the models-alone timing")
+    p.add_argument(
+        "--cooldown",
+        default="0,0.05",
+        help="comma list of the presence trigger's pause after each decision, in seconds, one "
+        "run of each form per value: 0 keeps the device saturated, a pause leaves it idle "
+        "between decisions as at a door",
+    )
     p.add_argument("--only", help="comma list of runtime:precision, e.g. tflite:int8")
     p.add_argument(
         "--page-cache",
@@ -348,21 +361,37 @@ def main() -> int:
         wanted = {tuple(c.split(":")) for c in a.only.split(",")}
         combos = [c for c in combos if c in wanted]
     write_replay(out / "replay", list(range(4)), [], 0, 3, 0, "medium", first_sample=20)
+    cooldowns = [float(c) for c in a.cooldown.split(",")]
     rows = []
     with Broker(out / "broker", devices=(DEVICE,)) as broker:
         for runtime, precision in combos:
-            row = run_one(out, bundle, broker, runtime, precision, a)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+            for cooldown in cooldowns:
+                row = run_one(out, bundle, broker, runtime, precision, cooldown, a)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
     tfl = [r["peak_rss_mb"] for r in rows if (r["runtime"], r["precision"]) == ("tflite", "int8")]
     summary = {
         "bench": "e2e_summary",
         "bundle": str(bundle),
         "goals": GOALS,
-        "overhead_ok": all((r["overhead_ratio"] or 9) <= GOALS["overhead_ratio_max"] for r in rows),
-        "overhead_in_daemon_ok": all(
-            (r["overhead_ratio_in_daemon"] or 9) <= GOALS["overhead_ratio_max"] for r in rows
-        ),
+        # per cooldown: all forms within the goal, by frame -> publish and by the daemon's own
+        # inference time
+        "overhead_ok": {
+            str(c): all(
+                (r["overhead_ratio"] or 9) <= GOALS["overhead_ratio_max"]
+                for r in rows
+                if r["cooldown_s"] == c
+            )
+            for c in cooldowns
+        },
+        "overhead_in_daemon_ok": {
+            str(c): all(
+                (r["overhead_ratio_in_daemon"] or 9) <= GOALS["overhead_ratio_max"]
+                for r in rows
+                if r["cooldown_s"] == c
+            )
+            for c in cooldowns
+        },
         "tflite_int8_rss_ok": bool(tfl) and max(tfl) <= GOALS["tflite_peak_rss_mb_max"],
         "ready_ok": all((r["ready_s"] or 99) <= GOALS["ready_s_max"] for r in rows),
         "page_cache": a.page_cache,
