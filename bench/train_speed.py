@@ -100,7 +100,10 @@ def loader_rates(
             sampler.set_epoch(epoch)
             for item in loader:
                 if not ds.normalised:
-                    network_input(item[0].to(device)), network_input(item[1].to(device))
+                    for images in item[:2]:
+                        network_input(images.to(device))
+        if device == "cuda":
+            torch.cuda.synchronize()
         out[name] = epochs * len(ds) / (time.perf_counter() - t)
     return out
 

@@ -1,9 +1,9 @@
 """torch Dataset over PalmArrays: augmentation on the uint8 ROI, then agent.preprocess.
 
-Training asks for uint8 items and normalises each batch where it lands (:func:`network_input`,
-on the GPU): the loader's workers then send a quarter of the bytes (49 KB an image instead of
-196 KB), and the result is bit for bit what :func:`agent.preprocess.preprocess` gives, since
-both read the same per-grey-level table.
+Training on a GPU asks for uint8 items and normalises each batch there (:func:`network_input`):
+the loader's workers then send a quarter of the bytes (49 KB an image instead of 196 KB), and
+the result is bit for bit what :func:`agent.preprocess.preprocess` gives, since both read the
+same per-grey-level table.
 """
 
 from __future__ import annotations
