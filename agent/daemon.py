@@ -16,7 +16,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -30,13 +30,22 @@ from agent.reporter import Reporter
 logger = logging.getLogger(__name__)
 
 
+class Capture(NamedTuple):
+    """One capture's frames per modality, and when its first frame was taken
+    (``time.monotonic()``): a decision's latency runs from there, not from the start of a read
+    that waited for the camera's next frame."""
+
+    images: Mapping[str, np.ndarray]
+    taken: float
+
+
 class Source(Protocol):
-    """A camera: frames per modality, or None when none is available right now."""
+    """A camera: a capture, or None when no frame is available right now."""
 
     state: str
     modalities: tuple[str, ...]
 
-    def read(self, modalities: tuple[str, ...]) -> Mapping[str, np.ndarray] | None: ...
+    def read(self, modalities: tuple[str, ...]) -> Capture | None: ...
     def close(self) -> None: ...
 
 
@@ -47,8 +56,8 @@ class Engine(Protocol):
     model_hash: str
 
     def vision(self, frames: Mapping[str, np.ndarray]) -> Probe: ...
-    def decide(self, probe: Probe, s: Settings, started: float) -> dict[str, Any]: ...
-    def error(self, s: Settings, probe: Probe, started: float, reason: str) -> dict[str, Any]: ...
+    def decide(self, probe: Probe, s: Settings, taken: float) -> dict[str, Any]: ...
+    def error(self, s: Settings, probe: Probe, taken: float, reason: str) -> dict[str, Any]: ...
     def close(self) -> None: ...
 
 
@@ -154,19 +163,21 @@ class Daemon:
             time.sleep(min(wait, 0.05))
             if self._next_frame > time.monotonic():
                 return None, 0.0
-        started = time.perf_counter()
-        frames = self.source.read(MODE_MODALITIES[self.settings.mode])
-        if frames is None:
+        started = time.monotonic()
+        capture = self.source.read(MODE_MODALITIES[self.settings.mode])
+        if capture is None:
             self._next_frame = time.monotonic() + 0.02
             return None, started
         self._frames += 1
-        grabbed = time.perf_counter()
-        probe = self.engine.vision(frames)
+        grabbed = time.monotonic()
+        probe = self.engine.vision(capture.images)
+        # the read, a wait for the camera's next frame included; the decision's latency starts
+        # at the capture's first frame
         probe.timings["capture"] = (grabbed - started) * 1e3
-        return probe, started
+        return probe, capture.taken
 
     def _capture_and_decide(self, explicit: bool) -> dict[str, Any] | None:
-        probe, started = self._grab()
+        probe, taken = self._grab()
         if probe is None:
             if explicit:
                 raise CommandError(f"no frame from the camera (state {self.source.state})")
@@ -178,9 +189,9 @@ class Daemon:
             self._rejected[probe.rejected or "no_probe"] += 1
             if not explicit:
                 return None
-            doc = self.engine.error(self.settings, probe, started, probe.rejected or "no_probe")
+            doc = self.engine.error(self.settings, probe, taken, probe.rejected or "no_probe")
         else:
-            doc = self.engine.decide(probe, self.settings, started)
+            doc = self.engine.decide(probe, self.settings, taken)
             for stage, ms in probe.timings.items():
                 self._stage_ms[stage].append(ms)
             released = self.agreement.push(doc)

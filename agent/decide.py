@@ -79,7 +79,8 @@ class Decider:
         self.device_id = device_id
         self.model_hash = model_hash
 
-    def decide(self, probe: Probe, s: Settings, started: float) -> dict[str, Any]:
+    def decide(self, probe: Probe, s: Settings, taken: float) -> dict[str, Any]:
+        """``taken``: when the capture's first frame was taken (``time.monotonic()``)."""
         t0 = time.perf_counter()
         p, v = probe.codes.get("print"), probe.codes.get("vein")
         if s.identify:
@@ -87,13 +88,13 @@ class Decider:
         else:
             d = self.matcher.verify(s.mode, probe_print=p, probe_vein=v, subject=s.subject or "")
         probe.timings["match"] = (time.perf_counter() - t0) * 1e3
-        return self.document(s, probe, started, decision=d)
+        return self.document(s, probe, taken, decision=d)
 
     def document(
         self,
         s: Settings,
         probe: Probe,
-        started: float,
+        taken: float,
         decision: Decision | None = None,
         error: str | None = None,
     ) -> dict[str, Any]:
@@ -118,7 +119,7 @@ class Decider:
             "threshold": threshold,
             "quality": probe.quality,
             "model_hash": self.model_hash,
-            "latency_ms": round((time.perf_counter() - started) * 1e3, 2),
+            "latency_ms": round((time.monotonic() - taken) * 1e3, 2),
         }
 
 
@@ -252,11 +253,11 @@ class BundleEngine:
             clock.lap("convert")
         return probe
 
-    def decide(self, probe: Probe, s: Settings, started: float) -> dict[str, Any]:
-        return self.decider.decide(probe, s, started)
+    def decide(self, probe: Probe, s: Settings, taken: float) -> dict[str, Any]:
+        return self.decider.decide(probe, s, taken)
 
-    def error(self, s: Settings, probe: Probe, started: float, reason: str) -> dict[str, Any]:
-        return self.decider.document(s, probe, started, error=reason)
+    def error(self, s: Settings, probe: Probe, taken: float, reason: str) -> dict[str, Any]:
+        return self.decider.document(s, probe, taken, error=reason)
 
     def close(self) -> None:
         for b in self.backends.values():

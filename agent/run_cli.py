@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from agent.config import CameraConfig
+    from agent.daemon import Capture
 
 logger = logging.getLogger(__name__)
 
@@ -148,8 +149,9 @@ class Camera:
             self.rig = source(cam.layout)
             self.modalities = (cam.layout,)
 
-    def read(self, modalities: tuple[str, ...]) -> dict[str, Any] | None:
+    def read(self, modalities: tuple[str, ...]) -> Capture | None:
         from agent.capture import CaptureError, EndOfStream
+        from agent.daemon import Capture
 
         wanted = [m for m in modalities if m in self.modalities] or list(self.modalities)
         try:
@@ -165,7 +167,8 @@ class Camera:
             logger.debug("capture no frame: %s", e)
             return None
         self.state = "ok"
-        return {m: f.image for m, f in frames.items()}
+        taken = min(f.timestamp for f in frames.values())
+        return Capture({m: f.image for m, f in frames.items()}, taken)
 
     def close(self) -> None:
         self.rig.close()

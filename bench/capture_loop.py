@@ -58,9 +58,9 @@ def one_round(daemon, report: bool, captures: int) -> dict:
     cpu0 = thread_cpu_ms()
     for _ in range(captures):
         t0 = time.perf_counter()
-        frames = daemon.source.read(wanted)
-        probe = daemon.engine.vision(frames)
-        doc = daemon.engine.decide(probe, daemon.settings, t0)
+        capture = daemon.source.read(wanted)
+        probe = daemon.engine.vision(capture.images)
+        doc = daemon.engine.decide(probe, daemon.settings, capture.taken)
         t1 = time.perf_counter()
         if report:
             daemon.reporter.decision(doc)

@@ -448,3 +448,43 @@ def test_the_daemon_runs_opencv_on_its_own_thread(running_broker, palm_bundle, t
         daemon.store.close()
     finally:
         cv2.setNumThreads(before)
+
+
+def test_latency_runs_from_the_frame_not_from_the_wait_for_it(
+    running_broker, palm_bundle, tmp_path
+):
+    """A capture command waits for the camera's next frame (4 frames/s here): the decision's
+    latency_ms starts at that frame, not at the command."""
+    from agent.run_cli import build
+
+    cfg = agent_config(
+        tmp_path, running_broker, "dev15", palm_bundle, write_replay(tmp_path / "r", [2]),
+        camera={"fps": 4}, trigger={"kind": "command"},
+    )  # fmt: skip
+    daemon = build(cfg)
+    docs: list[dict] = []
+    daemon.on_decision.append(docs.append)
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    waited: list[float] = []
+
+    def operator() -> None:
+        try:
+            for _ in range(3):
+                t0 = time.monotonic()
+                daemon.capture()
+                waited.append((time.monotonic() - t0) * 1e3)
+        finally:
+            daemon.stop()
+
+    t = threading.Thread(target=operator)
+    t.start()
+    try:
+        assert daemon.run() == 0
+    finally:
+        t.join(timeout=30)
+        for s, h in saved.items():
+            signal.signal(s, h)
+    assert len(docs) == 3
+    # the second and third command each waited about 250 ms for their frame
+    assert min(waited[1:]) > 150, waited
+    assert max(d["latency_ms"] for d in docs) < 100, ([d["latency_ms"] for d in docs], waited)
