@@ -8,7 +8,7 @@ augmentation per sample, the cross-modal shuffle), so a CPU run is reproducible 
 continues exactly where the interrupted one stopped.
 
 Writes to --out: last.pt (after an epoch once --save-every seconds have passed since the last
-one, after the last epoch, and on Ctrl-C), best.pt (lowest mean Hamming EER over the
+one, after the last epoch, and on Ctrl-C or SIGTERM), best.pt (lowest mean Hamming EER over the
 modes), metrics.jsonl (one line per evaluation) and eval/ (report.json, det_<mode>.png).
 """
 
@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -72,7 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=60.0,
         metavar="SECONDS",
         help="write last.pt at most this often (0: after every epoch); always after the last "
-        "epoch and on Ctrl-C",
+        "epoch and on Ctrl-C or SIGTERM",
     )
     p.add_argument(
         "--threads", type=int, help="torch CPU threads (1 is fastest on a CPU shared with others)"
@@ -324,15 +325,29 @@ def dataset_meta(args: argparse.Namespace, arrays) -> dict:
     }
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler's time limit, ``kill``, ``systemctl stop``): last.pt is saved
+    as on Ctrl-C, since the last periodic save may be up to --save-every seconds old."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def run(args: argparse.Namespace) -> int:
     from export.data import load_dataset
     from export.evaluate import format_table
 
     arrays = load_dataset(args.ds, args.data_root, DEFAULT_SPEC, workers=max(args.workers, 4))
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         report = fit(args, arrays, dataset_meta(args, arrays))
+    except Terminated:
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if report is not None:
         print(format_table(report))
         print(f"mean_eer={report['mean_eer']:.4f} out={out_dir(args)}")

@@ -171,7 +171,8 @@ def test_last_checkpoint_written_at_most_every_save_every_seconds(tmp_path, monk
         assert load_checkpoint(out / "last.pt")[1]["train"]["epoch"] == 3
 
 
-def test_ctrl_c_saves_and_resume_finishes(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_interrupt_saves_and_resume_finishes(tmp_path, sig):
     root = write_dataset("casiam", tmp_path / "data", 4, 4, "easy", 0)
     out = tmp_path / "run"
     cmd = [
@@ -197,9 +198,9 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path):
         time.sleep(0.2)
     assert not (out / "last.pt").exists()
     time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 128 + sig, err
     assert "continue with --resume" in err
     done = load_checkpoint(out / "last.pt")[1]["train"]["epoch"]
     assert done >= 1
