@@ -1,7 +1,10 @@
 """Raspberry Pi camera through picamera2: a thin adapter over its documented API.
 
 Still configuration, fixed exposure and gain per modality through ``set_controls`` (auto
-exposure would undo the contrast the NIR light gives the veins), ``capture_array`` for frames.
+exposure would undo the contrast the NIR light gives the veins), ``capture_request`` for frames:
+the array and the request's ``SensorTimestamp`` (when the sensor sent the frame, in ns on the
+clock ``time.monotonic`` reads), so that a decision's latency starts at the frame itself, also
+when picamera2 hands over one that waited in its buffers.
 picamera2 is imported only when a camera is opened, so this file loads anywhere; tests pass a
 factory that builds a stand-in with the same methods.
 
@@ -24,6 +27,9 @@ from agent.capture.base import CaptureError, Frame, Source, TimedCalls, to_grey
 logger = logging.getLogger(__name__)
 
 FORMATS = ("YUV420", "RGB888", "BGR888")
+# a sensor timestamp further back than this, or ahead of now, is on another clock (a suspend
+# between boot and now, a driver without it): the frame is then timed when it arrived
+MAX_FRAME_AGE_S = 5.0
 
 
 def _default_factory(camera_num: int) -> Any:
@@ -100,12 +106,13 @@ class Picamera2Source(Source):
         if cam is None:
             raise CaptureError(f"{self.name}: read before open")
         try:
-            array = self._calls.call(lambda: cam.capture_array("main"), timeout)
+            array, sensor_ns = self._calls.call(lambda: _capture(cam), timeout)
         except CaptureError:
             raise
         except Exception as e:
-            raise CaptureError(f"{self.name}: capture_array failed: {e}") from e
-        frame = Frame(self._grey(np.asarray(array)), time.monotonic(), self._count, self.name)
+            raise CaptureError(f"{self.name}: capture_request failed: {e}") from e
+        image = self._grey(np.asarray(array))
+        frame = Frame(image, _frame_time(sensor_ns), self._count, self.name)
         self._count += 1
         return frame
 
@@ -118,3 +125,21 @@ class Picamera2Source(Source):
         if array.shape[:2] != (h, w):
             raise CaptureError(f"{self.name}: {self.fmt} frame of shape {array.shape}")
         return to_grey(array, "bgr" if self.fmt == "RGB888" else "rgb")
+
+
+def _capture(cam: Any) -> tuple[np.ndarray, int | None]:
+    """The main stream's array (a copy: the buffer goes back to the camera) and the sensor
+    timestamp of one completed request."""
+    request = cam.capture_request()
+    try:
+        return request.make_array("main"), request.get_metadata().get("SensorTimestamp")
+    finally:
+        request.release()
+
+
+def _frame_time(sensor_ns: int | None) -> float:
+    now = time.monotonic()
+    if sensor_ns is None:
+        return now
+    taken = sensor_ns / 1e9
+    return taken if now - MAX_FRAME_AGE_S <= taken <= now else now

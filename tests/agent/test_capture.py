@@ -113,6 +113,23 @@ def test_opencv_source_that_cannot_open_says_so(tmp_path):
         open_source({"kind": "webcam"})
 
 
+class FakeRequest:
+    """picamera2's CompletedRequest: make_array, get_metadata, release."""
+
+    def __init__(self, cam, array, sensor_ns):
+        self.cam, self.array, self.sensor_ns = cam, array, sensor_ns
+
+    def make_array(self, name):
+        assert name == "main" and self.cam.released < self.cam.requests  # not after release
+        return self.array.copy()
+
+    def get_metadata(self):
+        return {} if self.sensor_ns is None else {"SensorTimestamp": self.sensor_ns}
+
+    def release(self):
+        self.cam.released += 1
+
+
 class FakePicamera2:
     """Stand-in keeping picamera2's documented API and array shapes per format."""
 
@@ -120,6 +137,9 @@ class FakePicamera2:
         self.camera_num, self.block = camera_num, block
         self.config, self.controls, self.started, self.closed = None, {}, False, False
         self.calls: list[str] = []
+        self.requests = self.released = 0
+        # the sensor sent the frame 20 ms before it was handed over (on time.monotonic's clock)
+        self.sensor_ns = lambda: time.monotonic_ns() - 20_000_000
 
     def create_still_configuration(self, main=None, **kw):
         return {"use_case": "still", "main": dict(main or {})}
@@ -136,10 +156,14 @@ class FakePicamera2:
         self.calls.append("start")
         self.started = True
 
-    def capture_array(self, name="main"):
+    def capture_request(self):
         if self.block is not None:
             self.block.wait(5)
-        assert self.started and name == "main"
+        assert self.started
+        self.requests += 1
+        return FakeRequest(self, self._array(), self.sensor_ns())
+
+    def _array(self):
         w, h = self.config["main"]["size"]
         fmt = self.config["main"]["format"]
         y = (np.arange(h)[:, None] + 2 * np.arange(w)[None, :]) % 256
@@ -183,6 +207,29 @@ def test_picamera2_adapter_formats_and_controls(fmt):
     else:  # grey from the right channel order: red = y, blue = 255 - y
         expect = 0.299 * y + 0.587 * (y // 2) + 0.114 * (255 - y.astype(int))
         assert np.abs(frame.image - expect).max() <= 1.0
+
+
+def test_picamera2_frames_are_timed_by_the_sensor():
+    """A frame carries the time the sensor sent it (20 ms before it was handed over here), so
+    a decision's latency counts the frame's wait in picamera2's buffers; without a usable sensor
+    timestamp it carries its arrival. Every request goes back to the camera."""
+    cams = []
+
+    def factory(n):
+        cams.append(FakePicamera2(n))
+        return cams[-1]
+
+    with Picamera2Source(fmt="YUV420", size=(64, 48), factory=factory) as src:
+        before = time.monotonic()
+        frame = src.read(timeout=1.0)
+        after = time.monotonic()
+        assert before - 0.0201 <= frame.timestamp <= after - 0.0199, (before, frame, after)
+        cam = cams[0]
+        for odd in (None, 0, time.monotonic_ns() + 10**9):  # none, another clock, the future
+            cam.sensor_ns = lambda odd=odd: odd
+            before = time.monotonic()
+            assert before <= src.read(timeout=1.0).timestamp <= time.monotonic()
+    assert cam.requests == cam.released == 4
 
 
 def test_picamera2_grab_timeout_and_missing_module():
