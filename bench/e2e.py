@@ -302,6 +302,13 @@ def _overhead(latency: float | None, inference: float | None) -> tuple[float | N
     return round(latency - inference, 2), round((latency - inference) / inference, 3)
 
 
+def _overhead_ok(rows: list[dict], key: str, cooldowns: list[float]) -> dict[str, bool]:
+    limit = GOALS["overhead_ratio_max"]
+    return {
+        str(c): all((r[key] or 9) <= limit for r in rows if r["cooldown_s"] == c) for c in cooldowns
+    }
+
+
 def _percentiles(values: list[float]) -> dict[str, float] | None:
     if not values:
         return None
@@ -376,22 +383,8 @@ def main() -> int:
         "goals": GOALS,
         # per cooldown: all forms within the goal, by frame -> publish and by the daemon's own
         # inference time
-        "overhead_ok": {
-            str(c): all(
-                (r["overhead_ratio"] or 9) <= GOALS["overhead_ratio_max"]
-                for r in rows
-                if r["cooldown_s"] == c
-            )
-            for c in cooldowns
-        },
-        "overhead_in_daemon_ok": {
-            str(c): all(
-                (r["overhead_ratio_in_daemon"] or 9) <= GOALS["overhead_ratio_max"]
-                for r in rows
-                if r["cooldown_s"] == c
-            )
-            for c in cooldowns
-        },
+        "overhead_ok": _overhead_ok(rows, "overhead_ratio", cooldowns),
+        "overhead_in_daemon_ok": _overhead_ok(rows, "overhead_ratio_in_daemon", cooldowns),
         "tflite_int8_rss_ok": bool(tfl) and max(tfl) <= GOALS["tflite_peak_rss_mb_max"],
         "ready_ok": all((r["ready_s"] or 99) <= GOALS["ready_s_max"] for r in rows),
         "page_cache": a.page_cache,
