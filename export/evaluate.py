@@ -164,13 +164,17 @@ def evaluate_model(
     spec: PreprocessSpec,
     out_dir: Path | None = None,
     device: str = "cpu",
+    plots: bool = True,
 ) -> dict:
+    """The report (and in ``out_dir`` report.json, and the DET plots unless ``plots`` is
+    False: drawing them takes longer than the metrics, 1.9 against 0.2 s for 600 test pairs)."""
     u = encode(model, arrays, spec, device=device)
     report, curves = evaluate_outputs(u, arrays.labels, np.asarray(centroids))
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        write_det(curves, out_dir)
+        if plots:
+            write_det(curves, out_dir)
     return report
 
 

@@ -9,7 +9,8 @@ continues exactly where the interrupted one stopped.
 
 Writes to --out: last.pt (after an epoch once --save-every seconds have passed since the last
 one, after the last epoch, and on Ctrl-C or SIGTERM), best.pt (lowest mean Hamming EER over the
-modes), metrics.jsonl (one line per evaluation) and eval/ (report.json, det_<mode>.png).
+modes), metrics.jsonl (one line per evaluation) and eval/ (report.json of the latest evaluation,
+det_<mode>.png of the last one).
 """
 
 from __future__ import annotations
@@ -271,7 +272,11 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
                 stop = bool(flag.item())
             last = stop or epoch + 1 == args.epochs
             if rank == 0 and ((epoch + 1) % args.eval_every == 0 or last):
-                report = evaluate_model(model, test_arrays, centroids, spec, out / "eval", device)
+                # the DET plots once, for the last evaluation: drawn every time they cost
+                # more than the metrics (1.9 s against 0.2 s for a CASIA-M-sized test split)
+                report = evaluate_model(
+                    model, test_arrays, centroids, spec, out / "eval", device, plots=last
+                )
                 meta["eval"] = report
                 row = {
                     "epoch": epoch + 1,

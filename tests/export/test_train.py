@@ -171,6 +171,26 @@ def test_last_checkpoint_written_at_most_every_save_every_seconds(tmp_path, monk
         assert load_checkpoint(out / "last.pt")[1]["train"]["epoch"] == 3
 
 
+def test_det_plots_drawn_once_at_the_end_report_every_evaluation(tmp_path, monkeypatch):
+    import export.evaluate
+
+    arrays, meta = _synth(4, 4)
+    drawn: list[int] = []
+    real = export.evaluate.write_det
+
+    def counting(curves, out_dir):
+        drawn.append(len((tmp_path / "metrics.jsonl").read_text().splitlines()))
+        return real(curves, out_dir)
+
+    monkeypatch.setattr(export.evaluate, "write_det", counting)
+    args = [*FAST, "-b", "8", "--epoch", "3", "--eval-every", "1", "--out", str(tmp_path)]
+    fit(parse_args(args), arrays, meta)
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
+    assert drawn == [2]  # during the third evaluation, after two lines of metrics
+    assert sorted(p.name for p in (tmp_path / "eval").glob("det_*.png"))
+    assert (tmp_path / "eval" / "report.json").is_file()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
 def test_interrupt_saves_and_resume_finishes(tmp_path, sig):
     root = write_dataset("casiam", tmp_path / "data", 4, 4, "easy", 0)
