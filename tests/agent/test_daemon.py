@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -351,6 +352,27 @@ def test_commands_and_fuzz_over_mqtt(running_broker, subscribe, palm_bundle, tmp
         agent.kill()
 
 
+def run_beside(daemon, operator: Callable[[], None]) -> None:
+    """The daemon's loop on this (the main) thread, as ``palm-agent run`` has it, while
+    ``operator`` acts from another thread and then stops it; signal handlers put back after."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+
+    def act() -> None:
+        try:
+            operator()
+        finally:
+            daemon.stop()
+
+    t = threading.Thread(target=act)
+    t.start()
+    try:
+        assert daemon.run() == 0
+    finally:
+        t.join(timeout=30)
+        for s, h in saved.items():
+            signal.signal(s, h)
+
+
 def test_gpio_button_trigger_and_outcome_leds(running_broker, subscribe, palm_bundle, tmp_path):
     """In-process with gpiozero's MockFactory: a button press is one capture, its LED lights."""
     from gpiozero import Device
@@ -367,33 +389,24 @@ def test_gpio_button_trigger_and_outcome_leds(running_broker, subscribe, palm_bu
     )  # fmt: skip
     sub = subscribe("palm/dev13/#")
     daemon = build(cfg)
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     seen: dict[str, object] = {}
 
     def operator() -> None:
-        try:
-            assert sub.wait(lambda m: m[3] == "online", timeout=20)
-            time.sleep(0.5)
-            seen["before"] = len(sub.on("/decision"))  # no presence trigger: nothing yet
-            button = Device.pin_factory.pin(22)
-            button.drive_low()  # pressed (pull-up)
-            time.sleep(0.05)
-            button.drive_high()
-            got = sub.wait(lambda m: m[0].endswith("/decision"), timeout=10)
-            seen["doc"] = json.loads(got[0][3]) if got else None
-            seen["denied_led"] = wait_until(lambda: Device.pin_factory.pin(6).state, 3)
-            seen["granted_led"] = Device.pin_factory.pin(5).state
-        finally:
-            daemon.stop()
+        assert sub.wait(lambda m: m[3] == "online", timeout=20)
+        time.sleep(0.5)
+        seen["before"] = len(sub.on("/decision"))  # no presence trigger: nothing yet
+        button = Device.pin_factory.pin(22)
+        button.drive_low()  # pressed (pull-up)
+        time.sleep(0.05)
+        button.drive_high()
+        got = sub.wait(lambda m: m[0].endswith("/decision"), timeout=10)
+        seen["doc"] = json.loads(got[0][3]) if got else None
+        seen["denied_led"] = wait_until(lambda: Device.pin_factory.pin(6).state, 3)
+        seen["granted_led"] = Device.pin_factory.pin(5).state
 
-    t = threading.Thread(target=operator)
-    t.start()
     try:
-        assert daemon.run() == 0
+        run_beside(daemon, operator)
     finally:
-        t.join(timeout=30)
-        for s, h in saved.items():
-            signal.signal(s, h)
         Device.pin_factory.close()
         Device.pin_factory = None
     assert seen["before"] == 0
@@ -464,26 +477,15 @@ def test_latency_runs_from_the_frame_not_from_the_wait_for_it(
     daemon = build(cfg)
     docs: list[dict] = []
     daemon.on_decision.append(docs.append)
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     waited: list[float] = []
 
     def operator() -> None:
-        try:
-            for _ in range(3):
-                t0 = time.monotonic()
-                daemon.capture()
-                waited.append((time.monotonic() - t0) * 1e3)
-        finally:
-            daemon.stop()
+        for _ in range(3):
+            t0 = time.monotonic()
+            daemon.capture()
+            waited.append((time.monotonic() - t0) * 1e3)
 
-    t = threading.Thread(target=operator)
-    t.start()
-    try:
-        assert daemon.run() == 0
-    finally:
-        t.join(timeout=30)
-        for s, h in saved.items():
-            signal.signal(s, h)
+    run_beside(daemon, operator)
     assert len(docs) == 3
     # the second and third command each waited about 250 ms for their frame
     assert min(waited[1:]) > 150, waited
