@@ -92,6 +92,9 @@ class BundleConfig(_Model):
     runtime: Literal["onnx", "tflite"] = "onnx"
     precision: Literal["fp32", "int8"] = "fp32"
     threads: int = Field(2, ge=1, le=64)
+    # two-model modes (multi, cross, centroid): run a capture's print and vein models at once,
+    # each on half of ``threads``, rather than one after the other on all of them
+    concurrent: bool = True
     # onnxruntime's graph optimisations: "all" includes the layout pass that keeps a reordered
     # copy of fp32 weights (fastest); "extended" skips it, for a device short of memory
     # (docs/dataflow.md: a res18 fp32 model 112 instead of 204-211 MB, 20-25% slower)

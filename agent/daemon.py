@@ -53,6 +53,7 @@ class Engine(Protocol):
     """What a bundle provides: the vision stages, a decider, and its identity."""
 
     modalities: tuple[str, ...]
+    per_capture: tuple[str, ...]  # the modalities it was loaded to hash per capture
     model_hash: str
 
     def vision(self, frames: Mapping[str, np.ndarray]) -> Probe: ...
@@ -68,7 +69,7 @@ class Daemon:
         reporter: Reporter,
         source: Source,
         store: Any,
-        load_engine: Callable[[], Engine],
+        load_engine: Callable[[tuple[str, ...]], Engine],
         rekey: Callable[[], dict[str, Any]],
         notifier: Notifier | None = None,
     ) -> None:
@@ -79,9 +80,9 @@ class Daemon:
         self._load_engine = load_engine
         self._rekey = rekey
         self.notifier = notifier or Notifier()
-        self.engine = load_engine()
         m = cfg.match
         self.settings = Settings(m.mode, m.identify, m.subject)
+        self.engine = load_engine(self._per_capture(m.mode))
         self.agreement = Agreement(m.agreement.k, m.agreement.n)
         self._stop = threading.Event()
         self._jobs: queue.Queue[tuple[Callable[[], Any], Future]] = queue.Queue()
@@ -155,6 +156,11 @@ class Daemon:
 
     def _presence(self) -> bool:
         return self.cfg.trigger.kind == "presence"
+
+    def _per_capture(self, mode: str) -> tuple[str, ...]:
+        """The modalities a capture hashes in ``mode``: the engine gives each model its share
+        of the inference threads from them."""
+        return tuple(m for m in MODE_MODALITIES[mode] if m in self.source.modalities)
 
     # -- the pipeline -----------------------------------------------------------------------
     def _grab(self) -> tuple[Probe | None, float]:
@@ -291,6 +297,11 @@ class Daemon:
             )
             if not new.identify and not new.subject:
                 raise CommandError("1:1 verification (identify false) needs a subject")
+            wanted = self._per_capture(new.mode)
+            if tuple(m for m in self.engine.modalities if m in wanted) != self.engine.per_capture:
+                # one model per capture instead of two, or the reverse: load the models again
+                # with the threads that suit the new mode (a few tenths of a second)
+                self._reload(wanted)
             self.settings = new
             self.agreement.reset()
             logger.info("mode changed %s", self._status())
@@ -302,9 +313,9 @@ class Daemon:
     def reload(self) -> dict[str, Any]:
         return self._on_main(self._reload)
 
-    def _reload(self) -> dict[str, Any]:
+    def _reload(self, per_capture: tuple[str, ...] | None = None) -> dict[str, Any]:
         try:
-            fresh = self._load_engine()
+            fresh = self._load_engine(per_capture or self._per_capture(self.settings.mode))
         except Exception as err:
             raise CommandError(f"reload failed, keeping the current bundle: {err}") from err
         old, self.engine = self.engine, fresh

@@ -173,12 +173,20 @@ class BundleEngine:
 
     ``bundle``: one :func:`load_configured_bundle` already gave (the daemon's start reads it
     once, for the code length of the template store too); without it the bundle is loaded and
-    checked here, as a reload does.
+    checked here, as a reload does. ``per_capture``: the modalities a capture hashes (the mode's
+    that the camera gives; None: all of the bundle's), which sets the threads of each model.
     """
 
-    def __init__(self, cfg: Config, store: Any, bundle: Bundle | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        store: Any,
+        bundle: Bundle | None = None,
+        per_capture: tuple[str, ...] | None = None,
+    ) -> None:
         from agent.gallery import StoreGallery
         from agent.inference import open_backend
+        from agent.inference.concurrent import Runner, threads_per_model
 
         bc = cfg.bundle
         b = bundle if bundle is not None else load_configured_bundle(cfg)
@@ -187,11 +195,15 @@ class BundleEngine:
                 f"bundle codes are {b.bits} bits, the template store holds {store.bits}"
             )
         self.modalities = tuple(m for m in ("print", "vein") if m in b.manifest.modalities)
+        used = [m for m in self.modalities if per_capture is None or m in per_capture]
+        self.per_capture = tuple(used)
+        threads = threads_per_model(bc.threads, len(used), bc.concurrent)
+        self.runner = Runner(concurrent=threads < bc.threads)
         self.backends = {
             m: open_backend(
                 b.model_path(m, bc.runtime, bc.precision),
                 bc.runtime,
-                bc.threads,
+                threads,
                 b.preprocess(m),
                 onnx_optimization=bc.onnx_optimization,
             )
@@ -210,22 +222,23 @@ class BundleEngine:
         )
         self.shared_roi = r.shared if r.shared is not None else cfg.camera.layout == "switched"
         logger.info(
-            "bundle loaded path=%s model_hash=%s modalities=%s",
-            bc.path,
-            self.model_hash,
-            self.modalities,
-        )
+            "bundle loaded path=%s model_hash=%s modalities=%s threads_per_model=%d "
+            "concurrent=%s",
+            bc.path, self.model_hash, self.modalities, threads, self.runner.concurrent,
+        )  # fmt: skip
 
     def vision(self, frames: Mapping[str, np.ndarray]) -> Probe:
         """ROI, quality gate and code per modality; ``probe.timings`` gets each stage's ms
         summed over the modalities: ``roi``, ``quality``, ``convert`` (ROI -> the model's
-        input, its output -> packed code) and ``infer`` (the model alone)."""
+        input, its output -> packed code) and ``infer`` (the models: with concurrent models,
+        the time this thread spends running its own and waiting for the other's)."""
         probe = Probe()
         clock = _StageClock(probe.timings)
         first: roi.RoiResult | None = None  # the capture's one search when the ROI is shared
-        for m, frame in frames.items():
-            if m not in self.backends:
-                continue
+        todo = [m for m in frames if m in self.backends]
+        running: dict[str, Callable[[], np.ndarray]] = {}
+        for m in todo:
+            frame = frames[m]
             clock.start()
             if first is None:
                 found = roi.extract(frame, self.roi_config)
@@ -244,12 +257,14 @@ class BundleEngine:
             if not verdict.ok:
                 probe.rejected = probe.rejected or verdict.reason
                 continue
-            backend = self.backends[m]
-            x = backend.feed([found.roi])
+            x = self.backends[m].feed([found.roi])
             clock.lap("convert")
-            raw = backend.infer(x)
+            running[m] = self.runner.start(self.backends[m], x, last=m == todo[-1])
             clock.lap("infer")
-            probe.codes[m] = backend.pack(raw)[0]
+        for m, result in running.items():
+            raw = result()
+            clock.lap("infer")
+            probe.codes[m] = self.backends[m].pack(raw)[0]
             clock.lap("convert")
         return probe
 
@@ -260,6 +275,7 @@ class BundleEngine:
         return self.decider.document(s, probe, taken, error=reason)
 
     def close(self) -> None:
+        self.runner.close()
         for b in self.backends.values():
             b.close()
 

@@ -76,7 +76,9 @@ def build(config_path: Path, with_reporter: bool = True) -> Any:
         Camera(cfg.camera, report),
         store,
         # the first engine takes the bundle read above; a reload reads and checks its own
-        load_engine=lambda: BundleEngine(cfg, store, first.pop() if first else None),
+        load_engine=lambda per_capture: BundleEngine(
+            cfg, store, first.pop() if first else None, per_capture
+        ),
         rekey=lambda: rekey_store(store, Path(cfg.store.key_path)),
         notifier=Notifier(),
     )

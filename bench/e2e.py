@@ -103,6 +103,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.bundle import load_bundle  # noqa: E402
 from agent.inference import open_backend  # noqa: E402
+from agent.inference.concurrent import Runner, threads_per_model  # noqa: E402
 from bench.procfs import cpu_seconds  # noqa: E402
 from export.convert_onnx import WEIGHT_TYPES  # noqa: E402
 from export.demo.broker import Broker  # noqa: E402
@@ -140,34 +141,52 @@ def build_bundle(out: Path, fresh: bool, model: str, onnx_weights: str) -> Path:
 
 
 def inference_ms(
-    bundle: Path, runtime: str, precision: str, threads: int, runs: int, optimization: str
+    bundle: Path,
+    runtime: str,
+    precision: str,
+    threads: int,
+    runs: int,
+    optimization: str,
+    concurrent: bool,
 ) -> float:
-    """Median time of the models alone for one frame: the print then the vein model, taking
-    turns as in the daemon, on the input the daemon gives them (``Backend.feed``)."""
+    """Median time of the models alone for one frame, the print and the vein model run as the
+    daemon runs them (at once on their share of the threads, or one after the other), on the
+    input the daemon gives them (``Backend.feed``)."""
     b = load_bundle(bundle, allow_degraded=True)
     roi = np.random.default_rng(0).integers(0, 255, (128, 128), dtype=np.uint8)
+    modalities = b.manifest.modalities
+    per_model = threads_per_model(threads, len(modalities), concurrent)
+    runner = Runner(concurrent=per_model < threads)
     backends = [
         open_backend(
             b.model_path(m, runtime, precision),
             runtime,
-            threads,
+            per_model,
             b.preprocess(m),
             onnx_optimization=optimization,
         )
-        for m in b.manifest.modalities
+        for m in modalities
     ]
+
+    def both() -> None:
+        results = [
+            runner.start(be, x, last=i == len(backends) - 1)
+            for i, (be, x) in enumerate(zip(backends, inputs, strict=True))
+        ]
+        for result in results:
+            result()
+
     try:
         inputs = [be.feed([roi]) for be in backends]
         for _ in range(5):
-            for be, x in zip(backends, inputs, strict=True):
-                be.infer(x)
+            both()
         times = []
         for _ in range(runs):
             t0 = time.perf_counter()
-            for be, x in zip(backends, inputs, strict=True):
-                be.infer(x)
+            both()
             times.append((time.perf_counter() - t0) * 1e3)
     finally:
+        runner.close()
         for be in backends:
             be.close()
     return statistics.median(times)
@@ -189,7 +208,11 @@ def run_one(out: Path, bundle: Path, broker: Broker, runtime: str, precision: st
         runtime=runtime, precision=precision, mode="multi", fmr="0.01", captures=3
     )
     over = {
-        "bundle": {"threads": a.threads, "onnx_optimization": a.onnx_optimization},
+        "bundle": {
+            "threads": a.threads,
+            "onnx_optimization": a.onnx_optimization,
+            "concurrent": not a.sequential,
+        },
         "mqtt": {"stats_interval": 1},
         # faster than the pipeline: the replay never holds a frame back, so "capture" is the
         # grab itself and not a wait for the next frame (a camera's cadence, not pipeline work)
@@ -247,7 +270,9 @@ def run_one(out: Path, bundle: Path, broker: Broker, runtime: str, precision: st
             stages.setdefault(k, []).append(v)
     means = {k: statistics.mean(v) for k, v in stages.items()}
     total = sum(means.values()) or 1.0
-    inf = inference_ms(bundle, runtime, precision, a.threads, a.runs, a.onnx_optimization)
+    inf = inference_ms(
+        bundle, runtime, precision, a.threads, a.runs, a.onnx_optimization, not a.sequential
+    )
     in_daemon_inf = means.get("infer")
     p50 = float(np.percentile(lat, 50)) if lat else None
     sub50 = float(np.percentile(to_sub, 50)) if lat else None
@@ -258,6 +283,7 @@ def run_one(out: Path, bundle: Path, broker: Broker, runtime: str, precision: st
         "runtime": runtime,
         "precision": precision,
         "threads": a.threads,
+        "concurrent": not a.sequential,
         "onnx_optimization": a.onnx_optimization if runtime == "onnx" else None,
         "cooldown_s": cooldown,
         "ready_s": round(ready_s, 3) if ready_s is not None else None,
@@ -336,6 +362,11 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=15.0, help="steady window per backend")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds skipped after READY")
     p.add_argument("--threads", type=int, default=2, help="inference threads")
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="bundle.concurrent false: the two models one after the other on all the threads",
+    )
     p.add_argument(
         "--onnx-optimization",
         choices=("all", "extended"),

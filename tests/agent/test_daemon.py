@@ -490,3 +490,45 @@ def test_latency_runs_from_the_frame_not_from_the_wait_for_it(
     # the second and third command each waited about 250 ms for their frame
     assert min(waited[1:]) > 150, waited
     assert max(d["latency_ms"] for d in docs) < 100, ([d["latency_ms"] for d in docs], waited)
+
+
+def test_changing_between_one_and_two_models_per_capture_reloads_with_their_threads(
+    running_broker, palm_bundle, tmp_path
+):
+    """multi: each model on half of bundle.threads, run at once; a one-model mode (print) gives
+    its model all of them, and back again. A change within two-model modes keeps the models."""
+    from agent.run_cli import build
+
+    cfg = agent_config(tmp_path, running_broker, "dev15", palm_bundle, write_replay(tmp_path, [2]))
+    doc = yaml.safe_load(cfg.read_text())
+    doc["bundle"]["threads"] = 2
+    cfg.write_text(yaml.safe_dump(doc))
+    daemon = build(cfg, with_reporter=False)
+
+    def set_mode(mode: str) -> dict:
+        out: list = []
+        t = threading.Thread(target=lambda: out.append(daemon.set_mode(mode, None, None)))
+        t.start()
+        while t.is_alive():
+            daemon._run_jobs(timeout=0.05)
+        return out[0]
+
+    def plan() -> tuple:
+        threads = {
+            b.session.get_session_options().intra_op_num_threads
+            for b in daemon.engine.backends.values()
+        }
+        return daemon.engine.per_capture, threads, daemon.engine.runner.concurrent
+
+    try:
+        assert plan() == (("print", "vein"), {1}, True)
+        first = daemon.engine
+        assert set_mode("cross")["mode"] == "cross" and daemon.engine is first
+        assert set_mode("print")["mode"] == "print"
+        assert plan() == (("print",), {2}, False) and daemon.engine is not first
+        assert set_mode("multi")["mode"] == "multi"
+        assert plan() == (("print", "vein"), {1}, True)
+    finally:
+        daemon.source.close()
+        daemon.engine.close()
+        daemon.store.close()
