@@ -17,7 +17,10 @@ COMMAND_MODULES: tuple[str, ...] = ("agent.gallery_cli", "agent.run_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="palm-agent", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="palm-agent",
+        description="The palm reader on the device: run the daemon, enroll, manage templates.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:

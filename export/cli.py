@@ -22,7 +22,10 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="palm-export", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="palm-export",
+        description="The workstation: data sets, training, evaluation, export of bundles.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
