@@ -47,7 +47,8 @@ def agent_config(tmp: Path, broker, device: str, bundle: Path, replay: Path, **s
         "device": {"id": device, "name": f"test {device}"},
         "mqtt": broker.mqtt_section(device),
         "outbox": {"path": str(tmp / "outbox.sqlite"), "flush_timeout": 3},
-        "bundle": {"path": str(bundle), "runtime": "onnx", "precision": "fp32", "threads": 1},
+        # two threads: the two models of a capture run at once, as by default on a device
+        "bundle": {"path": str(bundle), "runtime": "onnx", "precision": "fp32", "threads": 2},
         "store": {"path": str(tmp / "templates.sqlite"), "key_path": str(tmp / "device.key")},
         "match": {"mode": "multi", "identify": True},
         "camera": {
@@ -500,9 +501,6 @@ def test_changing_between_one_and_two_models_per_capture_reloads_with_their_thre
     from agent.run_cli import build
 
     cfg = agent_config(tmp_path, running_broker, "dev15", palm_bundle, write_replay(tmp_path, [2]))
-    doc = yaml.safe_load(cfg.read_text())
-    doc["bundle"]["threads"] = 2
-    cfg.write_text(yaml.safe_dump(doc))
     daemon = build(cfg, with_reporter=False)
 
     def set_mode(mode: str) -> dict:
