@@ -22,7 +22,8 @@ an otherwise idle device; the models-alone timing is still taken back to back, s
 - ``stage_share``: each stage's mean (the daemon's stats: capture, roi, quality, convert = ROI
   -> model input and output -> code, infer = the models, match) over their sum;
 - ``inference_ms``: the bundle's two models alone (print + vein, one frame each, same runtime,
-  threads and input as the daemon feeds them), timed in this process while no daemon runs;
+  threads and input as the daemon feeds them, at once or in turn as the daemon runs them),
+  timed in this process while no daemon runs;
   ``overhead_ms`` = frame_to_publish p50 - inference_ms, the pipeline's own time, which moves
   less from one CPU to another than inference does; ``overhead_ratio`` = overhead_ms /
   inference_ms (goal <= 0.30), the same without the capture stage, and
@@ -40,6 +41,7 @@ an otherwise idle device; the models-alone timing is still taken back to back, s
     python bench/e2e.py --bundle runs/demo/bundle  # the demo's int8 bundle instead
     python bench/e2e.py --seconds 10 --only tflite:int8 --cooldown 0
     python bench/e2e.py --model res18 --out runs/bench-e2e-res18   # the paper's backbone
+    python bench/e2e.py --model res18 --out runs/bench-e2e-res18 --sequential  # models in turn
     python bench/e2e.py --onnx-weights int8 --out runs/bench-e2e-s8 --only onnx:int8
 """
 
