@@ -160,7 +160,7 @@ class Camera:
             if len(self.modalities) == 1:
                 frames = {self.modalities[0]: self.rig.read(self.timeout)}
             else:
-                frames = {m: self.rig.capture(m, self.timeout) for m in wanted}
+                frames = self.rig.capture_set(wanted, self.timeout)
         except EndOfStream:
             self.state = "ended"
             return None

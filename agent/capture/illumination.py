@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from agent.capture.base import Frame, Source
@@ -81,8 +82,13 @@ class SwitchedLight:
         frame.meta["modality"] = modality
         return frame
 
-    def capture_pair(self, timeout: float = 1.0) -> tuple[Frame, Frame]:
-        return self.capture("print", timeout), self.capture("vein", timeout)
+    def capture_set(self, modalities: Sequence[str], timeout: float = 1.0) -> dict[str, Frame]:
+        """A frame per modality, in the order asked for, taken under the light already on first:
+        a capture of both then switches once, not twice (each switch costs the settle delay
+        and a dropped frame), since the previous capture left the other light on."""
+        lit_first = sorted(modalities, key=lambda m: m != self.light.current)
+        frames = {m: self.capture(m, timeout) for m in lit_first}
+        return {m: frames[m] for m in modalities}
 
     def close(self) -> None:
         self.light.close()
@@ -102,8 +108,9 @@ class TwoCameras:
         frame.meta["modality"] = modality
         return frame
 
-    def capture_pair(self, timeout: float = 1.0) -> tuple[Frame, Frame]:
-        return self.capture("print", timeout), self.capture("vein", timeout)
+    def capture_set(self, modalities: Sequence[str], timeout: float = 1.0) -> dict[str, Frame]:
+        """A frame per modality, in the order asked for."""
+        return {m: self.capture(m, timeout) for m in modalities}
 
     def close(self) -> None:
         for s in self.sources.values():

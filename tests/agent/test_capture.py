@@ -4,6 +4,7 @@ picamera2's documented API, LED switching on gpiozero's mock pins, and reopening
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import threading
@@ -288,7 +289,7 @@ def test_switched_light_sets_the_pins_for_each_capture(mock_pins):
         probe, light, controls={"print": {"ExposureTime": 4000}, "vein": {"ExposureTime": 9000}}
     )
     t_switch = time.monotonic()
-    p, v = cam.capture_pair()
+    p, v = cam.capture_set(("print", "vein")).values()
     assert p.meta["modality"] == "print" and v.meta["modality"] == "vein"
     # one stale frame dropped after each switch, then the kept frame: all under the new light
     pins = [s for s, _ in probe.states]
@@ -299,6 +300,34 @@ def test_switched_light_sets_the_pins_for_each_capture(mock_pins):
     assert len(probe.states) == 5 and probe.states[-1][0] == (0, 1)
     cam.close()
     assert light.white.closed and light.nir.closed
+
+
+def test_a_capture_starts_under_the_light_the_last_one_left_on(mock_pins):
+    """Captures of both modalities one after another switch the light once each, not twice:
+    each starts with the modality whose light is on, and still hands the frames over in the
+    order asked for (the ROI search runs on the first)."""
+    light = Illumination(white_pin=17, nir_pin=27, settle_s=0.0)
+    probe = ProbeSource(light)
+    cam = SwitchedLight(probe, light)
+    reads, switches = [], []
+    for _ in range(4):
+        before, lit = len(probe.states), light.current
+        frames = cam.capture_set(("print", "vein"))
+        assert list(frames) == ["print", "vein"]
+        assert [f.meta["modality"] for f in frames.values()] == ["print", "vein"]
+        # each frame was read under its own light
+        assert probe.states[frames["print"].index - 1][0] == (1, 0)
+        assert probe.states[frames["vein"].index - 1][0] == (0, 1)
+        reads.append(len(probe.states) - before)
+        switches.append(sum(a != b for a, b in itertools.pairwise([lit, *light_order(frames)])))
+    # the first capture lights print, then vein; each later one starts under the light left on
+    assert reads == [4, 3, 3, 3], reads
+    assert switches == [2, 1, 1, 1], switches
+    cam.close()
+
+
+def light_order(frames: dict) -> list[str]:
+    return [f.meta["modality"] for f in sorted(frames.values(), key=lambda f: f.index)]
 
 
 def test_active_low_leds(mock_pins):
@@ -313,7 +342,7 @@ def test_two_cameras(frames_dir):
     cams = TwoCameras(ReplaySource(out / "print"), ReplaySource(out / "vein"))
     for s in cams.sources.values():
         s.open()
-    p, v = cams.capture_pair()
+    p, v = cams.capture_set(("print", "vein")).values()
     cams.close()
     assert "/print/" in p.meta["path"] and "/vein/" in v.meta["path"]
 
