@@ -53,9 +53,9 @@ class Engine(Protocol):
     """What a bundle provides: the vision stages, a decider, and its identity."""
 
     modalities: tuple[str, ...]
-    per_capture: tuple[str, ...]  # the modalities it was loaded to hash per capture
     model_hash: str
 
+    def suits(self, per_capture: tuple[str, ...]) -> bool: ...
     def vision(self, frames: Mapping[str, np.ndarray]) -> Probe: ...
     def decide(self, probe: Probe, s: Settings, taken: float) -> dict[str, Any]: ...
     def error(self, s: Settings, probe: Probe, taken: float, reason: str) -> dict[str, Any]: ...
@@ -298,7 +298,7 @@ class Daemon:
             if not new.identify and not new.subject:
                 raise CommandError("1:1 verification (identify false) needs a subject")
             wanted = self._per_capture(new.mode)
-            if tuple(m for m in self.engine.modalities if m in wanted) != self.engine.per_capture:
+            if not self.engine.suits(wanted):
                 # one model per capture instead of two, or the reverse: load the models again
                 # with the threads that suit the new mode (res18: 0.04-0.16 s on a 2-core x86)
                 self._reload(wanted)

@@ -186,24 +186,22 @@ class BundleEngine:
     ) -> None:
         from agent.gallery import StoreGallery
         from agent.inference import open_backend
-        from agent.inference.concurrent import Runner, threads_per_model
+        from agent.inference.concurrent import Runner
 
-        bc = cfg.bundle
+        bc = self._bundle_config = cfg.bundle
         b = bundle if bundle is not None else load_configured_bundle(cfg)
         if b.bits != store.bits:
             raise ValueError(
                 f"bundle codes are {b.bits} bits, the template store holds {store.bits}"
             )
         self.modalities = tuple(m for m in ("print", "vein") if m in b.manifest.modalities)
-        used = [m for m in self.modalities if per_capture is None or m in per_capture]
-        self.per_capture = tuple(used)
-        threads = threads_per_model(bc.threads, len(used), bc.concurrent)
-        self.runner = Runner(concurrent=threads < bc.threads)
+        self.per_capture, self.threads = self._plan(per_capture)
+        self.runner = Runner(concurrent=self.threads < bc.threads)
         self.backends = {
             m: open_backend(
                 b.model_path(m, bc.runtime, bc.precision),
                 bc.runtime,
-                threads,
+                self.threads,
                 b.preprocess(m),
                 onnx_optimization=bc.onnx_optimization,
             )
@@ -224,8 +222,21 @@ class BundleEngine:
         logger.info(
             "bundle loaded path=%s model_hash=%s modalities=%s threads_per_model=%d "
             "concurrent=%s",
-            bc.path, self.model_hash, self.modalities, threads, self.runner.concurrent,
+            bc.path, self.model_hash, self.modalities, self.threads, self.runner.concurrent,
         )  # fmt: skip
+
+    def _plan(self, per_capture: tuple[str, ...] | None) -> tuple[tuple[str, ...], int]:
+        """(the modalities hashed per capture, each model's threads) for ``per_capture``."""
+        from agent.inference.concurrent import threads_per_model
+
+        bc = self._bundle_config
+        used = tuple(m for m in self.modalities if per_capture is None or m in per_capture)
+        return used, threads_per_model(bc.threads, len(used), bc.concurrent)
+
+    def suits(self, per_capture: tuple[str, ...]) -> bool:
+        """Whether its models already run on the threads that hashing ``per_capture`` per
+        capture wants (print and vein alone want the same; one model and two do not)."""
+        return self._plan(per_capture)[1] == self.threads
 
     def vision(self, frames: Mapping[str, np.ndarray]) -> Probe:
         """ROI, quality gate and code per modality; ``probe.timings`` gets each stage's ms

@@ -497,7 +497,8 @@ def test_changing_between_one_and_two_models_per_capture_reloads_with_their_thre
     running_broker, palm_bundle, tmp_path
 ):
     """multi: each model on half of bundle.threads, run at once; a one-model mode (print) gives
-    its model all of them, and back again. A change within two-model modes keeps the models."""
+    its model all of them, and back again. A change within two-model modes, or between the
+    one-model modes, keeps the models."""
     from agent.run_cli import build
 
     cfg = agent_config(tmp_path, running_broker, "dev15", palm_bundle, write_replay(tmp_path, [2]))
@@ -524,6 +525,8 @@ def test_changing_between_one_and_two_models_per_capture_reloads_with_their_thre
         assert set_mode("cross")["mode"] == "cross" and daemon.engine is first
         assert set_mode("print")["mode"] == "print"
         assert plan() == (("print",), {2}, False) and daemon.engine is not first
+        alone = daemon.engine  # vein alone wants the same threads: no reload
+        assert set_mode("vein")["mode"] == "vein" and daemon.engine is alone
         assert set_mode("multi")["mode"] == "multi"
         assert plan() == (("print", "vein"), {1}, True)
     finally:
