@@ -207,6 +207,27 @@ def make_bundle(root: Path) -> Path:
     return root
 
 
+def watch_infer(backend) -> list[tuple[str, float, float]]:
+    """Record each run of ``backend``'s model as it happens: (thread name, start, end), on
+    ``time.perf_counter``; a list append is atomic, so a worker thread records too."""
+    runs: list[tuple[str, float, float]] = []
+    run = backend.infer
+
+    def watched(x):
+        t0 = time.perf_counter()
+        out = run(x)
+        runs.append((threading.current_thread().name, t0, time.perf_counter()))
+        return out
+
+    backend.infer = watched
+    return runs
+
+
+def onnx_threads(backend) -> int:
+    """The intra-op threads onnxruntime runs ``backend``'s model on."""
+    return backend.session.get_session_options().intra_op_num_threads
+
+
 def palm_roi(subject: int, capture: int):
     """A 128x128 grey ROI: a smooth texture per subject plus fresh sensor noise per capture."""
     import cv2

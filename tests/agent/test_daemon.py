@@ -26,7 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from .conftest import CTL_PASS, CTL_USER, palm_roi
+from .conftest import CTL_PASS, CTL_USER, onnx_threads, palm_roi
 from .test_fuzz_commands import is_valid, payloads
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -513,10 +513,7 @@ def test_changing_between_one_and_two_models_per_capture_reloads_with_their_thre
         return out[0]
 
     def plan() -> tuple:
-        threads = {
-            b.session.get_session_options().intra_op_num_threads
-            for b in daemon.engine.backends.values()
-        }
+        threads = {onnx_threads(b) for b in daemon.engine.backends.values()}
         return daemon.engine.per_capture, threads, daemon.engine.runner.concurrent
 
     try:

@@ -13,7 +13,7 @@ from agent.enroll import EnrollError, enroll
 from agent.protect import DeviceKey, Protector
 from agent.store import TemplateStore
 
-from .conftest import palm_roi
+from .conftest import onnx_threads, palm_roi, watch_infer
 
 
 @pytest.fixture
@@ -154,18 +154,12 @@ def test_one_roi_search_per_capture_when_the_frames_share_a_sensor(
         store.close()
 
 
-def _threads(backend) -> int:
-    return backend.session.get_session_options().intra_op_num_threads
-
-
 @pytest.mark.parametrize("concurrent", [True, False])
 def test_a_captures_two_models_run_at_once_on_half_the_threads_and_hash_alike(
     palm_bundle, tmp_path, concurrent
 ):
     """bundle.concurrent: the print model runs on the worker while this thread takes the vein
     frame through its stages and its model; the codes are those of each model run alone."""
-    import threading
-
     cfg = parse_config(
         {
             "device": {"id": "bench"},
@@ -179,26 +173,19 @@ def test_a_captures_two_models_run_at_once_on_half_the_threads_and_hash_alike(
     )
     engine = BundleEngine(cfg, store)
     single = BundleEngine(cfg, store, per_capture=("print",))
-    ran_on: dict[str, str] = {}
-    for m, backend in engine.backends.items():
-        run = backend.infer
-
-        def recording(x, m=m, run=run):
-            ran_on[m] = threading.current_thread().name
-            return run(x)
-
-        backend.infer = recording
+    runs = {m: watch_infer(backend) for m, backend in engine.backends.items()}
     try:
-        assert {_threads(b) for b in engine.backends.values()} == {1 if concurrent else 2}
+        assert {onnx_threads(b) for b in engine.backends.values()} == {1 if concurrent else 2}
         assert engine.runner.concurrent is concurrent
         # one model per capture: it keeps all the threads
-        assert _threads(single.backends["print"]) == 2 and not single.runner.concurrent
+        assert onnx_threads(single.backends["print"]) == 2 and not single.runner.concurrent
         for i in range(3):
             capture = frames(i, 7)
             probe = engine.vision(capture)
             assert set(probe.codes) == {"print", "vein"}
             for m, roi in capture.items():  # each model alone, on all the threads
                 assert probe.codes[m] == single.backends[m].hash([roi])[0]
+        ran_on = {m: r[-1][0] for m, r in runs.items()}
         assert ran_on["vein"] == "MainThread"
         worker = ran_on["print"].startswith("infer")
         assert worker if concurrent else ran_on["print"] == "MainThread"
@@ -211,30 +198,18 @@ def test_a_captures_two_models_run_at_once_on_half_the_threads_and_hash_alike(
 def test_a_model_left_running_by_a_failed_capture_never_runs_twice_at_once(palm_bundle):
     """A capture that fails after its print model went to the worker leaves it running; the
     next capture's run of that model, on this thread, waits for it."""
-    import threading
-
     from agent.inference import open_backend
     from agent.inference.concurrent import Runner
 
     backend = open_backend(palm_bundle / "print.fp32.onnx", threads=1)
     runner = Runner(concurrent=True)
-    spans: list[tuple[float, float]] = []
-    run, lock = backend.infer, threading.Lock()
-
-    def timed(x):
-        t0 = time.perf_counter()
-        out = run(x)
-        with lock:
-            spans.append((t0, time.perf_counter()))
-        return out
-
-    backend.infer = timed
+    runs = watch_infer(backend)
     x = backend.feed([palm_roi(1, 1)] * 32)  # a few milliseconds of work
     try:
         for _ in range(5):
             runner.start(backend, x, last=False)  # never collected
             runner.start(backend, x, last=True)()
-        spans.sort()
+        spans = sorted((t0, t1) for _, t0, t1 in runs)
         assert len(spans) == 10
         assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), spans
     finally:

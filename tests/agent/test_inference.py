@@ -17,6 +17,8 @@ from agent.inference import open_backend
 from agent.inference.base import layout_of, quantise
 from agent.preprocess import DEFAULT_SPEC, preprocess
 
+from .conftest import watch_infer
+
 torch = pytest.importorskip("torch")
 
 BITS = 32
@@ -451,26 +453,11 @@ def test_the_runtime_lets_two_models_run_side_by_side(models, name):
     """Running a capture's two models at once rests on the runtime letting go of the
     interpreter lock while a model runs: the worker's run and this thread's overlap in time
     (they never could under the lock), and each gives what it gives alone."""
-    import threading
-    import time
-
     from agent.inference.concurrent import Runner
 
     _, paths = models
     first, second = open_backend(paths[name], threads=1), open_backend(paths[name], threads=1)
-    spans: dict[int, list[tuple[float, float]]] = {id(first): [], id(second): []}
-    lock = threading.Lock()
-    for backend in (first, second):
-        run = backend.infer
-
-        def timed(x, backend=backend, run=run):
-            t0 = time.perf_counter()
-            out = run(x)
-            with lock:
-                spans[id(backend)].append((t0, time.perf_counter()))
-            return out
-
-        backend.infer = timed
+    spans = {id(first): watch_infer(first), id(second): watch_infer(second)}
     x1, x2 = first.feed(_rois(16, seed=3)), second.feed(_rois(16, seed=4))
     alone = (first.infer(x1), second.infer(x2))
     for s in spans.values():
@@ -485,7 +472,7 @@ def test_the_runtime_lets_two_models_run_side_by_side(models, name):
         first.close()
         second.close()
     overlapping = sum(
-        a[0] < b[1] and b[0] < a[1]
+        a[1] < b[2] and b[1] < a[2]
         for a, b in zip(spans[id(first)], spans[id(second)], strict=True)
     )
     print(f"{name}: {overlapping}/10 captures ran their two models side by side")
