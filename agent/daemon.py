@@ -33,10 +33,17 @@ logger = logging.getLogger(__name__)
 class Capture(NamedTuple):
     """One capture's frames per modality, and when its first frame was taken
     (``time.monotonic()``): a decision's latency runs from there, not from the start of a read
-    that waited for the camera's next frame."""
+    that waited for the camera's next frame. ``images`` iterates in the order the frames were
+    taken; a later one may still be arriving, and reading it waits for it or raises
+    :class:`FrameLost`."""
 
     images: Mapping[str, np.ndarray]
     taken: float
+
+
+class FrameLost(RuntimeError):
+    """A capture's later frame could not be taken (its images can arrive while the first is
+    already being processed): the capture is dropped as a failed read would be."""
 
 
 class Source(Protocol):
@@ -176,10 +183,15 @@ class Daemon:
             return None, started
         self._frames += 1
         grabbed = time.monotonic()
-        probe = self.engine.vision(capture.images)
-        # the read, a wait for the camera's next frame included; the decision's latency starts
-        # at the capture's first frame
-        probe.timings["capture"] = (grabbed - started) * 1e3
+        try:
+            probe = self.engine.vision(capture.images)
+        except FrameLost as e:
+            logger.debug("capture dropped: %s", e)
+            self._next_frame = time.monotonic() + 0.02
+            return None, started
+        # the read, a wait for the camera's next frame included (and vision's wait for a frame
+        # still arriving); the decision's latency starts at the capture's first frame
+        probe.timings["capture"] = probe.timings.get("capture", 0.0) + (grabbed - started) * 1e3
         return probe, capture.taken
 
     def _capture_and_decide(self, explicit: bool) -> dict[str, Any] | None:

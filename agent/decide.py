@@ -239,18 +239,21 @@ class BundleEngine:
         return self._plan(per_capture)[1] == self.threads
 
     def vision(self, frames: Mapping[str, np.ndarray]) -> Probe:
-        """ROI, quality gate and code per modality; ``probe.timings`` gets each stage's ms
-        summed over the modalities: ``roi``, ``quality``, ``convert`` (ROI -> the model's
-        input, its output -> packed code) and ``infer`` (the models: with concurrent models,
-        the time this thread spends running its own and waiting for the other's)."""
+        """ROI, quality gate and code per modality, in the order ``frames`` iterates (the
+        order they were taken); ``probe.timings`` gets each stage's ms summed over the
+        modalities: ``roi``, ``quality``, ``convert`` (ROI -> the model's input, its output ->
+        packed code), ``infer`` (the models: with concurrent models, the time this thread
+        spends running its own and waiting for the other's) and ``capture`` (waiting for a
+        frame still being taken while the first is processed: switched light)."""
         probe = Probe()
         clock = _StageClock(probe.timings)
         first: roi.RoiResult | None = None  # the capture's one search when the ROI is shared
         todo = [m for m in frames if m in self.backends]
         running: dict[str, Callable[[], np.ndarray]] = {}
         for m in todo:
-            frame = frames[m]
             clock.start()
+            frame = frames[m]
+            clock.lap("capture")
             if first is None:
                 found = roi.extract(frame, self.roi_config)
                 # a failed search is not shared: the next frame gets its own try

@@ -11,10 +11,14 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from agent.config import CameraConfig
     from agent.daemon import Capture
 
@@ -147,34 +151,89 @@ class Camera:
             )  # type: ignore[arg-type]
             self.rig = SwitchedLight(source("print"), leds)
             self.modalities = ("print", "vein")
+            # the second frame of a capture comes a settle delay and two frame times after the
+            # first: a thread takes it while the first goes through the pipeline
+            self._ahead = ThreadPoolExecutor(1, thread_name_prefix="capture")
         else:
             self.rig = source(cam.layout)
             self.modalities = (cam.layout,)
 
+    _ahead: ThreadPoolExecutor | None = None
+    _pending: Future | None = None  # the frames a capture is still taking
+
     def read(self, modalities: tuple[str, ...]) -> Capture | None:
-        from agent.capture import CaptureError, EndOfStream
+        from agent.capture import CaptureError
         from agent.daemon import Capture
 
+        if self._pending is not None:  # one read of the rig at a time
+            wait([self._pending])
+            self._pending = None
         wanted = [m for m in modalities if m in self.modalities] or list(self.modalities)
+        order = self.rig.lit_first(wanted) if self._ahead is not None else wanted
         try:
             if len(self.modalities) == 1:
                 frames = {self.modalities[0]: self.rig.read(self.timeout)}
+            elif self._ahead is not None:
+                frames = {order[0]: self.rig.capture(order[0], self.timeout)}
             else:
                 frames = self.rig.capture_set(wanted, self.timeout)
-        except EndOfStream:
-            self.state = "ended"
-            return None
         except CaptureError as e:
-            self.state = "unavailable"
-            logger.debug("capture no frame: %s", e)
+            self._lost(e)
             return None
         self.state = "ok"
         taken = min(f.timestamp for f in frames.values())
-        return Capture({m: f.image for m, f in frames.items()}, taken)
+        images = {m: f.image for m, f in frames.items()}
+        if self._ahead is None or len(order) == 1:
+            return Capture(images, taken)
+        rest = self._pending = self._ahead.submit(
+            lambda: {m: self.rig.capture(m, self.timeout).image for m in order[1:]}
+        )
+        return Capture(_Arriving(order, images, rest, self._lost), taken)
+
+    def _lost(self, e: Exception) -> None:
+        from agent.capture import EndOfStream
+
+        self.state = "ended" if isinstance(e, EndOfStream) else "unavailable"
+        logger.debug("capture no frame: %s", e)
 
     def close(self) -> None:
+        if self._ahead is not None:
+            self._ahead.shutdown(wait=True)
         self.rig.close()
         self.state = "closed"
+
+
+class _Arriving(Mapping[str, "np.ndarray"]):
+    """A capture's frames in the order they are taken: the first at hand, the others still
+    being taken on the capture thread; reading one of those waits for it, and raises
+    :class:`agent.daemon.FrameLost` when the camera failed to give it."""
+
+    def __init__(
+        self,
+        order: list[str],
+        have: dict[str, np.ndarray],
+        rest: Future,
+        lost: Callable[[Exception], None],
+    ) -> None:
+        self._order, self._have, self._rest, self._lost = order, have, rest, lost
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __getitem__(self, m: str) -> np.ndarray:
+        from agent.capture import CaptureError
+        from agent.daemon import FrameLost
+
+        if m not in self._have and m in self._order:
+            try:
+                self._have.update(self._rest.result())
+            except CaptureError as e:
+                self._lost(e)
+                raise FrameLost(f"no {m} frame: {e}") from e
+        return self._have[m]
 
 
 def _startup_errors() -> tuple[type[BaseException], ...]:

@@ -82,12 +82,15 @@ class SwitchedLight:
         frame.meta["modality"] = modality
         return frame
 
+    def lit_first(self, modalities: Sequence[str]) -> list[str]:
+        """``modalities`` in the order to take them: the one whose light is on first, so that
+        a capture of both switches once, not twice (each switch costs the settle delay and a
+        dropped frame), since the previous capture left the other light on."""
+        return sorted(modalities, key=lambda m: m != self.light.current)
+
     def capture_set(self, modalities: Sequence[str], timeout: float = 1.0) -> dict[str, Frame]:
-        """A frame per modality, in the order asked for, taken under the light already on first:
-        a capture of both then switches once, not twice (each switch costs the settle delay
-        and a dropped frame), since the previous capture left the other light on."""
-        lit_first = sorted(modalities, key=lambda m: m != self.light.current)
-        frames = {m: self.capture(m, timeout) for m in lit_first}
+        """A frame per modality, taken in :meth:`lit_first` order, in the order asked for."""
+        frames = {m: self.capture(m, timeout) for m in self.lit_first(modalities)}
         return {m: frames[m] for m in modalities}
 
     def close(self) -> None:

@@ -1,0 +1,90 @@
+"""One camera under switched light: a capture's first frame is processed while the camera waits
+out the switch for the second (gpiozero's mock pins, a replay at the camera's frame rate)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from agent.capture import CaptureError
+
+from .conftest import watch_infer
+from .test_daemon import agent_config, write_replay
+
+
+@pytest.fixture
+def switched_daemon(running_broker, palm_bundle, tmp_path):
+    from gpiozero import Device
+    from gpiozero.pins.mock import MockFactory
+
+    from agent.run_cli import build
+
+    Device.pin_factory = MockFactory()
+    cfg = agent_config(
+        tmp_path, running_broker, "dev20", palm_bundle, write_replay(tmp_path / "r", [2, 3]),
+        camera={"layout": "switched", "fps": 10, "illumination": {"settle_ms": 50}},
+    )  # fmt: skip
+    daemon = build(cfg, with_reporter=False)
+    yield daemon
+    daemon.source.close()
+    daemon.engine.close()
+    daemon.store.close()
+    Device.pin_factory.close()
+    Device.pin_factory = None
+
+
+def watch_camera(daemon) -> list[tuple[str, float, float]]:
+    """Record each frame the rig takes: (modality, start, end), on ``time.perf_counter``."""
+    rig = daemon.source.rig
+    taken: list[tuple[str, float, float]] = []
+    capture = rig.capture
+
+    def watched(modality, timeout=1.0):
+        t0 = time.perf_counter()
+        frame = capture(modality, timeout)
+        taken.append((modality, t0, time.perf_counter()))
+        return frame
+
+    rig.capture = watched
+    return taken
+
+
+def test_the_first_frame_is_hashed_while_the_second_is_taken(switched_daemon):
+    daemon = switched_daemon
+    runs = {m: watch_infer(b) for m, b in daemon.engine.backends.items()}
+    taken = watch_camera(daemon)
+    for n in range(1, 4):
+        probe, _ = daemon._grab()
+        assert probe is not None and set(probe.codes) == {"print", "vein"}
+        (first, _, _), (second, _, second_end) = taken[-2:]
+        # each capture starts under the light the last one left on
+        assert first == ("print" if n % 2 else "vein"), taken
+        # the first frame's model ran, and finished, before the second frame was there: 50 ms
+        # of settle and two frames at 10 frames/s after the first
+        assert runs[first][-1][2] < second_end, (runs, taken)
+        assert runs[second][-1][1] > second_end
+        # the wait for the second frame is counted as capture time, not as a vision stage
+        assert probe.timings["capture"] > 100, probe.timings
+        assert probe.timings["roi"] < 100, probe.timings
+    assert daemon.source.state == "ok"
+
+
+def test_a_lost_second_frame_drops_the_capture_and_the_next_one_goes_on(switched_daemon):
+    daemon = switched_daemon
+    rig = daemon.source.rig
+    capture, calls = rig.capture, []
+
+    def failing_second(modality, timeout=1.0):
+        calls.append(modality)
+        if len(calls) == 2:
+            raise CaptureError("sensor timeout")
+        return capture(modality, timeout)
+
+    rig.capture = failing_second
+    probe, _ = daemon._grab()
+    assert probe is None and daemon.source.state == "unavailable"
+    probe, _ = daemon._grab()
+    assert probe is not None and set(probe.codes) == {"print", "vein"}
+    assert daemon.source.state == "ok"
+    assert len(calls) == 4
