@@ -137,6 +137,8 @@ class Camera:
 
         self.timeout = cam.read_timeout
         self.state = "opening"
+        self._ahead: ThreadPoolExecutor | None = None  # takes a capture's later frames
+        self._pending: Future | None = None  # the frames a capture is still taking
         if cam.layout == "dual":
             from agent.capture.illumination import TwoCameras
 
@@ -157,9 +159,6 @@ class Camera:
         else:
             self.rig = source(cam.layout)
             self.modalities = (cam.layout,)
-
-    _ahead: ThreadPoolExecutor | None = None
-    _pending: Future | None = None  # the frames a capture is still taking
 
     def read(self, modalities: tuple[str, ...]) -> Capture | None:
         from agent.capture import CaptureError
