@@ -212,7 +212,15 @@ def test_interrupt_saves_and_resume_finishes(tmp_path, sig):
     # an evaluation every epoch shows that training runs; no periodic last.pt in this run, so
     # the one found afterwards is the interrupt's
     first = [*cmd, "--epoch", "100000", "--eval-every", "1", "--save-every", "3600"]
-    proc = subprocess.Popen(first, env=env, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C reaches training as at a terminal, also where the tests run as a background job
+    # (which inherits SIGINT ignored, and then Python installs no KeyboardInterrupt for it)
+    proc = subprocess.Popen(
+        first,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 90
     while not (out / "metrics.jsonl").is_file() and time.monotonic() < deadline:
         time.sleep(0.2)
