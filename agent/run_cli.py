@@ -11,18 +11,8 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import numpy as np
-
-    from agent.config import CameraConfig
-    from agent.daemon import Capture
-
-logger = logging.getLogger(__name__)
+from typing import Any
 
 EXIT_CONFIG = 2
 
@@ -52,6 +42,7 @@ def build(config_path: Path, with_reporter: bool = True) -> Any:
     # of a second core per capture, taken from the inference threads and the MQTT client
     cv2.setNumThreads(1)
 
+    from agent.capture.camera import Camera
     from agent.daemon import Daemon
     from agent.decide import BundleEngine, load_configured_bundle
     from agent.gallery_cli import rekey_store
@@ -111,128 +102,6 @@ def _wire_gpio(daemon: Any, cfg: Any) -> None:
                 led.blink(on_time=1.0, n=1, background=True)
 
         daemon.on_decision.append(show)
-
-
-class Camera:
-    """agent.capture's rig (switched light, two cameras, or one) as the daemon's frame source."""
-
-    def __init__(self, cam: CameraConfig, report: Any = None) -> None:
-        from agent.capture import Reopening, open_source
-
-        def source(which: str) -> Any:
-            vein = which == "vein" and cam.layout == "dual"
-            if cam.source == "replay":
-                path = cam.vein_replay_path if vein else cam.replay_path
-                args: dict[str, Any] = {"path": path, "loop": cam.loop, "fps": cam.fps}
-                args["cache_mb"] = cam.replay_cache_mb
-            elif cam.source == "opencv":
-                dev = (cam.vein_device if vein else cam.device) or cam.device
-                device: int | str = int(dev) if dev.isdigit() else dev
-                args = {"device": device, "width": cam.width, "height": cam.height, "fps": cam.fps}
-            else:
-                num = cam.vein_camera_num if vein else cam.camera_num
-                args = {"camera_num": num, "size": (cam.width, cam.height), "fmt": cam.format}
-            src = open_source({"kind": cam.source, **args})
-            return Reopening(src, report, (cam.reopen_min, cam.reopen_max))
-
-        self.timeout = cam.read_timeout
-        self.state = "opening"
-        self._ahead: ThreadPoolExecutor | None = None  # takes a capture's later frames
-        self._pending: Future | None = None  # the frames a capture is still taking
-        if cam.layout == "dual":
-            from agent.capture.illumination import TwoCameras
-
-            self.rig: Any = TwoCameras(source("print"), source("vein"))
-            self.modalities: tuple[str, ...] = ("print", "vein")
-        elif cam.layout == "switched":
-            from agent.capture.illumination import Illumination, SwitchedLight
-
-            light = cam.illumination
-            leds = Illumination(
-                light.print_pin, light.vein_pin, light.settle_ms / 1e3, light.active_high
-            )  # type: ignore[arg-type]
-            self.rig = SwitchedLight(source("print"), leds)
-            self.modalities = ("print", "vein")
-            # the second frame of a capture comes a settle delay and two frame times after the
-            # first: a thread takes it while the first goes through the pipeline
-            self._ahead = ThreadPoolExecutor(1, thread_name_prefix="capture")
-        else:
-            self.rig = source(cam.layout)
-            self.modalities = (cam.layout,)
-
-    def read(self, modalities: tuple[str, ...]) -> Capture | None:
-        from agent.capture import CaptureError
-        from agent.daemon import Capture
-
-        if self._pending is not None:  # one read of the rig at a time
-            wait([self._pending])
-            self._pending = None
-        wanted = [m for m in modalities if m in self.modalities] or list(self.modalities)
-        order = self.rig.lit_first(wanted) if self._ahead is not None else wanted
-        try:
-            if len(self.modalities) == 1:
-                frames = {self.modalities[0]: self.rig.read(self.timeout)}
-            elif self._ahead is not None:
-                frames = {order[0]: self.rig.capture(order[0], self.timeout)}
-            else:
-                frames = self.rig.capture_set(wanted, self.timeout)
-        except CaptureError as e:
-            self._lost(e)
-            return None
-        self.state = "ok"
-        taken = min(f.timestamp for f in frames.values())
-        images = {m: f.image for m, f in frames.items()}
-        if self._ahead is None or len(order) == 1:
-            return Capture(images, taken)
-        rest = self._pending = self._ahead.submit(
-            lambda: {m: self.rig.capture(m, self.timeout).image for m in order[1:]}
-        )
-        return Capture(_Arriving(order, images, rest, self._lost), taken)
-
-    def _lost(self, e: Exception) -> None:
-        from agent.capture import EndOfStream
-
-        self.state = "ended" if isinstance(e, EndOfStream) else "unavailable"
-        logger.debug("capture no frame: %s", e)
-
-    def close(self) -> None:
-        if self._ahead is not None:
-            self._ahead.shutdown(wait=True)
-        self.rig.close()
-        self.state = "closed"
-
-
-class _Arriving(Mapping[str, "np.ndarray"]):
-    """A capture's frames in the order they are taken: the first at hand, the others still
-    being taken on the capture thread; reading one of those waits for it, and raises
-    :class:`agent.daemon.FrameLost` when the camera failed to give it."""
-
-    def __init__(
-        self,
-        order: list[str],
-        have: dict[str, np.ndarray],
-        rest: Future,
-        lost: Callable[[Exception], None],
-    ) -> None:
-        self._order, self._have, self._rest, self._lost = order, have, rest, lost
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._order)
-
-    def __len__(self) -> int:
-        return len(self._order)
-
-    def __getitem__(self, m: str) -> np.ndarray:
-        from agent.capture import CaptureError
-        from agent.daemon import FrameLost
-
-        if m not in self._have and m in self._order:
-            try:
-                self._have.update(self._rest.result())
-            except CaptureError as e:
-                self._lost(e)
-                raise FrameLost(f"no {m} frame: {e}") from e
-        return self._have[m]
 
 
 def _startup_errors() -> tuple[type[BaseException], ...]:
