@@ -134,6 +134,16 @@ class Daemon:
             self._shutdown()
         return 0
 
+    def close(self) -> None:
+        """Release the camera, GPIO, models and template store of a daemon that is not run
+        (``palm-agent enroll``, benches, tests); :meth:`run` releases them on its way out, the
+        MQTT client's flush in between."""
+        self.source.close()
+        for device in self.gpio:
+            device.close()
+        self.engine.close()
+        self.store.close()
+
     def _shutdown(self) -> None:
         self.notifier.stopping()
         logger.info("daemon stopping")

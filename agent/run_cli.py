@@ -136,8 +136,6 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         print(f"palm-agent: {e}", file=sys.stderr)
         return 1
     finally:
-        daemon.source.close()
-        daemon.engine.close()
-        daemon.store.close()
+        daemon.close()
     print(json.dumps(result))
     return 0

@@ -113,9 +113,7 @@ def main() -> int:
                     print(json.dumps(one_round(daemon, i % 2 == 1, a.captures)), flush=True)
             finally:
                 daemon.reporter.stop(2)
-                daemon.source.close()
-                daemon.engine.close()
-                daemon.store.close()
+                daemon.close()
     finally:
         shutil.rmtree(out, ignore_errors=True)
     return 0

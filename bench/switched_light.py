@@ -96,9 +96,7 @@ def pipeline_rows(a: argparse.Namespace) -> dict[str, float]:
                         ms[way].append((done - taken) * 1e3)
                         infer.append(probe.timings["infer"])
             finally:
-                daemon.source.close()
-                daemon.engine.close()
-                daemon.store.close()
+                daemon.close()
     rows = {k: statistics.median(v) for k, v in ms.items()}
     for way, med in rows.items():
         print(json.dumps({

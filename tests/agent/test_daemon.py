@@ -441,9 +441,7 @@ def test_start_reads_the_bundle_once_and_a_reload_checks_its_own(
         assert daemon._reload()["model_hash"] == daemon.engine.model_hash
         assert set(hashed.values()) == {2}, hashed
     finally:
-        daemon.source.close()
-        daemon.engine.close()
-        daemon.store.close()
+        daemon.close()
 
 
 def test_the_daemon_runs_opencv_on_its_own_thread(running_broker, palm_bundle, tmp_path):
@@ -457,9 +455,7 @@ def test_the_daemon_runs_opencv_on_its_own_thread(running_broker, palm_bundle, t
     try:
         daemon = build(cfg, with_reporter=False)
         assert cv2.getNumThreads() == 1
-        daemon.source.close()
-        daemon.engine.close()
-        daemon.store.close()
+        daemon.close()
     finally:
         cv2.setNumThreads(before)
 
@@ -527,6 +523,4 @@ def test_changing_between_one_and_two_models_per_capture_reloads_with_their_thre
         assert set_mode("multi")["mode"] == "multi"
         assert plan() == (("print", "vein"), {1}, True)
     finally:
-        daemon.source.close()
-        daemon.engine.close()
-        daemon.store.close()
+        daemon.close()

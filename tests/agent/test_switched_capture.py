@@ -27,9 +27,7 @@ def switched_daemon(running_broker, palm_bundle, tmp_path):
     )  # fmt: skip
     daemon = build(cfg, with_reporter=False)
     yield daemon
-    daemon.source.close()
-    daemon.engine.close()
-    daemon.store.close()
+    daemon.close()
     Device.pin_factory.close()
     Device.pin_factory = None
 
