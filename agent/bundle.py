@@ -1,8 +1,7 @@
 """The bundle: the one artefact that crosses from the workstation to the device.
 
 A directory (or a ``.tar`` of one) holding ``manifest.json``, one model file per modality, format
-and precision, and the identity centroids. The manifest schema lives here, on the device side,
-so that the exporter writes exactly what the device reads (``export/bundle_writer`` imports it).
+and precision, and the identity centroids, described by the manifest (:mod:`agent.manifest`).
 
 Loading is deliberately strict: every file's size and the sha256 of every file that will be used
 are checked before anything is used, a configured public key makes the Ed25519 signature over
@@ -19,209 +18,20 @@ import json
 import logging
 import tarfile
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from agent import codes
+from agent.manifest import FMR_KEYS, BundleError, Manifest, ModelEntry
 from agent.preprocess import PreprocessSpec
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"  # base64 of the raw Ed25519 signature over manifest.json's bytes
-MODALITIES = ("print", "vein")
-FORMATS = ("onnx", "tflite")
-PRECISIONS = ("fp32", "int8")
-# deployment modes the thresholds are calibrated for (cross: probe modality 2 gallery modality)
-MODES = ("print", "vein", "multi", "cross_p2v", "cross_v2p", "centroid_print", "centroid_vein")
-# threshold keys besides "eer", as export/metrics writes the FMRs
-FMR_KEYS = ("0.01", "0.001", "0.0001")
-
-
-class BundleError(ValueError):
-    """A bundle that must not be used; the message names the file or field at fault."""
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    file: str
-    sha256: str
-    size: int
-
-
-@dataclass(frozen=True)
-class TensorQuant:
-    """Affine quantization of an int8 model's input or output: real = scale * (q - zero_point)."""
-
-    scale: float
-    zero_point: int
-    dtype: str = "int8"
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    modality: str
-    format: str
-    precision: str
-    file: str
-    sha256: str
-    size: int
-    layout: str = "NCHW"  # the input tensor's layout, 1 x C x S x S for NCHW
-    input_dtype: str = "float32"
-    output_dtype: str = "float32"
-    input_quant: TensorQuant | None = None  # set when the model takes integer tensors
-    output_quant: TensorQuant | None = None  # set when the model gives integer tensors
-    quantization: dict[str, Any] = field(default_factory=dict)  # how it was quantized
-
-
-@dataclass(frozen=True)
-class Modality:
-    preprocess: dict[str, Any]
-    channel_order: list[str]
-
-
-@dataclass(frozen=True)
-class Manifest:
-    format_version: int
-    bits: int
-    bit_order: str
-    input_size: int
-    modalities: dict[str, Modality]
-    models: list[ModelEntry]
-    centroids: FileEntry
-    thresholds: dict[str, dict[str, float]]  # mode -> {"eer", "0.01", "0.001", "0.0001"} -> bits
-    parity: dict[str, Any] = field(default_factory=dict)
-    evaluation: dict[str, Any] = field(default_factory=dict)
-    training: dict[str, Any] = field(default_factory=dict)
-    created: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def files(self) -> list[FileEntry]:
-        """Every file the manifest vouches for."""
-        entries = [FileEntry(m.file, m.sha256, m.size) for m in self.models]
-        return [*entries, self.centroids]
-
-    @classmethod
-    def from_dict(cls, d: Any) -> Manifest:
-        _need(isinstance(d, dict), "manifest.json: top level must be a JSON object")
-        version = _get(d, "format_version", int, "manifest")
-        if version != FORMAT_VERSION:
-            raise BundleError(
-                f"manifest.json: format_version {version} is not supported by this device "
-                f"(it reads version {FORMAT_VERSION}); export the bundle with a matching version"
-            )
-        bits = _get(d, "bits", int, "manifest")
-        try:
-            codes.check_bits(bits)
-        except ValueError as exc:
-            raise BundleError(f"manifest.json: bits: {exc}") from exc
-        order = _get(d, "bit_order", str, "manifest")
-        if order != codes.BIT_ORDER:
-            raise BundleError(
-                f"manifest.json: bit_order {order!r} differs from this device's "
-                f"{codes.BIT_ORDER!r}; codes would be read wrongly"
-            )
-        modalities = {}
-        for name, m in _get(d, "modalities", dict, "manifest").items():
-            where = f"modalities.{name}"
-            _need(name in MODALITIES, f"manifest.json: {where}: unknown modality")
-            _need(isinstance(m, dict), f"manifest.json: {where} must be an object")
-            modalities[name] = Modality(
-                preprocess=_get(m, "preprocess", dict, where),
-                channel_order=list(_get(m, "channel_order", list, where)),
-            )
-        models = [
-            _model_entry(m, f"models[{i}]", modalities)
-            for i, m in enumerate(_get(d, "models", list, "manifest"))
-        ]
-        c = _get(d, "centroids", dict, "manifest")
-        centroids = FileEntry(
-            _get(c, "file", str, "centroids"),
-            _get(c, "sha256", str, "centroids"),
-            _get(c, "size", int, "centroids"),
-        )
-        thresholds = {}
-        for mode, row in _get(d, "thresholds", dict, "manifest").items():
-            _need(isinstance(row, dict), f"manifest.json: thresholds.{mode} must be an object")
-            thresholds[mode] = {k: float(v) for k, v in row.items()}
-        return cls(
-            format_version=version,
-            bits=bits,
-            bit_order=order,
-            input_size=_get(d, "input_size", int, "manifest"),
-            modalities=modalities,
-            models=models,
-            centroids=centroids,
-            thresholds=thresholds,
-            parity=d.get("parity") or {},
-            evaluation=d.get("evaluation") or {},
-            training=d.get("training") or {},
-            created=str(d.get("created", "")),
-        )
-
-
-def _need(ok: bool, message: str) -> None:
-    if not ok:
-        raise BundleError(message)
-
-
-def _get(d: dict, key: str, typ: type, where: str) -> Any:
-    if key not in d:
-        raise BundleError(f"manifest.json: {where}.{key} is missing")
-    value = d[key]
-    if typ is float and isinstance(value, int):
-        value = float(value)
-    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise BundleError(
-            f"manifest.json: {where}.{key} must be {typ.__name__}, got {type(value).__name__}"
-        )
-    return value
-
-
-def _quant(d: Any, where: str) -> TensorQuant | None:
-    if d is None:
-        return None
-    _need(isinstance(d, dict), f"manifest.json: {where} must be an object or null")
-    return TensorQuant(
-        _get(d, "scale", float, where),
-        _get(d, "zero_point", int, where),
-        str(d.get("dtype", "int8")),
-    )
-
-
-def _model_entry(m: Any, where: str, modalities: dict[str, Modality]) -> ModelEntry:
-    _need(isinstance(m, dict), f"manifest.json: {where} must be an object")
-    entry = ModelEntry(
-        modality=_get(m, "modality", str, where),
-        format=_get(m, "format", str, where),
-        precision=_get(m, "precision", str, where),
-        file=_get(m, "file", str, where),
-        sha256=_get(m, "sha256", str, where),
-        size=_get(m, "size", int, where),
-        layout=str(m.get("layout", "NCHW")),
-        input_dtype=str(m.get("input_dtype", "float32")),
-        output_dtype=str(m.get("output_dtype", "float32")),
-        input_quant=_quant(m.get("input_quant"), f"{where}.input_quant"),
-        output_quant=_quant(m.get("output_quant"), f"{where}.output_quant"),
-        quantization=dict(m.get("quantization") or {}),
-    )
-    _need(
-        entry.modality in modalities,
-        f"manifest.json: {where}.modality {entry.modality!r} has no entry under modalities",
-    )
-    _need(entry.format in FORMATS, f"manifest.json: {where}.format {entry.format!r} unknown")
-    _need(
-        entry.precision in PRECISIONS,
-        f"manifest.json: {where}.precision {entry.precision!r} unknown",
-    )
-    _need(entry.layout in ("NCHW", "NHWC"), f"manifest.json: {where}.layout {entry.layout!r}")
-    return entry
 
 
 def sha256_file(path: Path) -> str:

@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ID = r"^[A-Za-z0-9_-]{1,64}$"
-MODES = ("print", "vein", "multi", "cross", "centroid")
 
 
 class ConfigError(ValueError):

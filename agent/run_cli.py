@@ -105,8 +105,8 @@ def _wire_gpio(daemon: Any, cfg: Any) -> None:
 
 
 def _startup_errors() -> tuple[type[BaseException], ...]:
-    from agent.bundle import BundleError
     from agent.config import ConfigError
+    from agent.manifest import BundleError
     from agent.protect import KeyFileError
     from agent.store import StoreError
 

@@ -1,6 +1,6 @@
 """Writing a bundle: files with their sha256 and size, manifest.json, signature, tar, keys.
 
-The manifest is built from ``agent.bundle.Manifest`` (the device's own schema) and read back
+The manifest is built from ``agent.manifest.Manifest`` (the device's own schema) and read back
 through ``agent.bundle.load_bundle`` before the exporter reports success, so a bundle the device
 would refuse is never announced as written.
 """
@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from agent import codes
-from agent.bundle import MANIFEST, SIGNATURE, FileEntry, Manifest, sha256_file
+from agent.bundle import MANIFEST, SIGNATURE, sha256_file
+from agent.manifest import FileEntry, Manifest
 
 logger = logging.getLogger(__name__)
 

@@ -19,15 +19,8 @@ from typing import Any
 import numpy as np
 
 from agent import codes
-from agent.bundle import (
-    FORMAT_VERSION,
-    FORMATS,
-    PRECISIONS,
-    Manifest,
-    Modality,
-    ModelEntry,
-    load_bundle,
-)
+from agent.bundle import load_bundle
+from agent.manifest import FORMAT_VERSION, FORMATS, PRECISIONS, Manifest, Modality, ModelEntry
 from agent.preprocess import PreprocessSpec
 from export import bundle_writer, calibrate, parity
 from export.convert_onnx import WEIGHT_TYPES as ONNX_WEIGHT_TYPES

@@ -180,7 +180,7 @@ def make_bundle(root: Path) -> Path:
     import numpy as np
 
     from agent import codes
-    from agent.bundle import FORMAT_VERSION, Manifest, Modality, ModelEntry
+    from agent.manifest import FORMAT_VERSION, Manifest, Modality, ModelEntry
     from agent.preprocess import DEFAULT_SPEC
     from export.bundle_writer import file_entry, write_centroids, write_manifest
 

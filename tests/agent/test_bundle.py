@@ -10,16 +10,8 @@ import numpy as np
 import pytest
 
 from agent import codes
-from agent.bundle import (
-    FORMAT_VERSION,
-    MANIFEST,
-    SIGNATURE,
-    BundleError,
-    Manifest,
-    Modality,
-    ModelEntry,
-    load_bundle,
-)
+from agent.bundle import MANIFEST, SIGNATURE, load_bundle
+from agent.manifest import FORMAT_VERSION, BundleError, Manifest, Modality, ModelEntry
 from agent.preprocess import DEFAULT_SPEC
 from export.bundle_writer import file_entry, keygen, make_tar, sign, write_centroids, write_manifest
 

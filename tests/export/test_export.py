@@ -154,7 +154,8 @@ def test_verify_reruns_parity_and_inspect_prints_the_manifest(exported, capsys):
 
 
 def test_tampered_model_or_manifest_is_refused(exported):
-    from agent.bundle import BundleError, load_bundle
+    from agent.bundle import load_bundle
+    from agent.manifest import BundleError
 
     bad = exported["tmp"] / "tampered"
     shutil.copytree(exported["out"], bad)
@@ -174,7 +175,8 @@ def test_tampered_model_or_manifest_is_refused(exported):
 
 
 def test_gate_fails_when_agreement_is_forced_low(exported, capsys):
-    from agent.bundle import BundleError, load_bundle
+    from agent.bundle import load_bundle
+    from agent.manifest import BundleError
     from export.cli import main
 
     out = exported["tmp"] / "strict"
