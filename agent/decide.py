@@ -25,6 +25,7 @@ import numpy as np
 
 from agent import quality, roi
 from agent.config import Config
+from agent.manifest import MODALITIES
 from agent.match import Decision, Matcher, Thresholds
 from agent.quality import QualityThresholds
 from agent.roi import RoiConfig
@@ -194,7 +195,7 @@ class BundleEngine:
             raise ValueError(
                 f"bundle codes are {b.bits} bits, the template store holds {store.bits}"
             )
-        self.modalities = tuple(m for m in ("print", "vein") if m in b.manifest.modalities)
+        self.modalities = tuple(m for m in MODALITIES if m in b.manifest.modalities)
         self.per_capture, self.threads = self._plan(per_capture)
         self.runner = Runner(concurrent=self.threads < bc.threads)
         self.backends = {

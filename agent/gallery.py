@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from agent import codes
+from agent.manifest import MODALITIES
 
 if TYPE_CHECKING:
     from agent.store import TemplateStore
@@ -47,7 +48,6 @@ logging.getLogger(__name__).debug(
     "1:N matcher kernel: %s", KERNEL if _hamming is None else f"c ({_hamming.impl()})"
 )
 
-MODALITIES = ("print", "vein")
 NUMPY_INT_CROSSOVER = 12  # codes; below this Python ints beat numpy (bench/match.py, 32-bit, k=1)
 INT_CROSSOVER = NUMPY_INT_CROSSOVER if _hamming is None else 0  # ints never beat the C kernel
 CHUNK = 131072  # codes per chunk for one probe (bench/match.py: 64K-128K are fastest here)

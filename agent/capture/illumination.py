@@ -13,10 +13,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from agent.capture.base import Frame, Source
+from agent.manifest import MODALITIES
 
 logger = logging.getLogger(__name__)
-
-MODALITIES = ("print", "vein")
 
 
 class Illumination:
