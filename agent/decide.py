@@ -245,7 +245,10 @@ class BundleEngine:
         modalities: ``roi``, ``quality``, ``convert`` (ROI -> the model's input, its output ->
         packed code), ``infer`` (the models: with concurrent models, the time this thread
         spends running its own and waiting for the other's) and ``capture`` (waiting for a
-        frame still being taken while the first is processed: switched light)."""
+        frame still being taken while the first is processed: switched light).
+
+        A capture whose first frame shows no hand ends there: nobody is in front of the
+        reader, and the other frames are neither searched nor, under switched light, taken."""
         probe = Probe()
         clock = _StageClock(probe.timings)
         first: roi.RoiResult | None = None  # the capture's one search when the ROI is shared
@@ -271,6 +274,8 @@ class BundleEngine:
             clock.lap("quality")
             if not verdict.ok:
                 probe.rejected = probe.rejected or verdict.reason
+                if verdict.reason == "no_hand" and m == todo[0]:
+                    break
                 continue
             x = self.backends[m].feed([found.roi])
             clock.lap("convert")

@@ -155,6 +155,64 @@ def test_one_roi_search_per_capture_when_the_frames_share_a_sensor(
         store.close()
 
 
+@pytest.mark.parametrize("layout", ["switched", "dual"])
+def test_a_capture_whose_first_frame_shows_no_hand_ends_there(
+    palm_bundle, tmp_path, monkeypatch, layout
+):
+    """Nobody in front of the reader: the other frame is neither read nor searched. A hand in
+    the first frame and none in the second still has both judged."""
+    import numpy as np
+
+    from agent import roi
+    from export.synth.hands import render_hand_frame
+
+    cfg = parse_config(
+        {
+            "device": {"id": "bench"},
+            "bundle": {"path": str(palm_bundle), "threads": 1},
+            "camera": {"source": "replay", "replay_path": "x", "vein_replay_path": "y",
+                       "layout": layout},
+        },
+        check_files=False,
+    )  # fmt: skip
+    store = TemplateStore(
+        tmp_path / "t.sqlite", Protector(DeviceKey.load_or_create(tmp_path / "k"), 32)
+    )
+    engine = BundleEngine(cfg, store)
+    calls = []
+    search = roi.extract
+    monkeypatch.setattr(roi, "extract", lambda *a, **k: calls.append(1) or search(*a, **k))
+    # a lit empty scene: bright enough to pass the light check, no hand to segment
+    empty = np.random.default_rng(0).normal(70, 4, (480, 640)).clip(0, 255).astype(np.uint8)
+    hand = render_hand_frame(4, 2, seed=5, modality="vein")[0]
+
+    class Frames(dict):
+        """Records which frames the engine reads, in the order it reads them."""
+
+        def __init__(self, frames):
+            super().__init__(frames)
+            self.read = []
+
+        def __getitem__(self, m):
+            self.read.append(m)
+            return super().__getitem__(m)
+
+    try:
+        frames = Frames({"print": empty, "vein": hand})
+        probe = engine.vision(frames)
+        assert probe.rejected == "no_hand" and not probe.codes
+        assert frames.read == ["print"] and len(calls) == 1
+        assert list(probe.quality) == ["print"]
+        frames = Frames({"vein": hand, "print": empty})
+        probe = engine.vision(frames)
+        assert frames.read == ["vein", "print"]
+        assert set(probe.quality) == {"print", "vein"}, probe.quality
+        assert probe.quality["vein"]["ok"], probe.quality
+    finally:
+        engine.close()
+        store.close()
+
+
 @pytest.mark.parametrize("concurrent", [True, False])
 def test_a_captures_two_models_run_at_once_on_half_the_threads_and_hash_alike(
     palm_bundle, tmp_path, concurrent
