@@ -3,7 +3,10 @@ cameras, or one), each camera wrapped so that a failure is reported and retried.
 
 Under switched light the second frame of a capture comes a settle delay and two frame times
 after the first; a thread takes it while the first goes through the pipeline
-(``python bench/switched_light.py --bundle ...`` measures what that saves).
+(``python bench/switched_light.py --bundle ...`` measures what that saves). Only while a hand is
+in front of the reader, though: a capture whose first frame showed no hand never asked for its
+second, and the next one takes its second frame only when asked. An idle reader looks under the
+light already on, without switching (no LED flicker) and with one frame per look.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class Camera:
         self.state = "opening"
         self._ahead: ThreadPoolExecutor | None = None  # takes a capture's later frames
         self._pending: Future | None = None  # the frames a capture is still taking
+        self._last: _Arriving | None = None  # the last capture read under switched light
         if cam.layout == "dual":
             from agent.capture.illumination import TwoCameras
 
@@ -93,10 +97,20 @@ class Camera:
         images = {m: f.image for m, f in frames.items()}
         if self._ahead is None or len(order) == 1:
             return Capture(images, taken)
-        rest = self._pending = self._ahead.submit(
-            lambda: {m: self.rig.capture(m, self.timeout).image for m in order[1:]}
+        # read ahead when the last capture went on past its first frame: a hand is there
+        hand = self._last is not None and self._last.asked
+        self._last = _Arriving(order, images, lambda: self._take(order[1:]), self._lost)
+        if hand:
+            self._last.ask()
+        return Capture(self._last, taken)
+
+    def _take(self, modalities: list[str]) -> Future:
+        """Start taking ``modalities``' frames on the capture thread."""
+        assert self._ahead is not None
+        self._pending = self._ahead.submit(
+            lambda: {m: self.rig.capture(m, self.timeout).image for m in modalities}
         )
-        return Capture(_Arriving(order, images, rest, self._lost), taken)
+        return self._pending
 
     def _lost(self, e: Exception) -> None:
         from agent.capture import EndOfStream
@@ -112,18 +126,30 @@ class Camera:
 
 
 class _Arriving(Mapping[str, "np.ndarray"]):
-    """A capture's frames in the order they are taken: the first at hand, the others still
-    being taken on the capture thread; reading one of those waits for it, and raises
-    :class:`agent.daemon.FrameLost` when the camera failed to give it."""
+    """A capture's frames in the order they are taken: the first at hand, the others taken on
+    the capture thread, from :meth:`ask` on (the first read of one asks); reading one of those
+    waits for it, and raises :class:`agent.daemon.FrameLost` when the camera failed to give
+    it."""
 
     def __init__(
         self,
         order: list[str],
         have: dict[str, np.ndarray],
-        rest: Future,
+        take: Callable[[], Future],
         lost: Callable[[Exception], None],
     ) -> None:
-        self._order, self._have, self._rest, self._lost = order, have, rest, lost
+        self._order, self._have, self._take, self._lost = order, have, take, lost
+        self._rest: Future | None = None
+
+    @property
+    def asked(self) -> bool:
+        """Whether the frames after the first were wanted (or are on their way)."""
+        return self._rest is not None
+
+    def ask(self) -> None:
+        """Start taking the frames after the first, if that has not started yet."""
+        if self._rest is None:
+            self._rest = self._take()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._order)
@@ -136,6 +162,8 @@ class _Arriving(Mapping[str, "np.ndarray"]):
         from agent.daemon import FrameLost
 
         if m not in self._have and m in self._order:
+            self.ask()
+            assert self._rest is not None
             try:
                 self._have.update(self._rest.result())
             except CaptureError as e:

@@ -86,3 +86,57 @@ def test_a_lost_second_frame_drops_the_capture_and_the_next_one_goes_on(switched
     assert probe is not None and set(probe.codes) == {"print", "vein"}
     assert daemon.source.state == "ok"
     assert len(calls) == 4
+
+
+def test_an_idle_reader_looks_under_the_light_already_on_and_reads_ahead_once_a_hand_is_there(
+    running_broker, palm_bundle, tmp_path
+):
+    """Nobody there: one frame per look, no switch (no LED flicker). A hand: the first capture
+    takes its second frame when the engine asks for it, the next ones read ahead again."""
+    import cv2
+    import numpy as np
+    from gpiozero import Device
+    from gpiozero.pins.mock import MockFactory
+
+    from agent.run_cli import build
+    from export.synth.hands import render_hand_frame
+
+    frames = tmp_path / "r" / "print"
+    frames.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for i in range(6):  # a lit empty scene, then a still hand
+        empty = rng.normal(70, 4, (480, 640)).clip(0, 255).astype(np.uint8)
+        cv2.imwrite(str(frames / f"{i:05d}.png"), empty)
+    hand = render_hand_frame(2, 0, seed=4, level="easy")[0]
+    for i in range(6, 40):
+        cv2.imwrite(str(frames / f"{i:05d}.png"), hand)
+    Device.pin_factory = MockFactory()
+    cfg = agent_config(
+        tmp_path, running_broker, "dev21", palm_bundle, tmp_path / "r",
+        camera={"layout": "switched", "fps": 50, "loop": False,
+                "illumination": {"settle_ms": 10}},
+        roi={"already_roi": False},
+    )  # fmt: skip
+    daemon = build(cfg, with_reporter=False)
+    try:
+        taken = watch_camera(daemon)
+        light = daemon.source.rig.light
+        select, switches = light.select, []
+        light.select = lambda m: select(m) and switches.append(m) is None
+        for n in range(5):  # the first look turns the light on (and drops a frame)
+            probe, _ = daemon._grab()
+            assert probe is not None and probe.rejected == "no_hand", probe
+            assert len(taken) == n + 1 and switches == ["print"], (taken, switches)
+        probe, _ = daemon._grab()  # the hand: the engine asks for the second frame
+        assert probe is not None and set(probe.codes) == {"print", "vein"}, probe.quality
+        assert [m for m, _, _ in taken[5:]] == ["print", "vein"] and switches[-1] == "vein"
+        # a hand was there last time: the second frame is on its way before anyone asks
+        capture = daemon.source.read(("print", "vein"))
+        assert capture is not None and list(capture.images) == ["vein", "print"]
+        time.sleep(0.3)  # the switch, a dropped frame and a frame take 50 ms
+        assert [m for m, _, _ in taken[7:]] == ["vein", "print"], taken
+        assert switches == ["print", "vein", "print"]
+    finally:
+        daemon.close()
+        Device.pin_factory.close()
+        Device.pin_factory = None
