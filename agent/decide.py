@@ -44,6 +44,9 @@ MODE_MODALITIES = {
     "cross": ("print", "vein"),
     "centroid": ("print", "vein"),
 }
+# quality verdicts of a capture's first frame that mean nobody is in front of the reader: a
+# lit hand on a dark background, without the hand, is an unlit or an empty scene
+NOBODY = ("too_dark", "no_hand")
 
 
 def manifest_hash(bundle_root: Path) -> str:
@@ -247,8 +250,9 @@ class BundleEngine:
         spends running its own and waiting for the other's) and ``capture`` (waiting for a
         frame still being taken while the first is processed: switched light).
 
-        A capture whose first frame shows no hand ends there: nobody is in front of the
-        reader, and the other frames are neither searched nor, under switched light, taken."""
+        A capture whose first frame shows no hand, or nothing lit at all, ends there: nobody is
+        in front of the reader, and the other frames are neither searched nor, under switched
+        light, taken."""
         probe = Probe()
         clock = _StageClock(probe.timings)
         first: roi.RoiResult | None = None  # the capture's one search when the ROI is shared
@@ -274,7 +278,7 @@ class BundleEngine:
             clock.lap("quality")
             if not verdict.ok:
                 probe.rejected = probe.rejected or verdict.reason
-                if verdict.reason == "no_hand" and m == todo[0]:
+                if verdict.reason in NOBODY and m == todo[0]:
                     break
                 continue
             x = self.backends[m].feed([found.roi])

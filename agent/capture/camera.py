@@ -97,8 +97,8 @@ class Camera:
         images = {m: f.image for m, f in frames.items()}
         if self._ahead is None or len(order) == 1:
             return Capture(images, taken)
-        # read ahead when the last capture went on past its first frame: a hand is there
-        hand = self._last is not None and self._last.asked
+        # read ahead when the engine wanted the last capture's later frames: a hand is there
+        hand = self._last is not None and self._last.wanted
         self._last = _Arriving(order, images, lambda: self._take(order[1:]), self._lost)
         if hand:
             self._last.ask()
@@ -127,9 +127,9 @@ class Camera:
 
 class _Arriving(Mapping[str, "np.ndarray"]):
     """A capture's frames in the order they are taken: the first at hand, the others taken on
-    the capture thread, from :meth:`ask` on (the first read of one asks); reading one of those
-    waits for it, and raises :class:`agent.daemon.FrameLost` when the camera failed to give
-    it."""
+    the capture thread, from :meth:`ask` on (read ahead, or the first read of one); reading one
+    of those waits for it, and raises :class:`agent.daemon.FrameLost` when the camera failed to
+    give it."""
 
     def __init__(
         self,
@@ -140,11 +140,7 @@ class _Arriving(Mapping[str, "np.ndarray"]):
     ) -> None:
         self._order, self._have, self._take, self._lost = order, have, take, lost
         self._rest: Future | None = None
-
-    @property
-    def asked(self) -> bool:
-        """Whether the frames after the first were wanted (or are on their way)."""
-        return self._rest is not None
+        self.wanted = False  # whether a frame after the first was read
 
     def ask(self) -> None:
         """Start taking the frames after the first, if that has not started yet."""
@@ -162,6 +158,7 @@ class _Arriving(Mapping[str, "np.ndarray"]):
         from agent.daemon import FrameLost
 
         if m not in self._have and m in self._order:
+            self.wanted = True
             self.ask()
             assert self._rest is not None
             try:

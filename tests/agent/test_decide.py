@@ -155,12 +155,15 @@ def test_one_roi_search_per_capture_when_the_frames_share_a_sensor(
         store.close()
 
 
-@pytest.mark.parametrize("layout", ["switched", "dual"])
+@pytest.mark.parametrize(("layout", "scene", "reason"),
+                         [("switched", 70, "no_hand"), ("dual", 70, "no_hand"),
+                          ("switched", 12, "too_dark")])  # fmt: skip
 def test_a_capture_whose_first_frame_shows_no_hand_ends_there(
-    palm_bundle, tmp_path, monkeypatch, layout
+    palm_bundle, tmp_path, monkeypatch, layout, scene, reason
 ):
-    """Nobody in front of the reader: the other frame is neither read nor searched. A hand in
-    the first frame and none in the second still has both judged."""
+    """Nobody in front of the reader (a lit empty scene, or nothing lit at all): the other
+    frame is neither read nor searched. A hand in the first frame and none in the second still
+    has both judged."""
     import numpy as np
 
     from agent import roi
@@ -182,8 +185,7 @@ def test_a_capture_whose_first_frame_shows_no_hand_ends_there(
     calls = []
     search = roi.extract
     monkeypatch.setattr(roi, "extract", lambda *a, **k: calls.append(1) or search(*a, **k))
-    # a lit empty scene: bright enough to pass the light check, no hand to segment
-    empty = np.random.default_rng(0).normal(70, 4, (480, 640)).clip(0, 255).astype(np.uint8)
+    empty = np.random.default_rng(0).normal(scene, 4, (480, 640)).clip(0, 255).astype(np.uint8)
     hand = render_hand_frame(4, 2, seed=5, modality="vein")[0]
 
     class Frames(dict):
@@ -200,7 +202,7 @@ def test_a_capture_whose_first_frame_shows_no_hand_ends_there(
     try:
         frames = Frames({"print": empty, "vein": hand})
         probe = engine.vision(frames)
-        assert probe.rejected == "no_hand" and not probe.codes
+        assert probe.rejected == reason and not probe.codes
         assert frames.read == ["print"] and len(calls) == 1
         assert list(probe.quality) == ["print"]
         frames = Frames({"vein": hand, "print": empty})

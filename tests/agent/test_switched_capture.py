@@ -92,7 +92,8 @@ def test_an_idle_reader_looks_under_the_light_already_on_and_reads_ahead_once_a_
     running_broker, palm_bundle, tmp_path
 ):
     """Nobody there: one frame per look, no switch (no LED flicker). A hand: the first capture
-    takes its second frame when the engine asks for it, the next ones read ahead again."""
+    takes its second frame when the engine asks for it, the next ones read ahead again. The
+    hand gone (a dark scene now): the capture read ahead ends the run, then idle again."""
     import cv2
     import numpy as np
     from gpiozero import Device
@@ -104,12 +105,11 @@ def test_an_idle_reader_looks_under_the_light_already_on_and_reads_ahead_once_a_
     frames = tmp_path / "r" / "print"
     frames.mkdir(parents=True)
     rng = np.random.default_rng(1)
-    for i in range(6):  # a lit empty scene, then a still hand
-        empty = rng.normal(70, 4, (480, 640)).clip(0, 255).astype(np.uint8)
-        cv2.imwrite(str(frames / f"{i:05d}.png"), empty)
     hand = render_hand_frame(2, 0, seed=4, level="easy")[0]
-    for i in range(6, 40):
-        cv2.imwrite(str(frames / f"{i:05d}.png"), hand)
+    # a lit empty scene, a still hand, then a dark empty scene
+    for i, level in enumerate([70] * 6 + [None] * 15 + [12] * 12):
+        image = hand if level is None else rng.normal(level, 4, (480, 640))
+        cv2.imwrite(str(frames / f"{i:05d}.png"), image.clip(0, 255).astype(np.uint8))
     Device.pin_factory = MockFactory()
     cfg = agent_config(
         tmp_path, running_broker, "dev21", palm_bundle, tmp_path / "r",
@@ -136,6 +136,16 @@ def test_an_idle_reader_looks_under_the_light_already_on_and_reads_ahead_once_a_
         time.sleep(0.3)  # the switch, a dropped frame and a frame take 50 ms
         assert [m for m, _, _ in taken[7:]] == ["vein", "print"], taken
         assert switches == ["print", "vein", "print"]
+        assert daemon.engine.vision(capture.images).codes
+        for _ in range(3):  # the hand stays: read ahead, one switch a capture
+            probe, _ = daemon._grab()
+            assert probe is not None and set(probe.codes) == {"print", "vein"}
+        assert len(taken) == 15 and len(switches) == 6, (taken, switches)
+        # the hand leaves: the capture read ahead takes its second frame, then idle again
+        for _ in range(6):
+            probe, _ = daemon._grab()
+            assert probe is not None and probe.rejected == "too_dark" and not probe.codes
+        assert len(taken) == 15 + 2 + 5 and len(switches) == 7, (taken, switches)
     finally:
         daemon.close()
         Device.pin_factory.close()
