@@ -264,6 +264,11 @@ class MqttReporter(Reporter):
             if msg.payload == b"online":
                 self._publish_discovery(client)
             return
+        if msg.retain:
+            # a request kept by the broker would run again at every reconnect (a rekey, an
+            # enrollment): commands are for the moment they are sent
+            logger.warning("mqtt retained command ignored topic=%s", msg.topic)
+            return
         try:
             self._commands.put_nowait(msg)
         except queue.Full:  # a flood: answer at once rather than leave a request unanswered
@@ -366,13 +371,21 @@ class MqttReporter(Reporter):
             except Exception as e:  # the sink validates; this is the last guard
                 logger.exception("command handler crashed")
                 reply = {"ok": False, "error": {"code": "internal", "message": str(e)}}
-            self._reply(msg, reply)
+            try:
+                self._reply(msg, reply)
+            except Exception:  # this thread answers every later command too
+                logger.exception("mqtt reply failed")
 
     def _reply(self, msg: mqtt.MQTTMessage, reply: dict[str, Any]) -> None:
         topic, props = self.topics["reply"], None
         req = getattr(msg, "properties", None)
-        if self._v5 and req is not None and getattr(req, "ResponseTopic", None):
-            topic = req.ResponseTopic
+        asked = getattr(req, "ResponseTopic", None) if self._v5 and req is not None else None
+        if asked and not _publishable(asked):
+            # a wildcard or an empty level cannot be published to: paho raises, which used to
+            # end the thread that answers commands
+            logger.warning("mqtt response topic refused, replying on %s topic=%r", topic, asked)
+        elif asked:
+            topic = asked
             props = Properties(PacketTypes.PUBLISH)
             if getattr(req, "CorrelationData", None) is not None:
                 props.CorrelationData = req.CorrelationData
@@ -414,3 +427,8 @@ class MqttReporter(Reporter):
         topic = f"{ha.discovery_prefix}/event/{self.device_id}/decision/config"
         client.publish(topic, json.dumps(doc).encode(), qos=1, retain=True)
         logger.info("mqtt home assistant discovery published topic=%s", topic)
+
+
+def _publishable(topic: str) -> bool:
+    """Whether a client may publish to ``topic``: no wildcard, within MQTT's length limit."""
+    return "+" not in topic and "#" not in topic and 0 < len(topic.encode()) <= 65535

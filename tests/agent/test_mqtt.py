@@ -254,6 +254,51 @@ def test_command_reply_routing(running_broker, tmp_path, protocol):
     c.disconnect()
 
 
+def test_a_wildcard_response_topic_is_answered_on_the_reply_topic(running_broker, tmp_path):
+    """A Response Topic no one may publish to: the reply goes to the device's own reply topic,
+    and the commands after it are answered too."""
+    replies: list[mqtt.MQTTMessage] = []
+    c = ctl_client(running_broker)
+    c.on_message = lambda cl, ud, msg: replies.append(msg)
+    c.subscribe("palm/dev8/reply/#", qos=1)
+    r = reporter(running_broker, "dev8", tmp_path)
+    r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
+    assert wait_until(lambda: r.counters()["connected"])
+    time.sleep(0.2)
+    for i, asked in enumerate(["palm/dev8/reply/#", "palm/dev8/reply/+/x", "palm/dev8/reply/ok"]):
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = asked
+        c.publish("palm/dev8/cmd", json.dumps({"cmd": "fly", "id": i}), qos=1, properties=props)
+        assert wait_until(lambda i=i: len(replies) > i, timeout=5), (i, replies)
+    assert [json.loads(m.payload)["id"] for m in replies] == [0, 1, 2]
+    assert [m.topic for m in replies] == ["palm/dev8/reply", "palm/dev8/reply", asked]
+    r.stop(timeout=1)
+    c.loop_stop()
+    c.disconnect()
+
+
+def test_a_retained_command_is_not_run(running_broker, tmp_path):
+    """A request the broker keeps would run again at every (re)connect: it is not run at all."""
+    replies: list[mqtt.MQTTMessage] = []
+    c = ctl_client(running_broker)
+    c.on_message = lambda cl, ud, msg: replies.append(msg)
+    c.subscribe("palm/dev9/reply/#", qos=1)
+    c.publish("palm/dev9/cmd", b'{"cmd": "fly", "id": 1}', qos=1, retain=True).wait_for_publish()
+    r = reporter(running_broker, "dev9", tmp_path)
+    try:
+        r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
+        assert wait_until(lambda: r.counters()["connected"])
+        c.publish("palm/dev9/cmd", b'{"cmd": "fly", "id": 2}', qos=1)
+        assert wait_until(lambda: replies, timeout=5)
+        time.sleep(0.5)
+        assert [json.loads(m.payload)["id"] for m in replies] == [2]
+    finally:
+        r.stop(timeout=1)
+        c.publish("palm/dev9/cmd", b"", qos=1, retain=True).wait_for_publish()  # clears it
+        c.loop_stop()
+        c.disconnect()
+
+
 def test_home_assistant_discovery_and_republish(running_broker, subscribe, tmp_path):
     sub = subscribe("homeassistant/event/dev8/#")
     r = reporter(running_broker, "dev8", tmp_path, homeassistant={"enabled": True})
