@@ -270,9 +270,17 @@ def _describe(err: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in err["loc"]) or "(top level)"
     if err["type"] == "extra_forbidden":
         return f"{key}: unknown key (check the spelling against firmware_config/default.yaml)"
-    given = err.get("input")
+    given = _masked(err.get("input"))
     shown = "" if err["type"] == "missing" or "password" in key else f" (got {given!r})"
     return f"{key}: {err['msg']}{shown}"
+
+
+def _masked(value: Any) -> Any:
+    """``value`` with every password's value hidden: a check across a whole section (the TLS
+    pair, password or password_file) reports the section it was given."""
+    if isinstance(value, dict):
+        return {k: "***" if "password" in str(k) else _masked(v) for k, v in value.items()}
+    return value
 
 
 def parse_config(data: Any, env: dict[str, str] | None = None, check_files: bool = True) -> Config:
@@ -305,7 +313,13 @@ def load_config(
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        # where and what, without PyYAML's quote of the line (it may hold a password)
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = " ".join(
+            str(part) for part in (getattr(e, "context", None), getattr(e, "problem", None)) if part
+        )
+        raise ConfigError(f"{p}: not valid YAML{where}: {what or type(e).__name__}") from None
     return parse_config(data, env=env, check_files=check_files)
 
 

@@ -98,3 +98,24 @@ def test_password_file_is_read_and_wrong_values_are_not_echoed(tmp_path):
     assert "12345678" not in str(e.value)
     with pytest.raises(ConfigError, match="either password or password_file"):
         parse_config({"mqtt": {"password": "a", "password_file": str(pw)}})
+
+
+@pytest.mark.parametrize(
+    "mqtt_section",
+    [
+        {"user": "dev1", "password": "hunter2-SECRET", "tls_client_cert": "/etc/hosts"},
+        {"password": "hunter2-SECRET", "password_file": "/etc/hosts"},
+    ],
+)
+def test_a_check_across_the_section_does_not_echo_its_password(mqtt_section):
+    with pytest.raises(ConfigError) as e:
+        parse_config({"mqtt": mqtt_section}, env={}, check_files=False)
+    assert "hunter2" not in str(e.value) and "mqtt" in str(e.value), e.value
+
+
+def test_a_yaml_error_says_where_without_quoting_the_line(tmp_path):
+    path = tmp_path / "agent.yaml"
+    path.write_text('mqtt:\n  user: dev1\n  password: "hunter2-SECRET\n  port: 8883\n')
+    with pytest.raises(ConfigError, match=r"not valid YAML at line \d+, column \d+") as e:
+        load_config(path)
+    assert "hunter2" not in str(e.value), e.value
