@@ -40,8 +40,11 @@ class OpenCVSource(Source):
         self._cap: cv2.VideoCapture | None = None
         self._calls = TimedCalls(self.name)
         self._count = 0
-        # a file or image sequence ends; a device, URL or pipeline that stops has failed
-        self._is_file = isinstance(device, str) and " ! " not in device and "://" not in device
+        # a file or image sequence ends; a device (an index or a /dev node: a USB camera
+        # unplugged), a URL or a pipeline that stops has failed, and is reopened
+        self.ends = isinstance(device, str) and not (
+            " ! " in device or "://" in device or device.startswith("/dev/")
+        )
 
     @property
     def is_open(self) -> bool:
@@ -81,7 +84,7 @@ class OpenCVSource(Source):
         except cv2.error as e:
             raise CaptureError(f"{self.name}: {e}") from e
         if not ok or image is None:
-            if self._is_file and self._count > 0:
+            if self.ends and self._count > 0:
                 raise EndOfStream(f"{self.name}: no more frames after {self._count}")
             raise CaptureError(f"{self.name}: grab failed (device gone or stream ended)")
         frame = Frame(

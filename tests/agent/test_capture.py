@@ -107,6 +107,18 @@ def test_opencv_source_on_video_and_image_sequence(frames_dir, tmp_path):
     np.testing.assert_array_equal(first, ref)
 
 
+@pytest.mark.parametrize(
+    ("device", "ends"),
+    [("clip.mp4", True), ("seq_%03d.png", True), (0, False), ("/dev/video0", False),
+     ("/dev/v4l/by-id/usb-cam-video-index0", False), ("rtsp://cam.lan/stream", False),
+     ("v4l2src ! videoconvert ! appsink", False)],
+)  # fmt: skip
+def test_only_files_end_a_camera_that_stops_has_failed(device, ends):
+    """A file that runs out of frames has ended; a USB camera that is unplugged (an index or
+    its /dev node) has failed, and the daemon reopens it."""
+    assert OpenCVSource(device).ends is ends
+
+
 def test_opencv_source_that_cannot_open_says_so(tmp_path):
     with pytest.raises(CaptureError, match="could not open"):
         OpenCVSource(str(tmp_path / "missing.avi")).open()
