@@ -92,6 +92,7 @@ class Daemon:
         self.engine = load_engine(self._per_capture(m.mode))
         self.agreement = Agreement(m.agreement.k, m.agreement.n)
         self._stop = threading.Event()
+        self._reload_asked = False
         self._jobs: queue.Queue[tuple[Callable[[], Any], Future]] = queue.Queue()
         self._started = time.monotonic()
         self._decisions: Counter[str] = Counter()
@@ -106,13 +107,18 @@ class Daemon:
     def stop(self, *_: object) -> None:
         self._stop.set()
 
+    def request_reload(self, *_: object) -> None:
+        """SIGHUP (``systemctl reload``): load the bundle again at the loop's next turn.
+
+        A signal handler runs on the main thread between two of its steps, perhaps inside the
+        job queue's lock: putting a job there from the handler waited for that lock for ever.
+        """
+        self._reload_asked = True
+
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
-        signal.signal(
-            signal.SIGHUP,
-            lambda *_: self._jobs.put((lambda: self._guarded(self._reload), Future())),
-        )
+        signal.signal(signal.SIGHUP, self.request_reload)
         self.reporter.start(Dispatcher(self, self.cfg.commands.max_payload))
         self.notifier.ready(self._status())
         logger.info("daemon running %s", self._status())
@@ -121,6 +127,9 @@ class Daemon:
         try:
             while not self._stop.is_set():
                 self._run_jobs(timeout=0.0 if self._presence() else 0.05)
+                if self._reload_asked:
+                    self._reload_asked = False
+                    self._guarded(self._reload)
                 if self._presence():
                     self._guarded(lambda: self._capture_and_decide(explicit=False))
                 now = time.monotonic()

@@ -374,6 +374,32 @@ def run_beside(daemon, operator: Callable[[], None]) -> None:
             signal.signal(s, h)
 
 
+def test_a_reload_signal_takes_no_lock_the_loop_may_hold(
+    running_broker, subscribe, palm_bundle, tmp_path
+):
+    """SIGHUP lands on the main thread between two of its steps, perhaps while it holds the job
+    queue's lock; the handler must not wait for it. The loop then reloads the bundle."""
+    from agent.run_cli import build
+
+    cfg = agent_config(
+        tmp_path, running_broker, "dev22", palm_bundle, write_replay(tmp_path / "r", [2]),
+        trigger={"kind": "command"},
+    )  # fmt: skip
+    daemon = build(cfg)
+    returned = threading.Event()
+
+    def handler_inside_the_queue_lock() -> None:
+        with daemon._jobs.mutex:
+            daemon.request_reload(signal.SIGHUP, None)
+        returned.set()
+
+    threading.Thread(target=handler_inside_the_queue_lock, daemon=True).start()
+    assert returned.wait(2), "the handler waited for the job queue's lock"
+    engine = daemon.engine
+    run_beside(daemon, lambda: wait_until(lambda: daemon.engine is not engine, timeout=10))
+    assert daemon.engine is not engine  # loaded again
+
+
 def test_gpio_button_trigger_and_outcome_leds(running_broker, subscribe, palm_bundle, tmp_path):
     """In-process with gpiozero's MockFactory: a button press is one capture, its LED lights."""
     from gpiozero import Device
