@@ -189,9 +189,11 @@ class Daemon:
         return tuple(m for m in MODE_MODALITIES[mode] if m in self.source.modalities)
 
     # -- the pipeline -----------------------------------------------------------------------
-    def _grab(self) -> tuple[Probe | None, float]:
+    def _grab(self, explicit: bool = False) -> tuple[Probe | None, float]:
         wait = self._next_frame - time.monotonic()
-        if wait > 0:
+        if wait > 0 and explicit:  # a button press or a command waits out the cooldown
+            time.sleep(wait)
+        elif wait > 0:  # the loop: back to its jobs meanwhile
             time.sleep(min(wait, 0.05))
             if self._next_frame > time.monotonic():
                 return None, 0.0
@@ -214,7 +216,7 @@ class Daemon:
         return probe, capture.taken
 
     def _capture_and_decide(self, explicit: bool) -> dict[str, Any] | None:
-        probe, taken = self._grab()
+        probe, taken = self._grab(explicit)
         if probe is None:
             if explicit:
                 raise CommandError(f"no frame from the camera (state {self.source.state})")

@@ -400,6 +400,32 @@ def test_a_reload_signal_takes_no_lock_the_loop_may_hold(
     assert daemon.engine is not engine  # loaded again
 
 
+def test_a_capture_asked_during_the_cooldown_waits_it_out(
+    running_broker, subscribe, palm_bundle, tmp_path
+):
+    """trigger.cooldown is the time after a decision before the next capture: a capture
+    command right after a decision is taken once it has passed, not refused."""
+    from agent.run_cli import build
+
+    cfg = agent_config(
+        tmp_path, running_broker, "dev23", palm_bundle, write_replay(tmp_path / "r", [2]),
+        trigger={"kind": "command", "cooldown": 0.5},
+    )  # fmt: skip
+    daemon = build(cfg)
+    results: list[tuple[float, dict]] = []
+
+    def operator() -> None:
+        for _ in range(2):
+            reply = daemon.capture()
+            results.append((time.monotonic(), reply))
+
+    run_beside(daemon, operator)
+    (t1, first), (t2, second) = results
+    assert first["decision"] == second["decision"] == "unknown", results  # nobody enrolled
+    assert second["event_id"] != first["event_id"]
+    assert t2 - t1 >= 0.5, results
+
+
 def test_gpio_button_trigger_and_outcome_leds(running_broker, subscribe, palm_bundle, tmp_path):
     """In-process with gpiozero's MockFactory: a button press is one capture, its LED lights."""
     from gpiozero import Device
