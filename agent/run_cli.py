@@ -24,8 +24,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     en = subparsers.add_parser("enroll", help="enroll a subject from the device's camera")
     en.add_argument("subject", help="label of the subject to enroll")
     en.add_argument("--config", required=True, type=Path, help="YAML config (firmware_config/)")
-    en.add_argument("--captures", type=int, default=None, help="good captures per modality")
+    en.add_argument(
+        "--captures", type=_captures, default=None, help="good captures per modality (1-50)"
+    )
     en.set_defaults(func=cmd_enroll)
+
+
+def _captures(text: str) -> int:
+    """The enroll command's --captures: the range the config and the MQTT command allow."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= n <= 50:
+        raise argparse.ArgumentTypeError(f"{n} is not between 1 and 50")
+    return n
 
 
 def build(config_path: Path, with_reporter: bool = True) -> Any:

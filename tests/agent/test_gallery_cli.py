@@ -59,3 +59,11 @@ def test_gallery_commands(tmp_path):
     assert out.returncode == 2 and "chmod 600" in out.stderr
     out = _cli("gallery", "list", "--db", tmp_path / "none.db", "--key", key_path)
     assert out.returncode == 2 and "no template database" in out.stderr
+
+
+def test_enroll_refuses_a_capture_count_out_of_range_before_it_starts():
+    """The range the config and the MQTT command allow; -1 used to fail mid-enrollment with
+    'need at least one array to stack'."""
+    for value, said in (("-1", "-1 is not between 1 and 50"), ("x", "'x' is not a whole number")):
+        out = _cli("enroll", "bob", "--captures", value, "--config", "missing.yaml")
+        assert out.returncode == 2 and said in out.stderr, out.stderr
