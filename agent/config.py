@@ -219,6 +219,13 @@ class LoggingConfig(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+def mode_lacks(mode: str, gives: tuple[str, ...]) -> list[str]:
+    """The modalities ``mode`` needs that a camera giving ``gives`` lacks: multi needs both,
+    print and vein their own; cross and centroid work from either."""
+    needs = {"multi": ("print", "vein"), "print": ("print",), "vein": ("vein",)}.get(mode, ())
+    return [m for m in needs if m not in gives]
+
+
 class Config(_Model):
     device: DeviceConfig = DeviceConfig()
     mqtt: MqttConfig = MqttConfig()
@@ -234,6 +241,18 @@ class Config(_Model):
     enroll: EnrollConfig = EnrollConfig()
     leds: LedConfig = LedConfig()
     logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _camera_serves_mode(self) -> Config:
+        layout, mode = self.camera.layout, self.match.mode
+        lacks = mode_lacks(mode, ("print", "vein") if layout in ("switched", "dual") else (layout,))
+        if lacks:
+            raise ValueError(
+                f"match.mode {mode!r} needs {' and '.join(lacks)} frames, which camera.layout "
+                f"{layout!r} does not give: use layout switched or dual, or mode {layout}, "
+                "cross or centroid"
+            )
+        return self
 
 
 # keys whose value names a file that must exist when the daemon starts

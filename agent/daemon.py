@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from agent.commands import CommandError, Dispatcher
-from agent.config import Config
+from agent.config import Config, mode_lacks
 from agent.decide import MODE_MODALITIES, Agreement, Probe, Settings
 from agent.enroll import EnrollError, enroll
 from agent.notify import Notifier
@@ -330,6 +330,12 @@ class Daemon:
             )
             if not new.identify and not new.subject:
                 raise CommandError("1:1 verification (identify false) needs a subject")
+            lacks = mode_lacks(new.mode, self.source.modalities)
+            if lacks:
+                raise CommandError(
+                    f"mode {new.mode} needs {' and '.join(lacks)} frames, which this camera "
+                    f"does not give (it gives {', '.join(self.source.modalities)})"
+                )
             wanted = self._per_capture(new.mode)
             if not self.engine.suits(wanted):
                 # one model per capture instead of two, or the reverse: load the models again

@@ -119,3 +119,21 @@ def test_a_yaml_error_says_where_without_quoting_the_line(tmp_path):
     with pytest.raises(ConfigError, match=r"not valid YAML at line \d+, column \d+") as e:
         load_config(path)
     assert "hunter2" not in str(e.value), e.value
+
+
+@pytest.mark.parametrize(
+    ("layout", "mode", "refused"),
+    [("print", "multi", "needs vein frames"), ("vein", "print", "needs print frames"),
+     ("print", "cross", None), ("vein", "centroid", None), ("switched", "multi", None)],
+)  # fmt: skip
+def test_a_mode_the_camera_cannot_feed_is_refused(layout, mode, refused):
+    """Every capture of it would be dropped as a probe without the frames it needs."""
+    doc = {"camera": {"layout": layout, "source": "replay", "replay_path": "x"},
+           "match": {"mode": mode}}  # fmt: skip
+    if layout == "switched":
+        doc["camera"]["illumination"] = {"print_pin": 17, "vein_pin": 27}
+    if refused is None:
+        assert parse_config(doc, env={}, check_files=False).match.mode == mode
+    else:
+        with pytest.raises(ConfigError, match=refused):
+            parse_config(doc, env={}, check_files=False)

@@ -426,6 +426,35 @@ def test_a_capture_asked_during_the_cooldown_waits_it_out(
     assert t2 - t1 >= 0.5, results
 
 
+def test_a_mode_command_the_camera_cannot_feed_is_refused(
+    running_broker, subscribe, palm_bundle, tmp_path
+):
+    from agent.commands import CommandError
+    from agent.run_cli import build
+
+    cfg = agent_config(
+        tmp_path, running_broker, "dev24", palm_bundle, write_replay(tmp_path / "r", [2]),
+        camera={"layout": "print"}, match={"mode": "print"}, trigger={"kind": "command"},
+    )  # fmt: skip
+    daemon = build(cfg)
+    said: dict[str, object] = {}
+
+    def operator() -> None:
+        for mode in ("vein", "multi", "cross"):
+            try:
+                said[mode] = daemon.set_mode(mode, None, None)["mode"]
+            except CommandError as e:
+                said[mode] = str(e)
+
+    run_beside(daemon, operator)
+    assert (
+        said["vein"]
+        == "mode vein needs vein frames, which this camera does not give (it gives print)"
+    )
+    assert "needs vein frames" in str(said["multi"]) and said["cross"] == "cross"
+    assert daemon.settings.mode == "cross"
+
+
 def test_gpio_button_trigger_and_outcome_leds(running_broker, subscribe, palm_bundle, tmp_path):
     """In-process with gpiozero's MockFactory: a button press is one capture, its LED lights."""
     from gpiozero import Device
