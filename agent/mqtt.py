@@ -179,6 +179,8 @@ class MqttReporter(Reporter):
         client.enable_logger(logger)
         if cfg.user is not None:
             client.username_pw_set(cfg.user, cfg.secret())
+            if cfg.password_file is not None:
+                client.on_pre_connect = self._on_pre_connect
         if cfg.tls:
             client.tls_set(
                 ca_certs=cfg.tls_ca_certs,
@@ -201,6 +203,14 @@ class MqttReporter(Reporter):
             cfg.host, cfg.port, cfg.tls, "5" if self._v5 else "3.1.1",
         )  # fmt: skip
         return client
+
+    def _on_pre_connect(self, client, userdata) -> None:
+        """The password file again before each connect: a rotated password is used at the next
+        reconnect (on paho's thread; an unreadable file keeps the last password)."""
+        try:
+            client.username_pw_set(self.cfg.user, self.cfg.secret())
+        except OSError as e:
+            logger.error("mqtt password_file unreadable, keeping the last password: %s", e)
 
     def _probing(self) -> bool:
         return self._v5 and self.cfg.protocol == "auto"

@@ -299,6 +299,33 @@ def test_a_retained_command_is_not_run(running_broker, tmp_path):
         c.disconnect()
 
 
+def test_a_rotated_password_file_is_read_at_the_next_reconnect(tmp_path):
+    """docs/security.md: the file is read at each connect, so rotating the password on the
+    broker and in the file needs no restart of the device."""
+    import subprocess
+
+    from export.demo.broker import Broker
+
+    pw = tmp_path / "password"
+    pw.write_text(DEVICE_PASS + "\n")
+    with Broker(tmp_path / "broker", devices=("dev25",), tls_clients=False) as broker:
+        section = {**broker.mqtt_section("dev25"), "password": None, "password_file": str(pw)}
+        cfg = parse_config({"device": {"id": "dev25"}, "mqtt": section})
+        r = MqttReporter(cfg.mqtt, "dev25", Outbox(tmp_path / "outbox.sqlite"))
+        r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
+        try:
+            assert wait_until(lambda: r.counters()["connected"])
+            passwd = str(broker.dir / "passwd")
+            subprocess.run(["mosquitto_passwd", "-b", passwd, "dev25", "rotated"], check=True)
+            pw.write_text("rotated\n")
+            broker.stop()
+            assert wait_until(lambda: not r.counters()["connected"], timeout=5)
+            broker.start()
+            assert wait_until(lambda: r.counters()["connected"], timeout=10)
+        finally:
+            r.stop(timeout=1)
+
+
 def test_home_assistant_discovery_and_republish(running_broker, subscribe, tmp_path):
     sub = subscribe("homeassistant/event/dev8/#")
     r = reporter(running_broker, "dev8", tmp_path, homeassistant={"enabled": True})
