@@ -16,8 +16,10 @@ import base64
 import hashlib
 import json
 import logging
+import shutil
 import tarfile
 import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,8 +178,7 @@ class Bundle:
         return row[at]
 
 
-def _extract(tar_path: Path, dest: Path | None) -> Path:
-    dest = Path(tempfile.mkdtemp(prefix="palm-bundle-")) if dest is None else Path(dest)
+def _extract(tar_path: Path, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(tar_path) as tar:
@@ -229,11 +230,33 @@ def load_bundle(
     path = Path(path)
     if not path.exists():
         raise BundleError(f"{path}: no such bundle directory or archive")
-    dest = None if extract_to is None else Path(extract_to)
-    root = path if path.is_dir() else _extract(path, dest)
+    if path.is_dir():
+        return _verified(path, public_key, allow_degraded, only)
+    # an archive is unpacked into a folder of its own, removed with the bundle (a reload or a
+    # change of mode loads it again: each left a copy of the models behind)
+    owned = None if extract_to is not None else Path(tempfile.mkdtemp(prefix="palm-bundle-"))
+    try:
+        bundle = _verified(
+            _extract(path, owned or Path(extract_to)), public_key, allow_degraded, only
+        )
+    except BaseException:
+        if owned is not None:
+            shutil.rmtree(owned, ignore_errors=True)
+        raise
+    if owned is not None:
+        weakref.finalize(bundle, shutil.rmtree, owned, ignore_errors=True)
+    return bundle
+
+
+def _verified(
+    root: Path,
+    public_key: str | Path | bytes | None,
+    allow_degraded: bool,
+    only: tuple[str, str] | None,
+) -> Bundle:
     manifest_path = root / MANIFEST
     if not manifest_path.is_file():
-        raise BundleError(f"{manifest_path}: missing; is {path} a bundle?")
+        raise BundleError(f"{manifest_path}: missing; is {root} a bundle?")
     signed = _check_signature(root, public_key)
     try:
         raw = json.loads(manifest_path.read_bytes())

@@ -165,6 +165,33 @@ def test_signature_is_required_and_checked_when_a_key_is_configured(tmp_path: Pa
         load_bundle(root, public_key=tmp_path / "k.pub")
 
 
+def test_a_tar_bundle_leaves_no_copy_behind(tmp_path: Path, monkeypatch):
+    """Each load of an archive unpacks it (a start, a reload, a change of mode): the copy goes
+    with the bundle, and with a refused archive at once."""
+    import gc
+    import tempfile
+
+    root = tmp_path / "bundle"
+    _write(root)
+    tar = make_tar(root, tmp_path / "bundle.tar")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    copies = lambda: sorted((tmp_path / "tmp").glob("palm-bundle-*"))  # noqa: E731
+    b = load_bundle(tar)
+    assert copies() and (b.root / MANIFEST).is_file()  # in use: kept
+    for _ in range(3):
+        b = load_bundle(tar)  # the one before is dropped
+    gc.collect()
+    assert len(copies()) == 1
+    del b
+    gc.collect()
+    assert copies() == []
+    (root / "vein.fp32.onnx").write_bytes(b"\0" * 3000)
+    with pytest.raises(BundleError, match="sha256"):
+        load_bundle(make_tar(root, tmp_path / "bad.tar"))
+    assert copies() == []
+
+
 def test_tar_bundle_loads_and_is_verified(tmp_path: Path):
     root = tmp_path / "bundle"
     _write(root)
