@@ -170,6 +170,13 @@ class CameraConfig(_Model):
         light = self.illumination
         if self.layout == "switched" and (light.print_pin is None or light.vein_pin is None):
             raise ValueError("layout 'switched' needs illumination.print_pin and vein_pin")
+        if self.read_timeout <= 1 / self.fps:
+            # every wait for the next frame would time out, and three in a row count as a
+            # failed camera (closed and reopened)
+            raise ValueError(
+                f"read_timeout {self.read_timeout} s is not longer than a frame at {self.fps} "
+                f"fps ({1 / self.fps:.3g} s): raise read_timeout or fps"
+            )
         return self
 
 

@@ -137,3 +137,14 @@ def test_a_mode_the_camera_cannot_feed_is_refused(layout, mode, refused):
     else:
         with pytest.raises(ConfigError, match=refused):
             parse_config(doc, env={}, check_files=False)
+
+
+def test_a_read_timeout_shorter_than_a_frame_is_refused():
+    """Each wait for the next frame would time out, and three in a row reopen the camera: a
+    replay at 0.25 fps with the 1 s default played its first image for ever."""
+    doc = {"camera": {"layout": "print", "source": "replay", "replay_path": "x", "fps": 0.25},
+           "match": {"mode": "print"}}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"read_timeout 1.0 s is not longer than a frame"):
+        parse_config(doc, env={}, check_files=False)
+    doc["camera"]["read_timeout"] = 5
+    assert parse_config(doc, env={}, check_files=False).camera.fps == 0.25
