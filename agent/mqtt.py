@@ -243,10 +243,16 @@ class MqttReporter(Reporter):
         self._wake.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if self._connected.is_set():
+        lost = self._connected.is_set()
+        if lost:
             logger.warning("mqtt disconnected reason=%s", reason_code)
         self._connected.clear()
         self._resync = True
+        if lost and self._inflight:
+            # paho would reconnect by itself and send its unacknowledged window again as it
+            # was, however old by then: it stops here, and the pump starts a fresh client
+            client.disconnect()
+            self._wake.set()
         if not self._answered:
             self._answered = True
             self._silent += 1
@@ -295,6 +301,10 @@ class MqttReporter(Reporter):
                 self._drain_acks()
                 if self._fallback:
                     self._fall_back()
+                elif self._resync and self._inflight and not self._connected.is_set():
+                    # the rows go out again from the outbox, those past their expiry dropped
+                    logger.warning("mqtt link lost with %d in flight", len(self._inflight))
+                    self._new_client()
                 if self._connected.is_set():
                     self._send_pending()
                 # after the hand-over, so that the network does not wait for the disk
@@ -359,14 +369,26 @@ class MqttReporter(Reporter):
             "mqtt broker does not speak MQTT 5; falling back to 3.1.1 until restart "
             '(mqtt.protocol "3.1.1" skips the probe, "5" forbids the fallback)'
         )
+        self._v5 = False
+        self._new_client()
+
+    def _new_client(self) -> None:
+        """A fresh paho client in place of the current one, and what it had in flight dropped:
+        every row still in the outbox (the unacknowledged ones) is handed over again, oldest
+        first, through :meth:`_send_pending`'s expiry check."""
         old = self._client
         if old is not None:
-            old.loop_stop()
+            old.loop_stop()  # no callback from it after this
             sock = old.socket()
             if sock is not None:  # a half-open attempt: the broker must not keep it
                 sock.close()
-        self._v5 = False
+        while True:  # its acknowledgements name its own packet ids
+            try:
+                self._acks.get_nowait()
+            except queue.Empty:
+                break
         self._inflight.clear()
+        self._resync = False
         self._last_handed = 0
         self._client = self._make_client()
 

@@ -260,18 +260,20 @@ def test_a_wildcard_response_topic_is_answered_on_the_reply_topic(running_broker
     replies: list[mqtt.MQTTMessage] = []
     c = ctl_client(running_broker)
     c.on_message = lambda cl, ud, msg: replies.append(msg)
-    c.subscribe("palm/dev8/reply/#", qos=1)
-    r = reporter(running_broker, "dev8", tmp_path)
+    c.subscribe("palm/dev27/reply/#", qos=1)
+    r = reporter(running_broker, "dev27", tmp_path)
     r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
     assert wait_until(lambda: r.counters()["connected"])
     time.sleep(0.2)
-    for i, asked in enumerate(["palm/dev8/reply/#", "palm/dev8/reply/+/x", "palm/dev8/reply/ok"]):
+    for i, asked in enumerate(
+        ["palm/dev27/reply/#", "palm/dev27/reply/+/x", "palm/dev27/reply/ok"]
+    ):
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic = asked
-        c.publish("palm/dev8/cmd", json.dumps({"cmd": "fly", "id": i}), qos=1, properties=props)
+        c.publish("palm/dev27/cmd", json.dumps({"cmd": "fly", "id": i}), qos=1, properties=props)
         assert wait_until(lambda i=i: len(replies) > i, timeout=5), (i, replies)
     assert [json.loads(m.payload)["id"] for m in replies] == [0, 1, 2]
-    assert [m.topic for m in replies] == ["palm/dev8/reply", "palm/dev8/reply", asked]
+    assert [m.topic for m in replies] == ["palm/dev27/reply", "palm/dev27/reply", asked]
     r.stop(timeout=1)
     c.loop_stop()
     c.disconnect()
@@ -282,19 +284,19 @@ def test_a_retained_command_is_not_run(running_broker, tmp_path):
     replies: list[mqtt.MQTTMessage] = []
     c = ctl_client(running_broker)
     c.on_message = lambda cl, ud, msg: replies.append(msg)
-    c.subscribe("palm/dev9/reply/#", qos=1)
-    c.publish("palm/dev9/cmd", b'{"cmd": "fly", "id": 1}', qos=1, retain=True).wait_for_publish()
-    r = reporter(running_broker, "dev9", tmp_path)
+    c.subscribe("palm/dev28/reply/#", qos=1)
+    c.publish("palm/dev28/cmd", b'{"cmd": "fly", "id": 1}', qos=1, retain=True).wait_for_publish()
+    r = reporter(running_broker, "dev28", tmp_path)
     try:
         r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
         assert wait_until(lambda: r.counters()["connected"])
-        c.publish("palm/dev9/cmd", b'{"cmd": "fly", "id": 2}', qos=1)
+        c.publish("palm/dev28/cmd", b'{"cmd": "fly", "id": 2}', qos=1)
         assert wait_until(lambda: replies, timeout=5)
         time.sleep(0.5)
         assert [json.loads(m.payload)["id"] for m in replies] == [2]
     finally:
         r.stop(timeout=1)
-        c.publish("palm/dev9/cmd", b"", qos=1, retain=True).wait_for_publish()  # clears it
+        c.publish("palm/dev28/cmd", b"", qos=1, retain=True).wait_for_publish()  # clears it
         c.loop_stop()
         c.disconnect()
 
@@ -324,6 +326,77 @@ def test_a_rotated_password_file_is_read_at_the_next_reconnect(tmp_path):
             assert wait_until(lambda: r.counters()["connected"], timeout=10)
         finally:
             r.stop(timeout=1)
+
+
+class SilentLink:
+    """A TCP relay to the broker that can go silent: while ``dead`` is set every byte either way
+    is dropped and the connection stays up, as when Wi-Fi goes away without a word."""
+
+    def __init__(self, port: int) -> None:
+        self.port_to, self.dead = port, threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                near, _ = self.listener.accept()
+            except OSError:
+                return
+            far = socket.create_connection(("127.0.0.1", self.port_to))
+            for a, b in ((near, far), (far, near)):
+                threading.Thread(target=self._relay, args=(a, b), daemon=True).start()
+
+    def _relay(self, a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                if not self.dead.is_set():
+                    b.sendall(data)
+        except OSError:
+            pass
+        for x in (a, b):
+            x.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_decisions_in_flight_when_the_link_died_are_not_sent_past_their_expiry(
+    running_broker, tmp_path, protocol
+):
+    """Handed to the network just before it went silent: once the device reconnects they go
+    out again from the outbox, and those older than mqtt.decision_expiry are dropped there
+    (paho itself would send them again as they were, however old)."""
+    got: list[int] = []
+    c = ctl_client(running_broker)
+    c.on_message = lambda cl, ud, msg: got.append(json.loads(msg.payload)["seq"])
+    c.subscribe("palm/dev26/decision", qos=1)
+    link = SilentLink(running_broker.port)
+    r = reporter(running_broker, "dev26", tmp_path, port=link.port, protocol=protocol,
+                 keepalive=5, decision_expiry=4)  # fmt: skip
+    try:
+        r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
+        assert wait_until(lambda: r.counters()["connected"])
+        r.decision({"seq": 0})
+        assert wait_until(lambda: got == [0], timeout=5)
+        link.dead.set()
+        r.decision({"seq": 1})
+        r.decision({"seq": 2})
+        # paho notices after 1.5 keepalives: 7.5 s, past the 4 s expiry of seq 1 and 2
+        assert wait_until(lambda: not r.counters()["connected"], timeout=15)
+        link.dead.clear()
+        assert wait_until(lambda: r.counters()["connected"], timeout=10)
+        r.decision({"seq": 3})
+        assert wait_until(lambda: r.outbox.depth() == 0, timeout=10)
+        time.sleep(0.5)
+        assert got == [0, 3] and r.outbox.counter("expired") == 2, got
+    finally:
+        r.stop(timeout=1)
+        link.close()
+        c.loop_stop()
+        c.disconnect()
 
 
 def test_home_assistant_discovery_and_republish(running_broker, subscribe, tmp_path):
