@@ -108,7 +108,11 @@ def rekey_store(store, key_path: Path) -> dict:
     new_key = DeviceKey.generate()
     new_key.write(pending)
     old_id = store.protector.key_id
-    store.rekey(Protector(new_key, store.bits))
+    try:
+        store.rekey(Protector(new_key, store.bits))
+    except BaseException:  # nothing committed: the new key never protected anything
+        pending.unlink(missing_ok=True)
+        raise
     os.replace(pending, key_path)
     logger.info("key_replaced path=%s old=%s new=%s", key_path, old_id, new_key.key_id)
     return {"old_key_id": old_id, "new_key_id": new_key.key_id}

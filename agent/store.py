@@ -107,9 +107,21 @@ class TemplateStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE .. COMMIT, bumping the change counter; rolls back on any error."""
+        """BEGIN IMMEDIATE .. COMMIT, bumping the change counter; rolls back on any error.
+
+        Inside the write lock the store must still be under this handle's key: another process
+        (``palm-agent gallery rekey`` beside the service) may have rekeyed it, and templates
+        protected, or unprotected, with the old key would be garbage under the new one.
+        """
         self.db.execute("BEGIN IMMEDIATE")
         try:
+            key_id = self._meta("key_id")
+            if key_id is not None and key_id != self.protector.key_id:
+                raise StoreError(
+                    f"{self.path} was rekeyed to device key {key_id} by another process; this "
+                    f"one holds key {self.protector.key_id}: restart it (the service: "
+                    "systemctl restart palm-agent)"
+                )
             yield self.db
             self.db.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
             self.db.execute("COMMIT")

@@ -214,3 +214,27 @@ def test_sigkill_during_enrollment_leaves_no_half_subject(tmp_path):
         "SELECT count(*) FROM templates WHERE subject NOT IN (SELECT id FROM subjects)"
     )
     assert orphans.fetchone()[0] == 0
+
+
+def test_a_handle_left_on_the_old_key_cannot_write_after_another_rekeyed(tmp_path):
+    """`palm-agent gallery rekey` beside the running service: the service's handle still holds
+    the old key, and its next rekey (or enrollment) would write garbage under the new one."""
+    from agent.gallery_cli import rekey_store
+
+    key, db = tmp_path / "device.key", tmp_path / "t.sqlite"
+    running = TemplateStore(db, Protector(DeviceKey.load_or_create(key), 32))
+    raw = codes.pack_bits(np.random.default_rng(0).integers(0, 2, (3, 32)).astype(bool))
+    running.enroll("alice", print_codes=raw)
+    operator = TemplateStore(db, Protector(DeviceKey.load(key), 32))
+    rekey_store(operator, key)
+    operator.close()
+    for write in (lambda: rekey_store(running, key), lambda: running.enroll("bob", raw)):
+        with pytest.raises(StoreError, match=r"rekeyed to device key .* by another process"):
+            write()
+    assert not key.with_name("device.key.new").exists()  # the refused rekey left no key behind
+    running.close()
+    fresh = TemplateStore(db, Protector(DeviceKey.load(key), 32))
+    labels, gallery = fresh.gallery("print")
+    probe = fresh.protector.protect(majority(raw, 32)[None])
+    assert labels == ["alice"] and int(codes.hamming(gallery, probe)[0]) == 0
+    fresh.close()
