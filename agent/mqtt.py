@@ -24,6 +24,7 @@ replies on ``reply`` rather than a response topic.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import queue
@@ -45,6 +46,7 @@ from agent.reporter import CommandSink, Reporter
 logger = logging.getLogger(__name__)
 
 WINDOW = 20  # rows handed to paho and not yet acknowledged (paho's own in-flight default)
+HELD = 256  # replies and error events kept while the link is down; the oldest go first
 _UNSUPPORTED_PROTOCOL = (1, 132)  # 3.1.1 CONNACK code 1 / MQTT 5 reason 132
 SILENT_ATTEMPTS = 2  # MQTT 5 attempts in a row without a CONNACK before falling back to 3.1.1
 EVENT_TYPES = ["granted", "denied", "unknown", "error"]
@@ -112,6 +114,8 @@ class MqttReporter(Reporter):
         self._answered = True  # the current attempt got a CONNACK (paho's thread only)
         self._silent = 0  # attempts in a row that ended without a CONNACK (paho's thread only)
         self._threads: list[threading.Thread] = []
+        # replies and error events made while the link is down, sent by the pump once it is up
+        self._held: collections.deque[tuple[str, bytes, Any]] = collections.deque(maxlen=HELD)
 
     # -- Reporter ---------------------------------------------------------------------------
     def start(self, on_command: CommandSink) -> None:
@@ -306,6 +310,7 @@ class MqttReporter(Reporter):
                     logger.warning("mqtt link lost with %d in flight", len(self._inflight))
                     self._new_client()
                 if self._connected.is_set():
+                    self._send_held()
                     self._send_pending()
                 # after the hand-over, so that the network does not wait for the disk
                 self.outbox.sync()
@@ -424,11 +429,20 @@ class MqttReporter(Reporter):
         self._send(topic, reply, qos=1, properties=props)
 
     def _send(self, topic: str, doc: dict[str, Any], qos: int, properties=None) -> None:
+        payload = json.dumps(doc, separators=(",", ":")).encode()
         client = self._client
         if client is None or not self._connected.is_set():
+            if qos > 0:  # a reply to a command run across an outage still goes out (stats not)
+                self._held.append((topic, payload, properties))
+                self._wake.set()
             return
-        payload = json.dumps(doc, separators=(",", ":")).encode()
         client.publish(topic, payload, qos=qos, retain=False, properties=properties)
+
+    def _send_held(self) -> None:
+        client = self._client
+        while self._held and client is not None and self._connected.is_set():
+            topic, payload, properties = self._held.popleft()
+            client.publish(topic, payload, qos=1, retain=False, properties=properties)
 
     def _publish_discovery(self, client: mqtt.Client) -> None:
         ha = self.cfg.homeassistant

@@ -399,6 +399,41 @@ def test_decisions_in_flight_when_the_link_died_are_not_sent_past_their_expiry(
         c.disconnect()
 
 
+def test_a_command_run_across_an_outage_is_answered_after_it(running_broker, subscribe, tmp_path):
+    """Every request gets one reply: one whose command ends while the link is down is sent
+    once the device is connected again."""
+    entered, release = threading.Event(), threading.Event()
+
+    class Slow:
+        def list_subjects(self) -> dict:
+            entered.set()
+            release.wait(10)
+            return {"subjects": []}
+
+    sub = subscribe("palm/dev29/reply", session="ctl-dev29-reply")
+    r = reporter(running_broker, "dev29", tmp_path)
+    try:
+        r.start(Dispatcher(Slow()))  # type: ignore[arg-type]
+        assert wait_until(lambda: r.counters()["connected"])
+        c = ctl_client(running_broker)
+        c.publish("palm/dev29/cmd", b'{"cmd": "list", "id": 5}', qos=1).wait_for_publish()
+        c.loop_stop()
+        c.disconnect()
+        assert entered.wait(5)
+        running_broker.stop()
+        assert wait_until(lambda: not r.counters()["connected"], timeout=5)
+        release.set()  # the reply is made while the link is down
+        time.sleep(0.3)
+        running_broker.start()
+        sub.stop()
+        sub.start()  # its persistent session kept what arrived meanwhile
+        got = sub.wait(lambda m: m[0] == "palm/dev29/reply", timeout=10)
+        assert got and json.loads(got[0][3])["id"] == 5, got
+    finally:
+        release.set()
+        r.stop(timeout=1)
+
+
 def test_home_assistant_discovery_and_republish(running_broker, subscribe, tmp_path):
     sub = subscribe("homeassistant/event/dev8/#")
     r = reporter(running_broker, "dev8", tmp_path, homeassistant={"enabled": True})
