@@ -69,8 +69,10 @@ class Source(ABC):
 class TimedCalls:
     """Runs a blocking driver call on a worker thread so that a hung camera cannot hang us.
 
-    After a timeout the worker may still be stuck inside the driver; it is abandoned and the
-    next call gets a fresh worker, and the caller (the reopen wrapper) closes the device.
+    After a timeout the worker may still be stuck inside the driver. The next calls queue
+    behind it on the one worker, never beside it (a driver such as OpenCV's ``VideoCapture``
+    is not safe from two threads), and time out the same way until it returns; the caller (the
+    reopen wrapper) closes the device after repeated timeouts.
     """
 
     def __init__(self, name: str) -> None:
@@ -84,8 +86,7 @@ class TimedCalls:
         try:
             return future.result(timeout=timeout)
         except cf.TimeoutError:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+            future.cancel()  # still queued behind a stuck call: it never runs
             raise GrabTimeout(f"{self._name}: no frame within {timeout:.3f} s") from None
 
     def shutdown(self) -> None:

@@ -427,3 +427,34 @@ def test_repeated_timeouts_count_as_a_failure(frames_dir):
         with pytest.raises(GrabTimeout):
             src.read(timeout=0.01)
     assert events == ["capture_failed"] and not src.is_open
+
+
+def test_a_call_stuck_in_the_driver_never_has_a_second_beside_it():
+    """OpenCV's VideoCapture is not safe from two threads: after a timeout the next reads wait
+    behind the stuck one (and time out too) instead of entering the driver beside it."""
+    import threading
+
+    from agent.capture.base import GrabTimeout, TimedCalls
+
+    inside, most, lock, stuck = [0], [0], threading.Lock(), threading.Event()
+
+    def read(block: bool) -> str:
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        if block:
+            stuck.wait(5)
+        with lock:
+            inside[0] -= 1
+        return "frame"
+
+    calls = TimedCalls("cam")
+    with pytest.raises(GrabTimeout):
+        calls.call(lambda: read(True), 0.1)
+    for _ in range(2):
+        with pytest.raises(GrabTimeout):
+            calls.call(lambda: read(False), 0.1)
+    stuck.set()  # the driver comes back
+    assert calls.call(lambda: read(False), 1.0) == "frame"
+    assert most[0] == 1
+    calls.shutdown()
