@@ -59,7 +59,11 @@ def load_public_key(key: str | Path | bytes) -> Any:
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
-def _check_signature(root: Path, public_key: str | Path | bytes | None) -> bool:
+def _check_signature(
+    root: Path, manifest_bytes: bytes, public_key: str | Path | bytes | None
+) -> bool:
+    """Whether ``manifest_bytes`` (the manifest as read once: the bytes checked are the bytes
+    parsed) carry a valid signature; refused when a key is configured and they do not."""
     sig_path = root / SIGNATURE
     if public_key is None:
         if sig_path.exists():
@@ -75,7 +79,7 @@ def _check_signature(root: Path, public_key: str | Path | bytes | None) -> bool:
     pub = load_public_key(public_key)
     try:
         signature = base64.b64decode(sig_path.read_bytes().strip(), validate=True)
-        pub.verify(signature, (root / MANIFEST).read_bytes())
+        pub.verify(signature, manifest_bytes)
     except (InvalidSignature, ValueError) as exc:
         raise BundleError(
             f"{sig_path}: the Ed25519 signature over {MANIFEST} does not verify with the "
@@ -257,9 +261,10 @@ def _verified(
     manifest_path = root / MANIFEST
     if not manifest_path.is_file():
         raise BundleError(f"{manifest_path}: missing; is {root} a bundle?")
-    signed = _check_signature(root, public_key)
+    manifest_bytes = manifest_path.read_bytes()
+    signed = _check_signature(root, manifest_bytes, public_key)
     try:
-        raw = json.loads(manifest_path.read_bytes())
+        raw = json.loads(manifest_bytes)
     except ValueError as exc:
         raise BundleError(f"{manifest_path}: not valid JSON: {exc}") from exc
     manifest = Manifest.from_dict(raw)

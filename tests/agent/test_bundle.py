@@ -165,6 +165,32 @@ def test_signature_is_required_and_checked_when_a_key_is_configured(tmp_path: Pa
         load_bundle(root, public_key=tmp_path / "k.pub")
 
 
+def test_the_signed_manifest_is_the_manifest_used(tmp_path: Path, monkeypatch):
+    """The manifest is read once: a copy swapped in between the signature check and the
+    parsing (by whoever can write the bundle folder) would be used unchecked."""
+    root = tmp_path / "bundle"
+    _write(root)
+    keygen(tmp_path / "k.pem", tmp_path / "k.pub")
+    sign(root, tmp_path / "k.pem")
+    signed = (root / MANIFEST).read_bytes()
+    forged = json.loads(signed)
+    forged["thresholds"]["print"]["0.001"] = 30.0
+    reads = []
+    read_bytes = Path.read_bytes
+
+    def swap_after_first_read(path: Path) -> bytes:
+        data = read_bytes(path)
+        if path.name == MANIFEST:
+            reads.append(path)
+            path.write_text(json.dumps(forged))  # too late for this load, if it reads once
+        return data
+
+    monkeypatch.setattr(Path, "read_bytes", swap_after_first_read)
+    b = load_bundle(root, public_key=tmp_path / "k.pub")
+    assert len(reads) == 1 and b.signed
+    assert b.manifest.thresholds["print"]["0.001"] != 30.0
+
+
 def test_a_tar_bundle_leaves_no_copy_behind(tmp_path: Path, monkeypatch):
     """Each load of an archive unpacks it (a start, a reload, a change of mode): the copy goes
     with the bundle, and with a refused archive at once."""
