@@ -19,8 +19,16 @@ from typing import Any
 import numpy as np
 
 from agent import codes
-from agent.bundle import load_bundle
-from agent.manifest import FORMAT_VERSION, FORMATS, PRECISIONS, Manifest, Modality, ModelEntry
+from agent.bundle import MANIFEST, SIGNATURE, load_bundle
+from agent.manifest import (
+    FORMAT_VERSION,
+    FORMATS,
+    MODALITIES,
+    PRECISIONS,
+    Manifest,
+    Modality,
+    ModelEntry,
+)
 from agent.preprocess import PreprocessSpec
 from export import bundle_writer, calibrate, parity
 from export.convert_onnx import WEIGHT_TYPES as ONNX_WEIGHT_TYPES
@@ -61,7 +69,7 @@ def _convert(
     info: dict[str, Any] = {"layout": "NCHW"}
     if fmt == "onnx":
         fp32 = out / f"{modality}.fp32.onnx"
-        if not fp32.exists():
+        if not fp32.exists():  # this export's own: export_bundle clears an earlier bundle
             convert_onnx.export_fp32(net, c, s, fp32)
         if precision == "int8":
             info["quantization"] = convert_onnx.quantize_int8(fp32, path, calib, onnx_weights)
@@ -71,6 +79,21 @@ def _convert(
         info = convert_tflite.export_int8(net, calib, path)
     e = bundle_writer.file_entry(out, name)
     return ModelEntry(modality, fmt, precision, e.file, e.sha256, e.size, **info)
+
+
+def _clear_bundle(out: Path) -> None:
+    """Remove what an earlier export left in ``out``: its models would otherwise be reused
+    (the int8 quantizer starts from an fp32 ONNX file already there) or shipped in the tar."""
+    names = [f"{m}.{p}.{f}" for m in MODALITIES for p in PRECISIONS for f in FORMATS] + [
+        MANIFEST,
+        SIGNATURE,
+        bundle_writer.CENTROIDS,
+    ]
+    old = [out / n for n in names if (out / n).exists()]
+    for path in old:
+        path.unlink()
+    if old:
+        logger.info("export replaces the bundle in %s (%d files)", out, len(old))
 
 
 def export_bundle(
@@ -93,6 +116,7 @@ def export_bundle(
     spec = PreprocessSpec.from_dict(ckpt["preprocess"])
     modalities = ["print"] + ([] if test.vein is None else ["vein"])
     out.mkdir(parents=True, exist_ok=True)
+    _clear_bundle(out)
     models = []
     for m in modalities:
         net = getattr(model, f"{m}_net")

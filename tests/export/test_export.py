@@ -204,3 +204,28 @@ def test_gate_fails_when_agreement_is_forced_low(exported, capsys):
     b = load_bundle(out)
     assert not b.parity["gate"]["passed"] and b.parity["gate"]["allow_degraded"]
     assert any("bit agreement" in f for f in b.parity["gate"]["failures"])
+
+
+def test_an_export_into_an_earlier_bundle_replaces_it(exported, tmp_path):
+    """The int8 quantizer starts from the fp32 ONNX file in the folder: one an earlier export
+    left there was reused, and its other forms went into the tar."""
+    from agent.bundle import load_bundle
+    from export.cli import main
+
+    out = tmp_path / "bundle"
+    shutil.copytree(exported["out"], out)  # an earlier export: every form, signed
+    (out / "print.fp32.onnx").write_bytes(b"an earlier model")
+    args = ["export", str(exported["ckpt"]), "--calib", "36", "--out", str(out),
+            "--formats", "onnx", "--precision", "int8", "--max-eer-increase", "100",
+            "--min-agreement", "0.98"]  # fmt: skip
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "centroids.npz",
+        "manifest.json",
+        "print.int8.onnx",
+        "vein.int8.onnx",
+    ]
+    assert {m.file for m in load_bundle(out).manifest.models} == {
+        "print.int8.onnx",
+        "vein.int8.onnx",
+    }
