@@ -15,6 +15,7 @@ import numpy as np
 
 from agent.preprocess import PreprocessSpec
 from export.data.arrays import PalmArrays, from_synth, load_dataset
+from export.data.layouts import LayoutError
 
 
 def reference_split(arrays: PalmArrays, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -25,7 +26,7 @@ def reference_split(arrays: PalmArrays, seed: int = 0) -> tuple[np.ndarray, np.n
         rows = np.flatnonzero(arrays.labels == label)
         rows = rows[np.argsort(arrays.samples[rows], kind="stable")]
         if len(rows) < 2:
-            raise ValueError(
+            raise LayoutError(
                 f"identity {arrays.identities[label]!r} has {len(rows)} sample(s); "
                 "the reference split needs at least 2 per identity"
             )
@@ -33,6 +34,13 @@ def reference_split(arrays: PalmArrays, seed: int = 0) -> tuple[np.ndarray, np.n
         k = (len(rows) + 1) // 2
         train.append(np.sort(rows[:k]))
         test.append(np.sort(rows[k:]))
+    if len(test) < 2 or max(len(t) for t in test) < 2:
+        # found now, not at the first evaluation after the training time was spent
+        raise LayoutError(
+            f"{len(test)} identities with at most {max(len(t) for t in test)} test sample(s) "
+            "each: matching within a modality needs an identity with 2 test samples (4 in all: "
+            "half of each identity's samples train) and impostor pairs need 2 identities"
+        )
     return np.concatenate(train), np.concatenate(test)
 
 

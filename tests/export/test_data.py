@@ -71,6 +71,15 @@ def test_reference_split_is_a_seeded_half_per_identity(synth_arrays):
     assert not np.array_equal(train, reference_split(a, seed=4)[0])
 
 
+@pytest.mark.parametrize(("ids", "samples"), [(6, 3), (1, 8)])
+def test_a_split_with_nothing_to_score_is_refused_before_training(ids, samples):
+    """3 samples per identity leave 1 test sample each: no genuine pair within a modality,
+    found at the first evaluation after the whole training otherwise; 1 identity: no
+    impostor pair."""
+    with pytest.raises(LayoutError, match="needs an identity with 2 test samples"):
+        reference_split(from_synth(*generate_arrays(ids, samples, "easy", 1)))
+
+
 def test_load_split_rebuilds_the_recorded_images(tmp_path):
     root = write_dataset("casiam", tmp_path / "c", 3, 4, "easy", 2)
     a = load_dataset("casiam", root)
