@@ -4,8 +4,10 @@
 `palm-export train` with the same flags run :func:`run`. Under ``torchrun`` each process trains on
 its share of every batch (DistributedDataParallel; NCCL on GPUs, gloo on CPUs) and rank 0
 evaluates and writes. Everything random is seeded from --seed and the epoch number (shuffling,
-augmentation per sample, the cross-modal shuffle), so a CPU run is reproducible and a resumed run
-continues exactly where the interrupted one stopped.
+augmentation per sample, the cross-modal shuffle), so a CPU run is reproducible, and a run resumed
+after an interrupt between two epochs' training steps (in an evaluation or a save too) continues
+exactly where it stopped; one interrupted during an epoch's steps runs that epoch again from its
+start, its finished steps already applied (the log says so).
 
 Writes to --out: last.pt (after an epoch once --save-every seconds have passed since the last
 one, after the last epoch, and on Ctrl-C or SIGTERM), best.pt (lowest mean Hamming EER over the
@@ -229,7 +231,7 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
     test_arrays = arrays.subset(test_rows)
     metrics_path = out / "metrics.jsonl"
     t0 = saved_at = time.monotonic()
-    epoch = start
+    epoch = done = start  # done: epochs whose training steps are all applied
 
     def save(name: str, epoch_done: int) -> None:
         train_meta = {"command": " ".join(sys.argv), "args": _jsonable(args), "epoch": epoch_done}
@@ -265,6 +267,7 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
                 for k, v in {"loss": float(loss.detach()), **parts}.items():
                     sums[k] = sums.get(k, 0.0) + v
                 bar.set_postfix(loss=f"{sums['loss'] / n_batches:.4f}")
+            done = epoch + 1
             stop = args.time_limit is not None and time.monotonic() - t0 > 60 * args.time_limit
             if world > 1:
                 flag = torch.tensor([int(stop)])
@@ -305,10 +308,12 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
                 break
     except KeyboardInterrupt:
         if rank == 0:
-            save("last.pt", epoch)
+            save("last.pt", done)
             logger.warning(
-                "interrupted epoch=%d saved=%s; continue with --resume", epoch, out / "last.pt"
-            )
+                "interrupted epoch=%d saved=%s; continue with --resume%s", epoch + 1,
+                out / "last.pt", "" if done > epoch else
+                " (it runs this epoch again: its finished steps are in the saved weights)",
+            )  # fmt: skip
         raise
     finally:
         torch.use_deterministic_algorithms(restore[0])

@@ -131,6 +131,32 @@ def test_deterministic_and_resume_continues_exactly(tmp_path):
     assert load_checkpoint(tmp_path / "c" / "last.pt")[1]["train"]["epoch"] == 2
 
 
+def test_an_interrupt_during_an_evaluation_resumes_exactly(tmp_path, monkeypatch):
+    """The epoch's steps were all applied: it is recorded done, and not trained again."""
+    import export.evaluate
+
+    arrays, meta = _synth(6, 4)
+    common = [*FAST, "-b", "8", "--lr", "1e-3", "--eval-every", "1"]
+    fit(parse_args([*common, "--epoch", "2", "--out", str(tmp_path / "a")]), arrays, meta)
+    evaluate, calls = export.evaluate.evaluate_model, []
+
+    def interrupted_at_the_first(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(export.evaluate, "evaluate_model", interrupted_at_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        fit(parse_args([*common, "--epoch", "2", "--out", str(tmp_path / "b")]), arrays, meta)
+    assert load_checkpoint(tmp_path / "b" / "last.pt")[1]["train"]["epoch"] == 1
+    fit(parse_args([*common, "--epoch", "2", "--out", str(tmp_path / "b"), "--resume"]),
+        arrays, meta)  # fmt: skip
+    a, b = (_weights(tmp_path / n / "last.pt") for n in "ab")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_print_only_data_trains_the_print_path(tmp_path):
     p, _ = generate_arrays(4, 4, "easy", 0)
     arrays = from_synth(p, None)
