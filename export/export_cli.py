@@ -207,7 +207,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
         return GATE_FAILED
     if args.tar:
-        tar = bundle_writer.make_tar(out, out.with_suffix(".tar"))
+        tar = bundle_writer.make_tar(out, out.with_name(out.name + ".tar"))  # run.1 -> run.1.tar
         print(f"archive: {tar}")
     key = f" --public-key {Path(args.sign_key).with_suffix('.pub')}" if args.sign_key else ""
     print(f"verify with: palm-export verify {out}{key} --checkpoint {args.checkpoint}")

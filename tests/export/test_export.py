@@ -217,8 +217,13 @@ def test_an_export_into_an_earlier_bundle_replaces_it(exported, tmp_path):
     (out / "print.fp32.onnx").write_bytes(b"an earlier model")
     args = ["export", str(exported["ckpt"]), "--calib", "36", "--out", str(out),
             "--formats", "onnx", "--precision", "int8", "--max-eer-increase", "100",
-            "--min-agreement", "0.98"]  # fmt: skip
+            "--min-agreement", "0.98", "--tar"]  # fmt: skip
     assert main(args) == 0
+    assert (tmp_path / "bundle.tar").is_file()
+    # a dot in the folder's name stays in the archive's: run.1 and run.2 are two archives
+    for run in ("run.1", "run.2"):
+        assert main([*args[:5], str(tmp_path / run), *args[6:]]) == 0
+    assert {p.name for p in tmp_path.glob("*.tar")} == {"bundle.tar", "run.1.tar", "run.2.tar"}
     assert sorted(p.name for p in out.iterdir()) == [
         "centroids.npz",
         "manifest.json",
