@@ -99,14 +99,15 @@ class PackedGallery:
 
     def distances(self, probe: np.ndarray) -> np.ndarray:
         """Distances from one probe to every template, (n,) int32."""
-        return codes.hamming(probe, self.codes)
+        return codes.hamming(self._words(probe, one=True), self.codes)
 
     def distance_to(self, label: str, probe: np.ndarray) -> int | None:
         """1:1 distance to one subject's template (None when not enrolled in this modality)."""
         i = self._index.get(label)
         if i is None:
             return None
-        return codes.hamming_int(codes.to_int(probe), codes.to_int(self.codes[i]))
+        p = codes.to_int(self._words(probe, one=True))
+        return codes.hamming_int(p, codes.to_int(self.codes[i]))
 
     def search(self, probe: np.ndarray, k: int = 1) -> list[tuple[int, int]]:
         """The k nearest templates as (index, distance), ascending by distance then index.
@@ -292,12 +293,15 @@ class PackedGallery:
         i -= (offs - s)[:, None]
         return i, d
 
-    def _words(self, probe: np.ndarray) -> np.ndarray:
+    def _words(self, probe: np.ndarray, one: bool = False) -> np.ndarray:
+        """The probe(s), checked: a code of another length or word type would be scored on bits
+        the templates do not have. ``one``: a single probe, not a batch."""
         arr = np.asarray(probe)
-        if arr.dtype != self.codes.dtype:
+        if arr.dtype != self.codes.dtype or (arr.size != self.words if one else
+                                             arr.size % self.words):  # fmt: skip
             raise ValueError(
-                f"probe dtype {arr.dtype} is not {self.codes.dtype}, the word type of "
-                f"{self.bits}-bit codes; pack probes with agent.codes.pack"
+                f"probe of {arr.size} {arr.dtype} word(s) is not a {self.bits}-bit code "
+                f"({self.words} {self.codes.dtype} word(s)); pack probes with agent.codes.pack"
             )
         return arr
 

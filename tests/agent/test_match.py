@@ -182,6 +182,27 @@ def world():
     return labels, prints, veins, centroids, gal
 
 
+@pytest.mark.parametrize(
+    "probe",
+    [np.array([0, 0xFFFFFFFF], np.uint32), np.array([1 << 40], np.uint64),
+     np.array([[0], [0]], np.uint32)],
+)  # fmt: skip
+def test_a_probe_that_is_not_a_code_of_the_gallery_is_refused_by_every_mode(world, probe):
+    """Scored, its extra bits counted, by 1:1 and by the fused modes; refused only by a 1:N
+    search of one modality."""
+    _, _, veins, _, gal = world
+    m = Matcher(gal, Thresholds.from_bits(BITS, 4))
+    calls = [
+        lambda: m.identify("print", probe_print=probe),
+        lambda: m.verify("print", probe_print=probe, subject="id3"),
+        lambda: m.identify("multi", probe_print=probe, probe_vein=veins[3]),
+        lambda: m.verify("multi", probe_print=probe, probe_vein=veins[3], subject="id3"),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError):
+            call()
+
+
 def test_single_modality_modes(world):
     _, prints, veins, _, gal = world
     m = Matcher(gal, Thresholds.from_bits(BITS, 4))
