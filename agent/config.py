@@ -159,6 +159,11 @@ class CameraConfig(_Model):
     reopen_min: float = Field(0.5, gt=0)
     reopen_max: float = Field(30.0, gt=0)
 
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """What a capture of this layout gives: both under switched light or two cameras."""
+        return ("print", "vein") if self.layout in ("switched", "dual") else (self.layout,)
+
     @model_validator(mode="after")
     def _complete(self) -> CameraConfig:
         if self.source == "replay" and self.replay_path is None:
@@ -252,7 +257,7 @@ class Config(_Model):
     @model_validator(mode="after")
     def _camera_serves_mode(self) -> Config:
         layout, mode = self.camera.layout, self.match.mode
-        lacks = mode_lacks(mode, ("print", "vein") if layout in ("switched", "dual") else (layout,))
+        lacks = mode_lacks(mode, self.camera.modalities)
         if lacks:
             raise ValueError(
                 f"match.mode {mode!r} needs {' and '.join(lacks)} frames, which camera.layout "

@@ -221,10 +221,9 @@ class Daemon:
             if explicit:
                 raise CommandError(f"no frame from the camera (state {self.source.state})")
             return None
-        wanted = MODE_MODALITIES[self.settings.mode]
-        needed = wanted if self.settings.mode == "multi" else ()
-        have = [m for m in wanted if m in probe.codes]
-        if not have or any(m not in probe.codes for m in needed):
+        mode = self.settings.mode
+        have = [m for m in MODE_MODALITIES[mode] if m in probe.codes]
+        if not have or mode_lacks(mode, tuple(probe.codes)):
             self._rejected[probe.rejected or "no_probe"] += 1
             if not explicit:
                 return None

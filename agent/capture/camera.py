@@ -52,11 +52,11 @@ class Camera:
         self._ahead: ThreadPoolExecutor | None = None  # takes a capture's later frames
         self._pending: Future | None = None  # the frames a capture is still taking
         self._last: _Arriving | None = None  # the last capture read under switched light
+        self.modalities = cam.modalities
         if cam.layout == "dual":
             from agent.capture.illumination import TwoCameras
 
             self.rig: Any = TwoCameras(source("print"), source("vein"))
-            self.modalities: tuple[str, ...] = ("print", "vein")
         elif cam.layout == "switched":
             from agent.capture.illumination import Illumination, SwitchedLight
 
@@ -65,13 +65,11 @@ class Camera:
                 light.print_pin, light.vein_pin, light.settle_ms / 1e3, light.active_high
             )  # type: ignore[arg-type]
             self.rig = SwitchedLight(source("print"), leds)
-            self.modalities = ("print", "vein")
             # the second frame of a capture comes a settle delay and two frame times after the
             # first: a thread takes it while the first goes through the pipeline
             self._ahead = ThreadPoolExecutor(1, thread_name_prefix="capture")
         else:
             self.rig = source(cam.layout)
-            self.modalities = (cam.layout,)
 
     def read(self, modalities: tuple[str, ...]) -> Capture | None:
         from agent.capture import CaptureError
