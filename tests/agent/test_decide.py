@@ -106,15 +106,10 @@ def test_quality_gate_names_the_reason_and_nothing_is_hashed(engine_store):
     assert flat.quality["print"]["ok"] is False and flat.quality["vein"]["ok"] is True
 
 
-@pytest.mark.parametrize(
-    ("layout", "shared", "searches"),
-    [("switched", None, 1), ("dual", None, 2), ("dual", True, 1), ("switched", False, 2)],
-)
-def test_one_roi_search_per_capture_when_the_frames_share_a_sensor(
-    palm_bundle, tmp_path, monkeypatch, layout, shared, searches
-):
+def _counting_searches(palm_bundle, tmp_path, monkeypatch, layout, shared=None):
+    """(engine, store, calls, search): an engine for ``layout`` whose ROI searches append to
+    ``calls``; ``search`` is the real one."""
     from agent import roi
-    from export.synth.hands import render_hand_frame
 
     cfg = parse_config(
         {
@@ -133,10 +128,24 @@ def test_one_roi_search_per_capture_when_the_frames_share_a_sensor(
     store = TemplateStore(
         tmp_path / "t.sqlite", Protector(DeviceKey.load_or_create(tmp_path / "k"), 32)
     )
-    engine = BundleEngine(cfg, store)
-    calls = []
+    calls: list[int] = []
     search = roi.extract
     monkeypatch.setattr(roi, "extract", lambda *a, **k: calls.append(1) or search(*a, **k))
+    return BundleEngine(cfg, store), store, calls, search
+
+
+@pytest.mark.parametrize(
+    ("layout", "shared", "searches"),
+    [("switched", None, 1), ("dual", None, 2), ("dual", True, 1), ("switched", False, 2)],
+)
+def test_one_roi_search_per_capture_when_the_frames_share_a_sensor(
+    palm_bundle, tmp_path, monkeypatch, layout, shared, searches
+):
+    from export.synth.hands import render_hand_frame
+
+    engine, store, calls, search = _counting_searches(
+        palm_bundle, tmp_path, monkeypatch, layout, shared
+    )
     capture = {m: render_hand_frame(4, 2, seed=5, modality=m)[0] for m in ("print", "vein")}
     try:
         probe = engine.vision(capture)
@@ -166,25 +175,9 @@ def test_a_capture_whose_first_frame_shows_no_hand_ends_there(
     has both judged."""
     import numpy as np
 
-    from agent import roi
     from export.synth.hands import render_hand_frame
 
-    cfg = parse_config(
-        {
-            "device": {"id": "bench"},
-            "bundle": {"path": str(palm_bundle), "threads": 1},
-            "camera": {"source": "replay", "replay_path": "x", "vein_replay_path": "y",
-                       "layout": layout},
-        },
-        check_files=False,
-    )  # fmt: skip
-    store = TemplateStore(
-        tmp_path / "t.sqlite", Protector(DeviceKey.load_or_create(tmp_path / "k"), 32)
-    )
-    engine = BundleEngine(cfg, store)
-    calls = []
-    search = roi.extract
-    monkeypatch.setattr(roi, "extract", lambda *a, **k: calls.append(1) or search(*a, **k))
+    engine, store, calls, _ = _counting_searches(palm_bundle, tmp_path, monkeypatch, layout)
     empty = np.random.default_rng(0).normal(scene, 4, (480, 640)).clip(0, 255).astype(np.uint8)
     hand = render_hand_frame(4, 2, seed=5, modality="vein")[0]
 
