@@ -63,12 +63,12 @@ def _convert(
 ) -> ModelEntry:
     from export import convert_onnx, convert_tflite
 
-    name = f"{modality}.{precision}.{fmt}"
+    name = _model_file(modality, precision, fmt)
     path = out / name
     c, s = spec.channels, spec.input_size
     info: dict[str, Any] = {"layout": "NCHW"}
     if fmt == "onnx":
-        fp32 = out / f"{modality}.fp32.onnx"
+        fp32 = out / _model_file(modality, "fp32", "onnx")
         if not fp32.exists():  # this export's own: export_bundle clears an earlier bundle
             convert_onnx.export_fp32(net, c, s, fp32)
         if precision == "int8":
@@ -81,10 +81,15 @@ def _convert(
     return ModelEntry(modality, fmt, precision, e.file, e.sha256, e.size, **info)
 
 
+def _model_file(modality: str, precision: str, fmt: str) -> str:
+    """A model's file name in the bundle folder, e.g. ``print.int8.tflite``."""
+    return f"{modality}.{precision}.{fmt}"
+
+
 def _clear_bundle(out: Path) -> None:
     """Remove what an earlier export left in ``out``: its models would otherwise be reused
     (the int8 quantizer starts from an fp32 ONNX file already there) or shipped in the tar."""
-    names = [f"{m}.{p}.{f}" for m in MODALITIES for p in PRECISIONS for f in FORMATS] + [
+    names = [_model_file(m, p, f) for m in MODALITIES for p in PRECISIONS for f in FORMATS] + [
         MANIFEST,
         SIGNATURE,
         bundle_writer.CENTROIDS,
@@ -125,7 +130,7 @@ def export_bundle(
             for precision in precisions:
                 models.append(_convert(net, m, fmt, precision, spec, calib, out, onnx_weights))
         if "onnx" in formats and "fp32" not in precisions:
-            (out / f"{m}.fp32.onnx").unlink()  # only the int8 quantizer's input
+            (out / _model_file(m, "fp32", "onnx")).unlink()  # only the int8 quantizer's input
     centroid_entry = bundle_writer.write_centroids(out, ckpt["centroids"], ckpt["labels"])
     evaluate = parity.mode_evaluator(test.labels, np.asarray(ckpt["centroids"]), bits)
     reference = {
