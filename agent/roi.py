@@ -138,14 +138,17 @@ def segment(frame: np.ndarray, min_contrast: float = 20.0, kernel: int = 5) -> n
     ``min_contrast`` grey levels there is nothing lit in front of the camera. ``kernel`` is the
     smoothing and opening size in pixels of ``frame`` (5 suits a 640x480 frame).
     """
-    return _segment(frame, min_contrast, kernel)[0]
+    return _segment(frame, min_contrast, kernel, smoothed=False)[0]
 
 
-def _segment(frame: np.ndarray, min_contrast: float, kernel: int) -> tuple[np.ndarray, float]:
+def _segment(
+    frame: np.ndarray, min_contrast: float, kernel: int, smoothed: bool
+) -> tuple[np.ndarray, float]:
     """(mask, Otsu level of the smoothed frame); the level is that of the full frame too, since
-    area averaging keeps grey levels."""
+    averaging (by area or by a pyramid's Gaussian) keeps grey levels. ``smoothed``: the frame
+    is a pyramid level, already smoothed on its way down."""
     grey = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-    smooth = cv2.GaussianBlur(grey, (kernel, kernel), 0)
+    smooth = grey if smoothed else cv2.GaussianBlur(grey, (kernel, kernel), 0)
     level, mask = cv2.threshold(smooth, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     # the class means from three SIMD sums: a histogram (calcHist) or indexing the frame with
     # the mask each cost more than Otsu itself
@@ -286,8 +289,9 @@ def extract(frame: np.ndarray, config: RoiConfig = RoiConfig()) -> RoiResult:
         roi = frame if frame.shape[:2] == (config.out_size,) * 2 else _resize(frame, config)
         h, w = frame.shape[:2]
         return RoiResult(roi=roi, square=RoiSquare((w / 2, h / 2), float(min(h, w)), 0.0))
-    small, scale = _search_copy(frame, config.search_px)
-    mask, level = _segment(small, config.min_contrast, 5 if scale.min() > 0.75 else 3)
+    search = _SearchCopy.of(frame, config.search_px)
+    kernel = 5 if search.scale.min() > 0.75 else 3  # smoothing and opening, in copy pixels
+    mask, level = _segment(search.image, config.min_contrast, kernel, search.smoothed)
     contour = _largest_contour(mask)
     h, w = mask.shape
     area = cv2.contourArea(contour) if contour is not None else 0.0
@@ -302,9 +306,8 @@ def extract(frame: np.ndarray, config: RoiConfig = RoiConfig()) -> RoiResult:
         result.reason = "fingers_not_found"
         logger.debug("roi fingers_not_found hand_frac=%.3f", result.hand_frac)
         return result
-    # back to full-resolution pixels: a search pixel i covers frame pixels [i/scale, (i+1)/scale)
-    v_a, v_b, tip, thumb = ((p + 0.5) / scale - 0.5 if p is not None else None for p in found)
-    if scale.min() < 1:
+    v_a, v_b, tip, thumb = (search.to_frame(p) if p is not None else None for p in found)
+    if search.scale.min() < 1:
         v_a, v_b = _refine(frame, v_a, v_b, tip, level)
     mid = (v_a + v_b) / 2
     palm_point = mid - (tip - mid)  # the palm lies opposite the fingertips
@@ -346,17 +349,44 @@ def _cut_oriented(frame: np.ndarray, found: RoiResult, config: RoiConfig) -> np.
     return roi
 
 
-def _search_copy(frame: np.ndarray, search_px: int) -> tuple[np.ndarray, np.ndarray]:
-    """The frame shrunk (area averaging) so its long side is at most ``search_px``, and the
-    (x, y) factors: segmentation and contour work scale with the pixel count, and the valleys
-    found there are put back to full-resolution accuracy by :func:`_refine`."""
-    h, w = frame.shape[:2]
-    if search_px <= 0 or max(h, w) <= search_px:
-        return frame, np.ones(2)
-    f = search_px / max(h, w)
-    size = (max(1, round(w * f)), max(1, round(h * f)))
-    small = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
-    return small, np.array([size[0] / w, size[1] / h])
+@dataclass(frozen=True)
+class _SearchCopy:
+    """The frame reduced for the search, and how its pixels map back to the frame's.
+
+    Segmentation and contour work scale with the pixel count, and the valleys found on the copy
+    are put back to full-resolution accuracy by :func:`_refine`. Each exact halving is a pyramid
+    step (``cv2.pyrDown``): it smooths as it shrinks, in one pass that costs less than the
+    area resize alone, so the search needs no blur of its own on such a copy.
+    """
+
+    image: np.ndarray
+    scale: np.ndarray  # (x, y): copy pixels per frame pixel
+    shift: np.ndarray  # (x, y): a copy pixel p lies at frame pixel p / scale + shift
+    smoothed: bool
+
+    @classmethod
+    def of(cls, frame: np.ndarray, search_px: int) -> _SearchCopy:
+        """``frame`` reduced until its long side is at most ``search_px`` (0: not reduced)."""
+        h, w = frame.shape[:2]
+        if search_px <= 0 or max(h, w) <= search_px:
+            return cls(frame, np.ones(2), np.zeros(2), smoothed=False)
+        image, halvings = frame, 0
+        while max(image.shape[:2]) >= 2 * search_px:
+            # pixel p of a pyramid level is centred on pixel 2p of the level below
+            image, halvings = cv2.pyrDown(image), halvings + 1
+        pyramid = 2.0**halvings
+        ih, iw = image.shape[:2]
+        if max(ih, iw) <= search_px:
+            return cls(image, np.full(2, 1 / pyramid), np.zeros(2), smoothed=True)
+        f = search_px / max(ih, iw)
+        size = (max(1, round(iw * f)), max(1, round(ih * f)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        # area averaging: pixel q covers the level's pixels [q / a, (q + 1) / a)
+        a = np.array([size[0] / iw, size[1] / ih])
+        return cls(image, a / pyramid, (0.5 / a - 0.5) * pyramid, smoothed=halvings > 0)
+
+    def to_frame(self, p: np.ndarray) -> np.ndarray:
+        return p / self.scale + self.shift
 
 
 def _resize(frame: np.ndarray, config: RoiConfig) -> np.ndarray:

@@ -126,6 +126,26 @@ def test_search_on_a_reduced_copy_agrees_with_the_full_resolution_search():
         assert fast.roi.shape == full.roi.shape == (128, 128)  # cut at full resolution
 
 
+@pytest.mark.parametrize("size", [(640, 480), (1280, 720), (1920, 1080), (1000, 750), (500, 375)])
+def test_a_point_of_the_search_copy_maps_back_to_its_frame_pixel(size):
+    # pyramid halvings, halvings then an area resize, an area resize alone: the centroid of a
+    # blob found on the copy lands where it is in the frame (a pyramid pixel p is centred on
+    # pixel 2p below it, an area pixel q on the middle of the pixels it averages)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    cx, cy, s = 0.37 * w + 0.3, 0.61 * h + 0.7, w / 20
+    blob = np.clip(200 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * s * s)), 0, 255)
+    frame = blob.round().astype(np.uint8)
+    copy = roi._SearchCopy.of(frame, 320)
+    assert max(copy.image.shape) == 320
+
+    def centroid(img: np.ndarray) -> np.ndarray:
+        m = cv2.moments(img.astype(np.float32))
+        return np.array([m["m10"], m["m01"]]) / m["m00"]
+
+    np.testing.assert_allclose(copy.to_frame(centroid(copy.image)), centroid(frame), atol=0.1)
+
+
 def test_large_frames_meet_the_goal_through_the_reduced_search():
     checked = 0
     for i in range(8):
