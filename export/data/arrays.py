@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import cv2
 import numpy as np
 
 from agent.preprocess import DEFAULT_SPEC, PreprocessSpec, to_channels
-from export.data.layouts import Record, layout_error, scan
+from export.data.layouts import LayoutError, Record, layout_error, scan
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +47,12 @@ class PalmArrays:
         )
 
 
-def _read(path: Path, size: int, spec: PreprocessSpec) -> np.ndarray:
+def _read(path: Path, size: int, spec: PreprocessSpec) -> np.ndarray | None:
+    """The ROI as uint8 grey, resized; None where the file is no image OpenCV can decode (an
+    empty or cut-short download)."""
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ValueError(f"cannot decode image {path}; is it a valid image file?")
+    if img is None or img.size == 0:
+        return None
     if img.ndim == 3:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
     if img.dtype != np.uint8:
@@ -60,10 +63,26 @@ def _read(path: Path, size: int, spec: PreprocessSpec) -> np.ndarray:
 def from_records(
     records: list[Record], spec: PreprocessSpec = DEFAULT_SPEC, workers: int = 4
 ) -> PalmArrays:
+    from tqdm import tqdm
+
     size = spec.input_size
     files = [f for r in records for f in (*r.print_files, *([r.vein_file] if r.vein_file else []))]
+    files = list(dict.fromkeys(files))  # casiam's 460 nm band is two of the print's channels
+    logger.info("loading images=%d captures=%d", len(files), len(records))
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        decoded = dict(zip(files, pool.map(lambda f: _read(f, size, spec), files), strict=True))
+        read = pool.map(lambda f: _read(f, size, spec), files)
+        # a real set is thousands of files, read at the speed of the disk: the bar shows it
+        bar = tqdm(read, "loading", total=len(files), unit="img", leave=False, file=sys.stderr)
+        decoded = dict(zip(files, bar, strict=True))
+    bad = [str(f) for f, img in decoded.items() if img is None]
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise LayoutError(
+            f"{len(bad)} file(s) are not images that can be read ({', '.join(bad[:5])}{more}): "
+            "an empty or cut-short download, or another kind of file under an image name. "
+            "Download them again, or delete them with the same capture's other band or vein "
+            "images"
+        )
     prints = np.stack([np.stack([decoded[f] for f in r.print_files], -1) for r in records])
     veins = None
     if records[0].vein_file is not None:

@@ -3,7 +3,12 @@
 The layouts are the reference code's (DESIGN §2), which the synthetic generator also writes.
 Files are found by scanning and parsing names rather than by formatting expected names, so a
 data set with fewer identities or samples than the published one (a subset, a synthetic set)
-loads as it is. Anything missing gives one :class:`LayoutError` that names the layout expected.
+loads as it is. Anything missing gives one :class:`LayoutError` that names the layout expected,
+and where the data set sits a folder or two off --data-root, the --data-root that finds it.
+
+Real downloads are untidy: extensions in either case (.JPG, .BMP) match, and hidden files
+(.DS_Store, macOS's ``._name`` copies of every image, which are not images) and ``__MACOSX``
+folders are never taken for captures.
 """
 
 from __future__ import annotations
@@ -57,17 +62,52 @@ def _base(root: Path, top: str) -> Path:
     return root if root.name == top else root / top
 
 
+def _visible(p: Path) -> bool:
+    """Not a hidden file or an archiver's metadata folder (``.DS_Store``, ``._0001_0001.jpg``
+    from a Mac, ``__MACOSX``)."""
+    return not p.name.startswith(".") and p.name != "__MACOSX"
+
+
+def _files(folder: Path, exts: tuple[str, ...]) -> list[Path]:
+    """The visible files of ``folder`` with one of ``exts``, in either case."""
+    return [f for f in folder.iterdir() if f.suffix.lower() in exts and _visible(f) and f.is_file()]
+
+
 def _pairs(folder: Path, ext: str) -> dict[tuple[int, int], Path]:
     out = {}
-    for f in folder.glob(f"*{ext}"):
+    for f in _files(folder, (ext,)):
         m = _PAIR.match(f.stem)
         if m:
             out[(int(m[1]), int(m[2]))] = f
     return out
 
 
-def _banded(ds: str, root: Path, top: str, bands: list[str], vein: str, ext: str, width: int):
+def _where(root: Path, tops: tuple[str, ...]) -> str:
+    """A hint for a --data-root one or two folders off the one that holds ``tops[0]``: inside
+    the data set, or above the folder that holds it. Only computed for an error."""
+    for up in (root, *list(root.parents)[:3]):
+        if up.name in tops:
+            return f"; {root} is inside the data set: use --data-root {up.parent}"
+    found: list[Path] = []
+    for pattern in ("*", "*/*"):
+        try:
+            found += [d for d in root.glob(pattern) if d.name.lower() == tops[0].lower()]
+        except OSError:
+            break
+    found = [d for d in found if d.is_dir() and _visible(d.parent)]
+    if len(found) == 1 and found[0].name != tops[0]:
+        return f"; found {found[0]}: rename it to {tops[0]} (the name is case-sensitive)"
+    if found:
+        return f"; found {found[0]}: use --data-root {found[0].parent}"
+    return ""
+
+
+def _banded(
+    ds: str, root: Path, top: str, bands: list[str], vein: str, ext: str, width: int, sample: str
+):
     base = _base(root, top)
+    if not base.is_dir():
+        raise layout_error(ds, root, f"missing folder {base}{_where(root, (top, *bands, vein))}")
     folders = {b: base / b for b in [*bands, vein]}
     missing = [str(p) for p in folders.values() if not p.is_dir()]
     if missing:
@@ -75,32 +115,48 @@ def _banded(ds: str, root: Path, top: str, bands: list[str], vein: str, ext: str
     files = {b: _pairs(folders[b], ext) for b in folders}
     keys = sorted(files[bands[0]])
     if not keys:
-        raise layout_error(ds, root, f"no IIII_SSSS{ext} images in {folders[bands[0]]}")
+        name = f"{'I' * width}_{'S' * len(sample)}{ext}"
+        raise layout_error(ds, root, f"no {name} images in {folders[bands[0]]}")
+    # every gap at once: a download missing a few files is fixed in one go, not one per run
+    lost = [(key, b) for key in keys for b in folders if key not in files[b]]
+    if lost:
+        shown = ", ".join(f"{b}/{files[bands[0]][key].name}" for key, b in lost[:5])
+        more = f" and {len(lost) - 5} more" if len(lost) > 5 else ""
+        raise layout_error(
+            ds,
+            root,
+            f"{len(lost)} capture(s) lack an image in a band folder ({shown}{more}); delete "
+            f"those captures' other band images or restore the missing ones",
+        )
     records = []
     for key in keys:
-        lost = [b for b in folders if key not in files[b]]
-        if lost:
-            raise layout_error(ds, root, f"sample {key} has no image in {', '.join(lost)}")
         pf = tuple(files[b][key] for b in bands)
         records.append(Record(f"{key[0]:0{width}d}", key[1], pf, files[vein][key]))
     return records
 
 
 def _tjppv(root: Path) -> list[Record]:
-    prints = _base(root, "Tongji_jpg")
-    veins = root / "Palmvein_ROI_gray_128x128"
+    tops = ("Tongji_jpg", "Palmvein_ROI_gray_128x128")
+    base = root.parent if root.name in tops else root  # either folder, as Casia_M for casiam
+    prints, veins = (base / t for t in tops)
     for p in (prints, veins):
         if not p.is_dir():
-            raise layout_error("tjppv", root, f"missing folder {p}")
+            raise layout_error("tjppv", root, f"missing folder {p}{_where(root, tops)}")
     files = _pairs(prints, ".jpg")
     if not files:
         raise layout_error("tjppv", root, f"no IIII_SSSS.jpg images in {prints}")
+    sessions = {
+        s: {f.stem: f for f in _files(veins / f"session{s}", (".bmp",))}
+        for s in (1, 2)
+        if (veins / f"session{s}").is_dir()
+    }
     records = []
     for (i, j), f in sorted(files.items()):
         session, n = (1, j) if j <= 10 else (2, j - 10)
-        v = veins / f"session{session}" / f"{(i - 1) * 10 + n:05d}.bmp"
-        if not v.is_file():
-            raise layout_error("tjppv", root, f"print {f.name} has no vein image {v}")
+        v = sessions.get(session, {}).get(f"{(i - 1) * 10 + n:05d}")
+        if v is None:
+            want = veins / f"session{session}" / f"{(i - 1) * 10 + n:05d}.bmp"
+            raise layout_error("tjppv", root, f"print {f.name} has no vein image {want}")
         records.append(Record(f"{i:04d}", j, (f,), v))
     return records
 
@@ -108,7 +164,7 @@ def _tjppv(root: Path) -> list[Record]:
 def _images(folder: Path) -> list[tuple[int, Path]]:
     """Images of one identity folder with their sample keys: the number a name ends with (so
     that 10 sorts after 9), else the position in name order."""
-    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in _IMAGE_EXT)
+    files = sorted(_files(folder, _IMAGE_EXT))
     numbers = [_TRAILING.search(f.stem) for f in files]
     if all(numbers) and len({int(m[1]) for m in numbers}) == len(files):
         return sorted((int(m[1]), f) for m, f in zip(numbers, files, strict=True))
@@ -118,9 +174,9 @@ def _images(folder: Path) -> list[tuple[int, Path]]:
 def _iitd(root: Path) -> list[Record]:
     base = _base(root, "IITD")
     if not base.is_dir():
-        raise layout_error("iitd", root, f"missing folder {base}")
+        raise layout_error("iitd", root, f"missing folder {base}{_where(root, ('IITD',))}")
     records = []
-    for d in sorted(p for p in base.iterdir() if p.is_dir()):
+    for d in sorted(p for p in base.iterdir() if p.is_dir() and _visible(p)):
         records += [Record(d.name, n, (f,), None) for n, f in _images(d)]
     if not records:
         raise layout_error("iitd", root, f"no identity folders with images in {base}")
@@ -128,19 +184,20 @@ def _iitd(root: Path) -> list[Record]:
 
 
 def _vein_for(ds: str, root: Path, print_file: Path, vein_dir: Path) -> Path:
-    for ext in _IMAGE_EXT:
-        v = vein_dir / (print_file.stem + ext)
-        if v.is_file():
-            return v
+    if vein_dir.is_dir():
+        for v in sorted(_files(vein_dir, _IMAGE_EXT)):
+            if v.stem == print_file.stem:
+                return v
     raise layout_error(ds, root, f"print {print_file} has no vein image in {vein_dir}")
 
 
 def _generic(root: Path) -> list[Record]:
     prints, veins = root / "print", root / "vein"
     if not prints.is_dir():
-        raise layout_error("generic", root, f"missing folder {prints}")
+        where = _where(root, ("print", "vein"))
+        raise layout_error("generic", root, f"missing folder {prints}{where}")
     records = []
-    for d in sorted(p for p in prints.iterdir() if p.is_dir()):
+    for d in sorted(p for p in prints.iterdir() if p.is_dir() and _visible(p)):
         for n, f in _images(d):
             v = _vein_for("generic", root, f, veins / d.name) if veins.is_dir() else None
             records.append(Record(d.name, n, (f,), v))
@@ -158,10 +215,10 @@ def scan(ds: str, root: str | Path) -> list[Record]:
         raise layout_error(ds, root, "the folder does not exist")
     if ds == "polyu":
         bands = ["Red_ind", "Green_ind", "Blue_ind"]
-        records = _banded(ds, root, "MS_PolyU", bands, "NIR_ind", ".jpg", 4)
+        records = _banded(ds, root, "MS_PolyU", bands, "NIR_ind", ".jpg", 4, "SSSS")
     elif ds == "casiam":
         bands = ["casia_700", "casia_460", "casia_460"]
-        records = _banded(ds, root, "Casia_M", bands, "casia_850", ".jpg", 3)
+        records = _banded(ds, root, "Casia_M", bands, "casia_850", ".jpg", 3, "SS")
     elif ds == "tjppv":
         records = _tjppv(root)
     elif ds == "iitd":

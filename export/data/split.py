@@ -26,9 +26,14 @@ def reference_split(arrays: PalmArrays, seed: int = 0) -> tuple[np.ndarray, np.n
         rows = np.flatnonzero(arrays.labels == label)
         rows = rows[np.argsort(arrays.samples[rows], kind="stable")]
         if len(rows) < 2:
+            # all at once: a download with several such identities is fixed in one go
+            single = [n for i, n in enumerate(arrays.identities) if np.sum(arrays.labels == i) < 2]
+            more = f" and {len(single) - 10} more" if len(single) > 10 else ""
             raise LayoutError(
-                f"identity {arrays.identities[label]!r} has {len(rows)} sample(s); "
-                "the reference split needs at least 2 per identity"
+                f"{len(single)} identit(y/ies) with a single capture ({', '.join(single[:10])}"
+                f"{more}): the reference split trains on half of each identity's captures and "
+                "tests on the other half, so each needs at least 2. Add captures of them, or "
+                "delete their files (every band and the vein) to train on the others"
             )
         rows = rows[rng.permutation(len(rows))]
         k = (len(rows) + 1) // 2
@@ -56,7 +61,7 @@ def rows_of(arrays: PalmArrays, record: dict[str, list[int]]) -> np.ndarray:
     keys = zip((arrays.identities[i] for i in arrays.labels), arrays.samples.tolist(), strict=True)
     rows = np.array([i for i, k in enumerate(keys) if k in wanted], dtype=np.int64)
     if len(rows) != len(wanted):
-        raise ValueError(
+        raise LayoutError(
             f"the data set holds {len(rows)} of the {len(wanted)} split samples recorded in the "
             "checkpoint; is --data-root the data set it was trained on?"
         )
@@ -90,5 +95,12 @@ def load_split(
     spec = PreprocessSpec.from_dict(ckpt["preprocess"])
     arrays = dataset_arrays(ckpt["dataset"], spec, root)
     if arrays.identities != list(ckpt["labels"]):
-        raise ValueError("the data set's identities differ from the checkpoint's labels")
+        ds = ckpt["dataset"]
+        where = root or ds.get("root") or "the synthetic set"
+        raise LayoutError(
+            f"the {ds['ds']} data set at {where} holds {len(arrays.identities)} identities "
+            f"({', '.join(arrays.identities[:3])}, ...), not the {len(ckpt['labels'])} the "
+            f"checkpoint was trained on ({', '.join(map(str, ckpt['labels'][:3]))}, ...); point "
+            "--data-root (and --ds) at the data set it was trained on"
+        )
     return arrays.subset(rows_of(arrays, ckpt["split"][part]))

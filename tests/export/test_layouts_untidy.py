@@ -1,0 +1,135 @@
+"""Data sets as real downloads leave them: upper-case extensions, a Mac's hidden files, a broken
+file, a capture short of a band, an identity with one capture, --data-root a folder off.
+
+Each either loads exactly the captures there are, or stops before training with one error that
+names what is wrong and what to do. The images are tiny (16×16) and written here.
+"""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from export.data import LayoutError, from_synth, load_dataset, reference_split
+from export.synth import generate_arrays
+
+
+def _img(i: int, j: int) -> np.ndarray:
+    return np.full((16, 16), 10 * i + j, np.uint8)
+
+
+def _casiam(root: Path, ids: int = 3, samples: int = 2, ext: str = ".jpg") -> Path:
+    for band in ("casia_700", "casia_460", "casia_850"):
+        d = root / "Casia_M" / band
+        d.mkdir(parents=True)
+        for i in range(1, ids + 1):
+            for j in range(1, samples + 1):
+                name = d / f"{i:03d}_{j:02d}.jpg"
+                cv2.imwrite(str(name), _img(i, j))
+                name.rename(name.with_suffix(ext))
+    return root
+
+
+def _tjppv(root: Path, ids: int = 2, samples: int = 2, vein_ext: str = ".bmp") -> Path:
+    prints = root / "Tongji_jpg"
+    veins = root / "Palmvein_ROI_gray_128x128" / "session1"
+    prints.mkdir(parents=True)
+    veins.mkdir(parents=True)
+    for i in range(1, ids + 1):
+        for j in range(1, samples + 1):
+            cv2.imwrite(str(prints / f"{i:04d}_{j:04d}.jpg"), _img(i, j))
+            v = veins / f"{(i - 1) * 10 + j:05d}.bmp"
+            cv2.imwrite(str(v), _img(i, j))
+            v.rename(v.with_suffix(vein_ext))
+    return root
+
+
+def _folders(root: Path, kinds: dict[str, str], ids: int = 2, samples: int = 2) -> Path:
+    """generic (kinds print/vein -> extension) or iitd (IITD -> .bmp) folders per identity."""
+    for kind, ext in kinds.items():
+        for i in range(1, ids + 1):
+            d = root / kind / f"{i:04d}"
+            d.mkdir(parents=True)
+            for j in range(1, samples + 1):
+                f = d / f"{j}.png"
+                cv2.imwrite(str(f), _img(i, j))
+                f.rename(f.with_suffix(ext))
+    return root
+
+
+def test_upper_case_extensions_load(tmp_path):
+    a = load_dataset("casiam", _casiam(tmp_path / "c", ext=".JPG"))
+    assert len(a) == 6 and a.print[0].shape == (128, 128, 3)
+    assert len(load_dataset("tjppv", _tjppv(tmp_path / "t", vein_ext=".BMP"))) == 4
+    generic = _folders(tmp_path / "g", {"print": ".png", "vein": ".PNG"})
+    assert load_dataset("generic", generic).vein.shape == (4, 128, 128, 1)
+
+
+def test_hidden_files_and_stray_files_are_not_captures(tmp_path):
+    """macOS copies leave ``._name`` beside every file (not an image, under an image's name)."""
+    generic = _folders(tmp_path / "g", {"print": ".png", "vein": ".png"})
+    iitd = _folders(tmp_path / "i", {"IITD": ".bmp"})
+    casiam = _casiam(tmp_path / "c")
+    for folder in [*generic.glob("*/*"), *iitd.glob("*/*"), *casiam.glob("*/*")]:
+        for f in list(folder.iterdir()):
+            (folder / f"._{f.name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+        for name in ("Thumbs.db", ".DS_Store", "README.txt"):
+            (folder / name).write_bytes(b"x")
+    (generic / "print" / "__MACOSX").mkdir()
+    (iitd / "IITD" / ".thumbnails").mkdir()
+    for ds, root, n in (("generic", generic, 4), ("iitd", iitd, 4), ("casiam", casiam, 6)):
+        a = load_dataset(ds, root)
+        assert len(a) == n and len(a.identities) == n // 2, ds
+        assert sorted(a.samples.tolist()) == sorted([1, 2] * (n // 2)), ds
+
+
+def test_an_unreadable_image_is_named_before_training(tmp_path):
+    root = _casiam(tmp_path / "c")
+    (root / "Casia_M" / "casia_460" / "002_02.jpg").write_bytes(b"")  # a download cut short
+    with pytest.raises(LayoutError, match=r"casia_460/002_02\.jpg\): an empty or cut-short"):
+        load_dataset("casiam", root)
+
+
+def test_every_capture_short_of_a_band_is_named_at_once(tmp_path):
+    root = _casiam(tmp_path / "c")
+    (root / "Casia_M" / "casia_850" / "001_02.jpg").unlink()
+    (root / "Casia_M" / "casia_460" / "003_01.jpg").unlink()
+    with pytest.raises(LayoutError) as e:
+        load_dataset("casiam", root)
+    assert "2 capture(s)" in str(e.value)
+    assert "casia_850/001_02.jpg" in str(e.value) and "casia_460/003_01.jpg" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("ds", "make", "given", "right"),
+    [
+        ("casiam", _casiam, "..", "."),  # the folder above the one that holds Casia_M
+        ("casiam", _casiam, "Casia_M/casia_850", "Casia_M"),  # inside the data set
+        ("iitd", lambda r: _folders(r, {"IITD": ".bmp"}), "IITD/0001", "."),
+        ("generic", lambda r: _folders(r, {"print": ".png"}), "..", "."),
+        ("tjppv", _tjppv, "Palmvein_ROI_gray_128x128/session1", "."),
+    ],
+)
+def test_a_root_a_folder_off_names_the_right_one(tmp_path, ds, make, given, right):
+    root = make(tmp_path / "sets" / "mine")
+    with pytest.raises(LayoutError) as e:
+        load_dataset(ds, root / given if given != ".." else root.parent)
+    assert f"use --data-root {(root / right).resolve()}" in str(e.value)
+    load_dataset(ds, root / right)
+
+
+def test_tjppv_loads_from_either_of_its_folders(tmp_path):
+    """As casiam loads from Casia_M itself, tjppv loads from Tongji_jpg."""
+    root = _tjppv(tmp_path / "t")
+    assert len(load_dataset("tjppv", root / "Tongji_jpg")) == 4
+
+
+def test_identities_with_one_capture_are_all_named_with_what_to_do():
+    p, v = generate_arrays(4, 4, "easy", 0)
+    a = from_synth(p, v)
+    keep = ~(np.isin(a.labels, [1, 3]) & (a.samples > 1))
+    with pytest.raises(LayoutError) as e:
+        reference_split(a.subset(np.flatnonzero(keep)))
+    msg = str(e.value)
+    assert "2 identit(y/ies) with a single capture (2, 4)" in msg and "delete their files" in msg
