@@ -39,9 +39,16 @@ def det_curve(genuine: np.ndarray, impostor: np.ndarray) -> tuple[np.ndarray, ..
 
 
 def threshold_at_fmr(impostor: np.ndarray, fmr: float) -> float:
-    """The largest accept-threshold whose false-match rate does not exceed ``fmr``."""
+    """The largest accept-threshold whose false-match rate does not exceed ``fmr``.
+
+    Where even the closest impostor is too many (fewer impostor pairs than 1/fmr), that is just
+    below the closest impostor: one less on Hamming distances (integers, as the device's
+    thresholds are), the next float below it on real-valued (cosine) distances, where one less
+    would reject every genuine pair too.
+    """
     i = np.sort(np.asarray(impostor, dtype=np.float64).ravel())
-    t = np.unique(np.concatenate([i, [i[0] - 1.0]]))
+    below = i[0] - 1.0 if np.all(i == np.round(i)) else np.nextafter(i[0], -np.inf)
+    t = np.unique(np.concatenate([i, [below]]))
     ok = np.searchsorted(i, t, side="right") / i.size <= fmr
     return float(t[ok][-1])
 
