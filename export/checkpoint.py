@@ -17,6 +17,12 @@ import torch
 
 from export.model import PalmCohashNet
 
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, is not one, or does not fit what it is used for: the
+    command line reports it in one line, with what to do."""
+
+
 REQUIRED = ("arch", "state_dict", "centroids", "labels", "preprocess", "split", "dataset")
 
 
@@ -52,17 +58,17 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[PalmCohashNe
     """(model in eval mode, the checkpoint dict); centroids come back as an int8 numpy array."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found; train one with `palm-export train`")
+        raise CheckpointError(f"checkpoint {path} not found; train one with `palm-export train`")
     ckpt = torch.load(path, map_location=device, weights_only=False)
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
-        raise ValueError(f"{path} is not a palm-cohash checkpoint (missing {missing})")
+        raise CheckpointError(f"{path} is not a palm-cohash checkpoint (missing {missing})")
     arch = ckpt["arch"]
     model = PalmCohashNet(arch["backbone"], arch["bits"], arch["in_channels"])
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:  # e.g. trained before the backbone's layers changed
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: its weights do not fit the current {arch['backbone']!r} backbone (it was "
             f"trained with an earlier version of it); retrain it (the demo: --fresh). {exc}"
         ) from exc

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Callable
 
 # subcommand modules, in the order --help lists them
 COMMAND_MODULES: tuple[str, ...] = (
@@ -33,13 +34,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    """Run a subcommand; a problem with the user's data set or checkpoint, and a Ctrl-C, end in
+    one line that says what was wrong instead of a traceback (exit status 2, and 130)."""
+    try:
+        return int(func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except ValueError as e:
+        from export.checkpoint import CheckpointError
+        from export.data.layouts import LayoutError
+
+        if not isinstance(e, (LayoutError, CheckpointError)):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return int(args.func(args) or 0)
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from agent.codes import hamming_matrix, pack, pack_bits
 from agent.preprocess import PreprocessSpec
@@ -41,7 +43,8 @@ def encode(
     model.eval()
     loader = torch.utils.data.DataLoader(PalmDataset(arrays, spec=spec), batch_size=batch)
     outs: dict[str, list[np.ndarray]] = {"print": [], "vein": []}
-    for item in loader:
+    # a full test split through res18 on a CPU is minutes: the bar says it is moving
+    for item in tqdm(loader, "evaluating", unit="batch", leave=False, file=sys.stderr):
         px = item[0].to(device)
         vx = item[1].to(device) if len(item) == 3 else None
         up, uv = model(px, vx)

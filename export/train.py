@@ -29,70 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.codes import SUPPORTED_BITS
 from agent.preprocess import DEFAULT_SPEC
+from export.train_args import DATASETS, add_arguments, out_dir, parse_args
+
+__all__ = ["DATASETS", "add_arguments", "fit", "main", "out_dir", "parse_args", "run"]
 
 logger = logging.getLogger(__name__)
-
-DATASETS = ("casiam", "polyu", "tjppv", "iitd", "generic")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-b", "--batch-size", type=int, default=256, help="global batch size")
-    p.add_argument("--ds", choices=DATASETS, default="casiam", help="data set layout")
-    p.add_argument("--bits", type=int, choices=SUPPORTED_BITS, default=32)
-    p.add_argument("--model", default="res18", help="backbone: res18, light or tiny")
-    p.add_argument("--comment", default="", help="run name; the default --out is runs/COMMENT")
-    p.add_argument("--epoch", dest="epochs", type=int, default=4000, help="epochs to train")
-    p.add_argument(
-        "--data-root",
-        default=os.environ.get("PALM_DATA", "./data"),
-        help="folder holding the data set (default: $PALM_DATA or ./data)",
-    )
-    p.add_argument("--workers", type=int, default=0, help="data loader processes")
-    p.add_argument("--eval-every", type=int, default=50, help="evaluate every N epochs")
-    p.add_argument(
-        "--resume", nargs="?", const="last", help="continue from CKPT (default: OUT/last.pt)"
-    )
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if any")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--weight-decay", type=float, default=1e-5)
-    p.add_argument("--optimizer", choices=("rmsprop", "adam", "sgd"), default="rmsprop")
-    p.add_argument("--pretrained", metavar="FILE", help="backbone state dict (torchvision names)")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: runs/COMMENT)")
-    p.add_argument("--quant-weight", type=float, default=0.1, help="λ of the quantization term")
-    p.add_argument("--cross-weight", type=float, default=1e-4, help="weight of the cross term")
-    p.add_argument("--margin", type=float, default=2.0, help="contrastive margin")
-    p.add_argument("--bit-margin", type=float, default=1.0, help="|u| the bit-margin term asks")
-    p.add_argument(
-        "--bit-margin-weight", type=float, default=0.0, help="weight of the bit margin (off: 0)"
-    )
-    p.add_argument("--no-augment", dest="augment", action="store_false")
-    p.add_argument("--time-limit", type=float, help="stop after this many minutes, then evaluate")
-    p.add_argument(
-        "--save-every",
-        type=float,
-        default=60.0,
-        metavar="SECONDS",
-        help="write last.pt at most this often (0: after every epoch); always after the last "
-        "epoch and on Ctrl-C or SIGTERM",
-    )
-    p.add_argument(
-        "--threads", type=int, help="torch CPU threads (1 is fastest on a CPU shared with others)"
-    )
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="main.py", description="train PalmCohashNet")
-    add_arguments(p)
-    return p.parse_args(argv)
-
-
-def out_dir(args: argparse.Namespace) -> Path:
-    if args.out:
-        return Path(args.out)
-    return Path("runs") / (args.comment or f"{args.ds}_{args.model}{args.bits}")
 
 
 def _distributed(device: str) -> tuple[int, int, str]:
@@ -132,7 +74,7 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
 
     from export.augment import AugmentConfig
     from export.centroids import make_centroids
-    from export.checkpoint import load_checkpoint, save_checkpoint
+    from export.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from export.data import (
         EpochSampler,
         PalmDataset,
@@ -189,14 +131,29 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
     start = 0
     if args.resume:
         path = out / "last.pt" if args.resume == "last" else Path(args.resume)
+        if args.resume == "last" and not path.is_file():
+            raise CheckpointError(
+                f"nothing to resume: {path} does not exist (is --out or --comment the "
+                "interrupted run's?); leave out --resume to start a new run"
+            )
         resumed, ckpt = load_checkpoint(path, device)
         if ckpt["split"] != meta["split"] or ckpt["arch"] != model.arch():
-            raise ValueError(f"{path} was trained on another split or architecture; not resuming")
+            raise CheckpointError(
+                f"{path} was trained on another split or architecture (--ds, --data-root, "
+                "--seed or --model differ); not resuming: pass the run's own flags, or another "
+                "--out to start a new run"
+            )
         model.load_state_dict(resumed.state_dict())
         optimizer.load_state_dict(ckpt["optimizer"])
         start = ckpt["train"]["epoch"]
         meta["eval"], meta["best_mean_eer"] = ckpt["eval"], ckpt["best_mean_eer"]
         logger.info("resumed checkpoint=%s epoch=%d", path, start)
+        if start >= args.epochs:
+            logger.warning(
+                "nothing to train: %s has %d epochs done and --epoch %d is the total; pass a "
+                "larger --epoch to train on (its last evaluation follows)",
+                path, start, args.epochs,
+            )  # fmt: skip
     net = model
     if world > 1:
         unused = arrays.vein is None
@@ -366,30 +323,15 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """The top-level main.py: the reference's command line, errors as one readable line."""
-    from export.data import LayoutError
+    from export.cli import run_command
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except LayoutError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_command(run, parse_args(argv))
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train PalmCohashNet (the reference's main.py flags)")
     add_arguments(p)
-    p.set_defaults(func=_run_cli)
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    from export.data import LayoutError
-
-    try:
-        return run(args)
-    except LayoutError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    p.set_defaults(func=run)

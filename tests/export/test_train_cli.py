@@ -1,0 +1,100 @@
+"""The training and evaluation command lines: a value that cannot work, a wrong data set or a
+missing checkpoint ends in one line that says what to do, before training and without a
+traceback; --help says where each --ds keeps its files."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from export.train import main as train_main
+from export.train import parse_args
+from export.train_args import MODELS
+from tests.export.test_layouts_untidy import _casiam
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = ["--model", "tiny", "--optimizer", "adam", "--threads", "1", "--device", "cpu"]
+
+
+def _cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    code = "import sys; from export.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["-b", "0"],
+        ["--eval-every", "0"],  # was a ZeroDivisionError after the first epoch's training
+        ["--epoch", "0"],
+        ["--workers", "-1"],
+        ["--model", "res19"],  # was a traceback after the data set was read
+        ["--save-every", "-5"],
+    ],
+)
+def test_values_that_cannot_work_are_refused_when_parsed(flags, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args(flags)
+    assert e.value.code == 2
+    assert f"argument {flags[0]}" in capsys.readouterr().err
+
+
+def test_model_choices_are_the_backbones():
+    from export.backbones import BACKBONES
+
+    assert sorted(MODELS) == sorted(BACKBONES)
+
+
+def test_help_says_where_each_data_set_keeps_its_files(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    out = capsys.readouterr().out
+    for where in ("Casia_M/{casia_700", "MS_PolyU/", "Tongji_jpg/", "IITD/", "print/<identity>"):
+        assert where in out
+    assert "palm-export synth" in out and "epochs in all" in out
+
+
+def test_resume_errors_and_nothing_left_to_train(tmp_path, capsys, caplog):
+    root = _casiam(tmp_path / "data", ids=2, samples=4)
+    base = [*FAST, "--ds", "casiam", "--data-root", str(root), "-b", "4", "--eval-every", "5"]
+    base += ["--out", str(tmp_path / "run")]
+    assert train_main([*base, "--epoch", "1", "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert train_main([*base, "--epoch", "1"]) == 0
+    assert train_main([*base, "--epoch", "1", "--resume"]) == 0
+    assert "nothing to train" in caplog.text and "pass a larger --epoch" in caplog.text
+    capsys.readouterr()
+    assert train_main([*base, "--epoch", "2", "--resume", "--model", "light"]) == 2
+    assert "not resuming" in capsys.readouterr().err
+
+
+def test_eval_with_a_wrong_root_or_no_checkpoint_says_so(tmp_path):
+    root = _casiam(tmp_path / "data", ids=2, samples=4)
+    args = [*FAST, "--ds", "casiam", "--data-root", str(root), "-b", "4", "--epoch", "1"]
+    assert train_main([*args, "--out", str(tmp_path / "run")]) == 0
+    for argv, says in (
+        ([str(tmp_path / "run" / "best.pt"), "--data-root", str(tmp_path)], "use --data-root"),
+        ([str(tmp_path / "nowhere.pt")], "not found"),
+    ):
+        res = _cli("eval", *argv, cwd=tmp_path)
+        assert res.returncode == 2, res.stderr
+        assert "Traceback" not in res.stderr
+        assert res.stderr.strip().splitlines()[-1].startswith("error: ") and says in res.stderr
+
+
+def test_a_broken_image_stops_the_training_command_in_one_line(tmp_path):
+    root = _casiam(tmp_path / "data", ids=2, samples=4)
+    (root / "Casia_M" / "casia_700" / "001_03.jpg").write_bytes(b"not a jpeg")
+    res = _cli("train", *FAST, "--ds", "casiam", "--data-root", str(root), cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "001_03.jpg" in res.stderr.strip().splitlines()[-1]
