@@ -183,6 +183,7 @@ class Matcher:
         self.fusion = fusion
         self.bits = thresholds.bits
         self.centroids = None
+        self._capacity_checked: tuple[str, int] | None = None  # (mode, gallery size)
         if centroids:
             labels = list(centroids)
             packed = np.concatenate([np.asarray(centroids[k]).reshape(1, -1) for k in labels])
@@ -227,6 +228,7 @@ class Matcher:
         t = self.thresholds.for_mode(mode)
         if any(gal is None or len(gal) == 0 for _, _, gal in comps):
             return self._decision(mode, None, {}, t, "empty_gallery")
+        self._check_capacity(mode, t, max(len(gal) for _, _, gal in comps))
         if len(comps) == 1:
             name, probe, gal = comps[0]
             cands = [
@@ -248,6 +250,15 @@ class Matcher:
             best.score,
             cands,
         )
+
+    def _check_capacity(self, mode: str, t: float, n: int) -> None:
+        """Log ``capacity_exceeded`` (:func:`agent.capacity.check`) when ``t`` is too loose for
+        a 1:N search of ``n`` templates: once per mode and gallery size, so a search costs one
+        comparison of a pair. One comparison's bound, for fused modes too: co-hashing makes the
+        print and vein distances of one stranger correlated (docs/capacity.md)."""
+        if self._capacity_checked != (mode, n):
+            self._capacity_checked = (mode, n)
+            capacity.check(self.bits, n, t)
 
     def _identify_fused(self, comps: list, top_k: int) -> list[Candidate]:
         """Full distance vectors per comparison, aligned on the subjects present in all."""

@@ -1,3 +1,4 @@
+import logging
 import shutil
 import sysconfig
 
@@ -261,6 +262,48 @@ def test_centroid_mode_uses_raw_centroids(world):
         Matcher(gal, Thresholds.from_bits(BITS, 3)).identify(
             "centroid", probe_print=centroids["id8"]
         )
+
+
+class _Enrolling(Gallery):
+    """A print gallery that grows between searches, as enrollments make it."""
+
+    def __init__(self, labels: list[str], prints: np.ndarray) -> None:
+        super().__init__({})
+        self.labels, self.prints = labels, prints
+
+    def enrolled(self, n: int) -> None:
+        self._galleries = {"print": PackedGallery(self.labels[:n], self.prints[:n], BITS)}
+
+
+def test_a_1_to_n_threshold_too_loose_for_the_gallery_is_logged_once_per_size(caplog):
+    """docs/capacity.md: the daemon logs capacity_exceeded; 32-bit codes allow t <= 4 at
+    N = 1,000 and t <= 2 at N = 10,000 for a 1% FPIR."""
+    rng = np.random.default_rng(7)
+    labels = [f"id{i}" for i in range(10000)]
+    prints = _codes(rng, 10000, BITS)
+    gal = _Enrolling(labels, prints)
+    gal.enrolled(1000)
+
+    def warned() -> list[str]:
+        msgs = [r.getMessage() for r in caplog.records if "capacity_exceeded" in r.getMessage()]
+        caplog.clear()
+        return msgs
+
+    with caplog.at_level(logging.WARNING, logger="agent.capacity"):
+        m = Matcher(gal, Thresholds.from_bits(BITS, 4))
+        m.identify("print", probe_print=prints[0])
+        assert warned() == []
+        gal.enrolled(10000)  # enrollments: the same threshold is now too loose
+        for _ in range(3):
+            assert m.identify("print", probe_print=prints[5]).subject == "id5"
+        (msg,) = warned()  # once for this size, not once per search
+        assert "gallery=10000 threshold=4 largest_safe=2" in msg
+        m.verify("print", probe_print=prints[5], subject="id5")  # 1:1 has no gallery to fear
+        assert warned() == []
+        loose = Matcher(gal, Thresholds.from_bits(BITS, 5))
+        gal.enrolled(1000)
+        loose.identify("print", probe_print=prints[0])
+        assert len(warned()) == 1
 
 
 def test_empty_gallery_and_thresholds():
