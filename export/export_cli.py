@@ -304,10 +304,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_keygen(args: argparse.Namespace) -> int:
     prefix = Path(args.out)
-    bundle_writer.keygen(prefix.with_suffix(".pem"), prefix.with_suffix(".pub"))
+    # PREFIX.pem, not with_suffix: the prefix site.2024 would have written site.pem
+    private, public = (prefix.with_name(prefix.name + ext) for ext in (".pem", ".pub"))
+    private.parent.mkdir(parents=True, exist_ok=True)  # `--out keys/bundle` on a fresh checkout
+    bundle_writer.keygen(private, public)
     print(
-        f"private key {prefix.with_suffix('.pem')} (keep it on the workstation), "
-        f"public key {prefix.with_suffix('.pub')} (copy it to devices)"
+        f"private key {private} (keep it on the workstation), "
+        f"public key {public} (copy it to devices)"
     )
     return 0
 
