@@ -22,7 +22,7 @@ while [[ $# -gt 0 ]]; do
         --profile) PROFILE="${2:?--profile needs a name}"; shift 2 ;;
         --venv) VENV="${2:?--venv needs a directory}"; shift 2 ;;
         --dry-run) DRY=1; shift ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
         *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done

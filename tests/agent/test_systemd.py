@@ -53,6 +53,17 @@ def test_installer_dry_run_changes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_installer_help_is_its_usage_and_no_code():
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts/install.sh"), "--help"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert out.startswith("# Install palm-agent") and "--dry-run" in out
+    assert all(line.startswith("#") for line in out.splitlines()), out
+
+
 def test_unit_declares_what_the_daemon_relies_on():
     text = UNIT.read_text()
     required = (
