@@ -1,0 +1,237 @@
+"""What the README, docs/*.md and the profiles' comments tell a user to type exists in the code.
+
+Links and anchors resolve; every config key named exists in agent.config and every YAML config
+block validates; every ``palm-agent`` / ``palm-export`` subcommand and flag, and every flag of a
+``python bench/X.py`` line, is one the program takes; default.yaml's values are the schema's
+defaults; the MQTT contract's topics, fields, commands and error codes are the code's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from agent.config import Config, parse_config
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PROFILES = sorted((ROOT / "firmware_config").glob("*.yaml"))
+# fenced blocks and inline code spans (which may wrap a line)
+CODE = re.compile(r"```[^\n]*\n(.*?)```|`([^`]+)`", re.S)
+
+
+def _ids(p: Path) -> str:
+    return p.relative_to(ROOT).as_posix()
+
+
+def _code(path: Path) -> list[str]:
+    """Fenced blocks as they are, inline spans on one line (markdown joins a wrapped one)."""
+    text = path.read_text(encoding="utf-8")
+    return [m.group(1) or m.group(2).replace("\n", " ") for m in CODE.finditer(text)]
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading."""
+    text = re.sub(r"[`*]", "", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    found, fenced = set(), False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and (m := re.match(r"#{1,6}\s+(.*)", line)):
+            found.add(_slug(m.group(1)))
+    return found
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=_ids)
+def test_relative_links_and_anchors_resolve(doc):
+    bad = []
+    for m in re.finditer(r"!?\[[^\]]*\]\(([^)\s]+)\)", doc.read_text(encoding="utf-8")):
+        target = m.group(1)
+        if re.match(r"[a-z]+:", target):
+            continue
+        path, _, anchor = target.partition("#")
+        dest = (doc.parent / path).resolve() if path else doc
+        if not dest.exists():
+            bad.append(f"{target}: no such file")
+        elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
+            bad.append(f"{target}: no heading with that anchor in {dest.name}")
+    assert not bad, bad
+
+
+def _known_key(key: str) -> bool:
+    """``section.key[.sub]`` (``*`` a wildcard part) names a field of :class:`Config`."""
+    model: type | None = Config
+    for part in key.split("."):
+        if model is None:
+            return False
+        pattern = re.compile("^" + re.escape(part).replace(r"\*", ".*") + "$")
+        fields = [f for name, f in model.model_fields.items() if pattern.match(name)]
+        if not fields:
+            return False
+        ann = fields[0].annotation
+        model = ann if isinstance(ann, type) and hasattr(ann, "model_fields") else None
+    return True
+
+
+@pytest.mark.parametrize("doc", DOCS + PROFILES, ids=_ids)
+def test_config_keys_named_exist_and_config_blocks_validate(doc):
+    sections = set(Config.model_fields)
+    text = doc.read_text(encoding="utf-8")
+    named = {
+        m.group(1)
+        for m in re.finditer(r"`([a-z_]+(?:\.[a-z_*]+)+)(?::[^`]*)?`", text)
+        if m.group(1).split(".")[0] in sections and not m.group(1).endswith(".py")
+    }
+    assert [k for k in sorted(named) if not _known_key(k)] == []
+    for block in re.findall(r"```yaml\n(.*?)```", text, re.S):
+        parse_config(yaml.safe_load(block), env={"PALM_MQTT_PASSWORD": "x"}, check_files=False)
+
+
+def _subcommands(p: argparse.ArgumentParser) -> dict | None:
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices
+    return None
+
+
+@pytest.mark.parametrize("doc", DOCS + PROFILES, ids=_ids)
+def test_command_lines_name_real_subcommands_and_flags(doc):
+    from agent.cli import build_parser as agent_parser
+    from export.cli import build_parser as export_parser
+
+    parsers = {"palm-agent": agent_parser(), "palm-export": export_parser()}
+    # a command and its words up to the end of the line, a comment or a pipe; `\` continues
+    command = re.compile(
+        r"(?<![\w/-])(palm-agent|palm-export|python bench/\w+\.py)"
+        r"((?:[ \t]+(?:\\\n[ \t]*)?[^\s`|#)]+)*)"
+    )
+    bad = []
+    for code in _code(doc):
+        for m in command.finditer(code):
+            before = code[: m.start()].rsplit("\n", 1)[-1]
+            if "systemctl" in before or "journalctl" in before:
+                continue  # the unit palm-agent, not the program
+            words = m.group(2).replace("\\\n", " ").split()
+            if m.group(1).startswith("python "):
+                source = (ROOT / m.group(1).split()[1]).read_text(encoding="utf-8")
+                bad += [
+                    f"{m.group(0)}: {w}"
+                    for w in words
+                    if w.startswith("--") and f'"{w.split("=")[0]}"' not in source
+                ]
+                continue
+            p, used = parsers[m.group(1)], [m.group(1)]
+            while words and (choices := _subcommands(p)) and words[0] in choices:
+                used.append(words[0])
+                p = choices[words.pop(0)]
+            if _subcommands(p) is not None:
+                if words and words[0] not in ("…", "..."):
+                    bad.append(f"{' '.join(used)}: no subcommand {words[0]}")
+                continue
+            flags = {o for a in p._actions for o in a.option_strings}
+            bad += [
+                f"{' '.join(used)}: no flag {w}"
+                for w in words
+                if w.startswith("-") and len(w) > 1 and w.split("=")[0] not in flags
+            ]
+    assert not bad, bad
+
+
+def test_default_profile_values_are_the_schema_defaults():
+    doc = yaml.safe_load((ROOT / "firmware_config" / "default.yaml").read_text(encoding="utf-8"))
+    documented = parse_config(doc, env={}, check_files=False)
+    assert documented.model_dump(mode="json") == Config().model_dump(mode="json")
+
+
+def _mqtt_md() -> str:
+    return (ROOT / "docs" / "mqtt.md").read_text(encoding="utf-8")
+
+
+def _section(text: str, heading: str) -> str:
+    return text.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _first_json(text: str) -> dict:
+    return json.loads(re.search(r"```json\n(.*?)```", text, re.S).group(1))
+
+
+def test_mqtt_topics_are_the_reporters(tmp_path):
+    from agent.mqtt import MqttReporter
+    from agent.outbox import Outbox
+
+    cfg = parse_config({}, env={}, check_files=False)
+    reporter = MqttReporter(cfg.mqtt, "palm-01", Outbox(tmp_path / "outbox.sqlite"))
+    documented = set(re.findall(r"^\| `palm/<id>/(\w+)`", _mqtt_md(), re.M))
+    assert documented == set(reporter.topics)
+
+
+def _first_column(table: str) -> set[str]:
+    """The backticked names in the first cell of each table row (``| `a` / `b` | ...``), the
+    header rows left out."""
+    names: set[str] = set()
+    lines = table.splitlines()
+    for line, after in zip(lines, [*lines[1:], ""], strict=True):
+        cell = re.match(r"\| ((?:`\w+`(?: / )?)+) \|", line)
+        if cell and not after.startswith("|---"):
+            names |= set(re.findall(r"`(\w+)`", cell.group(1)))
+    return names
+
+
+def test_mqtt_decision_and_stats_documents_have_the_documented_fields(tmp_path):
+    from agent.daemon import Daemon
+    from agent.decide import Decider, Probe, Settings
+    from agent.mqtt import MqttReporter
+    from agent.outbox import Outbox
+
+    section = _section(_mqtt_md(), "## decision")
+    example = _first_json(section)
+    doc = Decider(None, "palm-01", "0" * 64).document(  # type: ignore[arg-type]
+        Settings("multi", True, None), Probe(), time.monotonic(), error="no_probe"
+    )
+    assert set(example) == {*doc, "agreement"}  # agreement: added when match.agreement holds
+    described = _first_column(section)
+    assert described <= set(example) and set(example) - described <= {"schema", "device"}
+
+    cfg = parse_config({}, env={}, check_files=False)
+    reporter = MqttReporter(cfg.mqtt, "palm-01", Outbox(tmp_path / "outbox.sqlite"))
+    engine = SimpleNamespace(model_hash="0" * 64)
+    daemon = Daemon(
+        cfg,
+        reporter,
+        SimpleNamespace(state="ok", modalities=("print", "vein")),  # type: ignore[arg-type]
+        SimpleNamespace(list=list),
+        load_engine=lambda _: engine,  # type: ignore[arg-type,return-value]
+        rekey=dict,
+    )
+    assert set(_first_json(_section(_mqtt_md(), "## stats"))) == set(daemon.stats())
+
+
+def test_mqtt_reasons_commands_and_error_codes_are_the_codes():
+    from agent import quality
+    from agent.commands import REGISTRY
+
+    text = _mqtt_md()
+    reason_row = re.search(r"^\| `reason` \|(.*)$", text, re.M).group(1)
+    matcher = {"match", "no_match", "not_enrolled", "empty_gallery"}  # agent.match.Decision
+    assert set(re.findall(r"`(\w+)`", reason_row)) == {
+        *matcher,
+        "error",
+        *quality.REASONS,
+        "no_probe",
+    }
+    commands, errors = _section(text, "## Commands").split("\nErrors:\n", 1)
+    assert _first_column(commands) == set(REGISTRY)
+    codes = set(re.findall(r'_error\(\s*"(\w+)"', (ROOT / "agent/commands.py").read_text()))
+    codes |= set(re.findall(r'"code": "(\w+)"', (ROOT / "agent/mqtt.py").read_text()))
+    assert _first_column(errors) == codes
