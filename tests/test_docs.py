@@ -32,9 +32,15 @@ def _ids(p: Path) -> str:
 
 
 def _code(path: Path) -> list[str]:
-    """Fenced blocks as they are, inline spans on one line (markdown joins a wrapped one)."""
+    """Fenced blocks without their comments, inline spans on one line (markdown joins a wrapped
+    one)."""
     text = path.read_text(encoding="utf-8")
-    return [m.group(1) or m.group(2).replace("\n", " ") for m in CODE.finditer(text)]
+    return [
+        re.sub(r"(^|\s)#.*", r"\1", m.group(1), flags=re.M)
+        if m.group(1) is not None
+        else m.group(2).replace("\n", " ")
+        for m in CODE.finditer(text)
+    ]
 
 
 def _slug(heading: str) -> str:
