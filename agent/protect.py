@@ -75,7 +75,13 @@ class DeviceKey:
                 f"device key {path} has mode {stat.S_IMODE(st.st_mode):04o}; it must be private "
                 f"to its owner: chmod 600 {path}"
             )
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as e:  # e.g. root's after a rekey run by hand (docs/security.md)
+            raise KeyFileError(
+                f"device key {path} cannot be read ({e.strerror}); it must belong to the "
+                "user the daemon runs as"
+            ) from e
         if len(data) != KEY_BYTES:
             raise KeyFileError(f"device key {path} holds {len(data)} bytes, expected {KEY_BYTES}")
         return cls(data)

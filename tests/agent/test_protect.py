@@ -75,3 +75,9 @@ def test_world_readable_or_malformed_key_is_refused(tmp_path):
         DeviceKey.load(path)
     with pytest.raises(KeyFileError, match="no device key"):
         DeviceKey.load(tmp_path / "missing.key")
+    # one the daemon cannot read (root's, after a rekey run by hand; here a folder, since the
+    # tests may run as root) is a key error too: exit 2 and one line, not a traceback
+    unreadable = tmp_path / "folder.key"
+    unreadable.mkdir(mode=0o700)
+    with pytest.raises(KeyFileError, match="cannot be read"):
+        DeviceKey.load(unreadable)
