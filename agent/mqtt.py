@@ -407,7 +407,11 @@ class MqttReporter(Reporter):
                 reply = self._on_command(msg.payload)
             except Exception as e:  # the sink validates; this is the last guard
                 logger.exception("command handler crashed")
-                reply = {"ok": False, "error": {"code": "internal", "message": str(e)}}
+                reply = {
+                    "schema": 1,
+                    "ok": False,
+                    "error": {"code": "internal", "message": str(e)},
+                }
             try:
                 self._reply(msg, reply)
             except Exception:  # this thread answers every later command too

@@ -35,7 +35,8 @@ def interpreter_class(package: str | None = None) -> Any:
     wanted = package or " or ".join(PACKAGES)
     raise RuntimeError(
         f"no TFLite runtime found ({wanted} is not installed): pip install ai-edge-litert "
-        "(or tflite-runtime where a wheel exists for this platform), or use runtime=onnxruntime"
+        "(or tflite-runtime where a wheel exists for this platform), or run the bundle's ONNX "
+        "models (bundle.runtime: onnx in the device config)"
     )
 
 
@@ -47,8 +48,9 @@ def _load(interpreter: Any, path: Path, threads: int) -> Any:
     except (SystemError, ImportError) as e:
         raise RuntimeError(
             f"{interpreter.__module__} cannot load {path} with numpy {np.__version__}: its wheel "
-            "was built for numpy 1.x. Install ai-edge-litert (pip install ai-edge-litert) and "
-            "use runtime=ai_edge_litert, or runtime=onnxruntime"
+            "was built for numpy 1.x. Install ai-edge-litert (pip install ai-edge-litert; it is "
+            "used first where both are installed), or run the bundle's ONNX models "
+            "(bundle.runtime: onnx in the device config)"
         ) from e
 
 

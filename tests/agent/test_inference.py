@@ -400,7 +400,12 @@ def test_tflite_runtime_fallback_gives_the_same_codes_or_a_clear_error(models):
             np.testing.assert_array_equal(fb.hash(rois), want)
     except RuntimeError as e:
         assert np.__version__.startswith("2")
-        for hint in ("numpy 1.x", "ai-edge-litert", str(paths["tflite_int8"])):
+        for hint in (
+            "numpy 1.x",
+            "ai-edge-litert",
+            "bundle.runtime: onnx",
+            str(paths["tflite_int8"]),
+        ):
             assert hint in str(e)
 
 
