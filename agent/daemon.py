@@ -16,6 +16,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -70,6 +71,10 @@ class Engine(Protocol):
 
 
 class Daemon:
+    # how long a command waits for the main loop to take it up and run it (an enrollment waits
+    # its own timeout more)
+    command_wait_s = 30.0
+
     def __init__(
         self,
         cfg: Config,
@@ -248,10 +253,28 @@ class Daemon:
         return doc
 
     # -- commands (called on the transport's thread; run on the main loop) ------------------
-    def _on_main(self, fn: Callable[[], Any], timeout: float = 30.0) -> Any:
+    def _on_main(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
+        """Run ``fn`` on the main loop and return what it returns.
+
+        A command the loop does not take up in time (it is busy with an enrollment, a reload)
+        is withdrawn, so that a caller told it failed never sees it happen later; one already
+        running goes on, and the caller is told so.
+        """
+        wait = self.command_wait_s if timeout is None else timeout
         fut: Future = Future()
         self._jobs.put((fn, fut))
-        return fut.result(timeout=timeout)
+        try:
+            return fut.result(timeout=wait)
+        except FutureTimeout:
+            if fut.cancel():
+                raise CommandError(
+                    f"the daemon was busy for {wait:g} s (an enrollment, a reload); "
+                    "nothing was done: send the command again"
+                ) from None
+            raise CommandError(
+                f"still running after {wait:g} s; it goes on, and its outcome is in the "
+                "daemon's log"
+            ) from None
 
     def _run_jobs(self, timeout: float) -> None:
         try:

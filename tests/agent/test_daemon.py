@@ -21,6 +21,7 @@ from pathlib import Path
 
 import cv2
 import paho.mqtt.client as mqtt
+import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -603,5 +604,25 @@ def test_changing_between_one_and_two_models_per_capture_reloads_with_their_thre
         assert set_mode("vein")["mode"] == "vein" and daemon.engine is alone
         assert set_mode("multi")["mode"] == "multi"
         assert plan() == (("print", "vein"), {1}, True)
+    finally:
+        daemon.close()
+
+
+def test_a_command_the_busy_loop_does_not_take_up_in_time_is_withdrawn(
+    running_broker, palm_bundle, tmp_path
+):
+    """A caller told that its command failed must not see it happen later, when the loop
+    comes back from whatever held it."""
+    from agent.commands import CommandError
+    from agent.run_cli import build
+
+    cfg = agent_config(tmp_path, running_broker, "dev16", palm_bundle, write_replay(tmp_path, [2]))
+    daemon = build(cfg, with_reporter=False)
+    daemon.command_wait_s = 0.2
+    try:
+        with pytest.raises(CommandError, match="nothing was done"):
+            daemon.set_mode("print", None, None)  # the loop is not running: nobody takes it up
+        daemon._run_jobs(timeout=0.05)  # the loop is back
+        assert daemon.settings.mode == "multi"
     finally:
         daemon.close()
