@@ -285,17 +285,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         io = f"{e.input_dtype}" + (f" s={q.scale:.4g} zp={q.zero_point}" if q else "")
         print(f"{e.file:<22}{e.size:>10}  {e.layout:<6} {io:<8} {e.sha256[:16]}")
     print(f"centroids: {m.centroids.file}, {len(bundle.centroid_labels)} identities")
-    print(
-        "thresholds (accept when distance <= t):  "
-        + "  ".join(f"{k}" for k in ("eer", "0.01", "0.001", "0.0001"))
-    )
+    targets = ("eer", "0.01", "0.001", "0.0001")
+    width = max((len(mode) for mode in m.thresholds), default=4)
+    print("thresholds in bits (accept when distance <= t), per mode and false-match rate:")
+    print(f"  {'mode':<{width}}" + "".join(f"{k:>8}" for k in targets))
     for mode, row in m.thresholds.items():
-        print(
-            f"  {mode:<9}"
-            + "".join(
-                f"{row.get(k, float('nan')):>8.1f}" for k in ("eer", "0.01", "0.001", "0.0001")
-            )
-        )
+        print(f"  {mode:<{width}}" + "".join(f"{row.get(k, float('nan')):>8.1f}" for k in targets))
     if m.parity.get("files"):
         print(parity.format_table(m.parity))
     print(f"training: {json.dumps(m.training.get('train', {}), sort_keys=True)[:300]}")

@@ -151,6 +151,12 @@ def test_verify_reruns_parity_and_inspect_prints_the_manifest(exported, capsys):
     assert main(["inspect", out]) == 0
     text = capsys.readouterr().out
     assert "vein.int8.tflite" in text and "centroid_vein" in text and "lsb0-words" in text
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("thresholds")) + 1
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("  "))
+    table = lines[start:end]
+    assert len(table) >= 8 and any("centroid_print" in line for line in table)
+    assert len({len(line) for line in table}) == 1, table  # columns line up, long names too
 
 
 def test_tampered_model_or_manifest_is_refused(exported):
