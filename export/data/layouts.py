@@ -13,9 +13,12 @@ folders are never taken for captures.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 LAYOUTS = ("polyu", "casiam", "tjppv", "iitd", "generic")
 
@@ -196,6 +199,16 @@ def _generic(root: Path) -> list[Record]:
     if not prints.is_dir():
         where = _where(root, ("print", "vein"))
         raise layout_error("generic", root, f"missing folder {prints}{where}")
+    if not veins.is_dir():
+        # optional, but a folder named Vein or veins would leave out three modes without a word
+        others = [
+            p.name for p in root.iterdir() if p.is_dir() and p.name.lower().startswith("vein")
+        ]
+        logger.warning(
+            "data set 'generic' at %s has no folder %s: print only, the vein, multi and cross "
+            "modes are neither trained nor evaluated%s",
+            root, veins, f" (found {', '.join(sorted(others))}: rename it vein)" if others else "",
+        )  # fmt: skip
     records = []
     for d in sorted(p for p in prints.iterdir() if p.is_dir() and _visible(p)):
         for n, f in _images(d):

@@ -133,3 +133,14 @@ def test_identities_with_one_capture_are_all_named_with_what_to_do():
         reference_split(a.subset(np.flatnonzero(keep)))
     msg = str(e.value)
     assert "2 identit(y/ies) with a single capture (2, 4)" in msg and "delete their files" in msg
+
+
+def test_a_generic_set_without_its_vein_folder_says_it_trains_print_only(tmp_path, caplog):
+    root = _folders(tmp_path / "g", {"print": ".png", "Veins": ".png"})
+    with caplog.at_level("WARNING", logger="export.data.layouts"):
+        assert load_dataset("generic", root).vein is None
+    assert "print only" in caplog.text and "found Veins: rename it vein" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="export.data.layouts"):
+        load_dataset("generic", _folders(tmp_path / "both", {"print": ".png", "vein": ".png"}))
+    assert "print only" not in caplog.text
