@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -93,3 +94,131 @@ def test_security_exposure_at_most_2(installed):
     m = re.search(r"Overall exposure level for palm-agent\.service: (\d+\.\d+)", r.stdout)
     assert m, r.stdout[-2000:] + r.stderr
     assert float(m.group(1)) <= 2.0, r.stdout
+
+
+def _values(key: str) -> list[str]:
+    return re.findall(rf"^{key}=(.*)$", UNIT.read_text(), re.M)
+
+
+def test_devices_are_allowed_by_class():
+    """systemd looks a DeviceAllow= path up once at start and skips one that is not a device
+    node ("/dev/dma_heap is not a device."): the DMA heaps libcamera allocates its buffers from
+    were closed to picamera2. Their class, dma_heap in /proc/devices, names every heap."""
+    allowed = [v.split()[0] for v in _values("DeviceAllow")]
+    assert all(a.startswith("char-") for a in allowed), allowed
+    assert "char-dma_heap" in allowed, allowed
+
+
+def test_proc_keeps_what_the_runtimes_and_gpiozero_read():
+    """ProcSubset=pid mounts /proc without cpuinfo and device-tree: LiteRT's XNNPACK and
+    onnxruntime logged "Error in cpuinfo: failed to parse processor information from
+    /proc/cpuinfo" (onnxruntime: "May cause CPU EP performance degradation"), and gpiozero's
+    pin factories could not tell which Pi they run on (PinUnknownPi), so no LED or button."""
+    assert _values("ProcSubset") in ([], ["all"]), _values("ProcSubset")
+
+
+def test_the_working_directory_is_the_services_own():
+    """lgpio, gpiozero's pin factory on a Pi, makes its notification pipe (.lgd-nfyN) in the
+    current directory at import: in "/", read-only under ProtectSystem=strict, the import
+    failed (FileNotFoundError: '.lgd-nfy-3') and with it every GPIO device."""
+    (workdir,) = _values("WorkingDirectory")
+    runtime = _values("RuntimeDirectory")
+    state = _values("StateDirectory")
+    assert workdir in [f"%t/{d}" for d in runtime] + [f"%S/{d}" for d in state], workdir
+
+
+def test_a_relative_venv_gives_an_absolute_exec_start(tmp_path):
+    """ExecStart= must be absolute: `--venv .venv` wrote ExecStart=.venv/bin/palm-agent, a unit
+    systemd refuses to load."""
+    rel = os.path.relpath(VENV, tmp_path)  # the test venv, named from the folder it runs in
+    subprocess.run(
+        ["bash", str(ROOT / "scripts/install.sh"), "--prefix", "root", "--venv", str(rel)],
+        check=True, capture_output=True, cwd=tmp_path,
+    )  # fmt: skip
+    unit = tmp_path / "root/etc/systemd/system/palm-agent.service"
+    assert f"ExecStart={VENV}/bin/palm-agent run" in unit.read_text()
+    r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert [ln for ln in (r.stdout + r.stderr).splitlines() if "palm-agent" in ln] == []
+
+
+def test_a_second_run_upgrades_the_venv_it_made(tmp_path):
+    """A re-run after `git pull` skipped pip once bin/palm-agent existed: the device kept the old
+    code. The venv the installer made gets this checkout every time; a --venv stays the user's."""
+    venv = tmp_path / "opt/palm-agent/venv/bin"
+    venv.mkdir(parents=True)
+    for exe in ("palm-agent", "python"):
+        (venv / exe).write_text("#!/bin/sh\n")
+        (venv / exe).chmod(0o755)
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts/install.sh"), "--prefix", str(tmp_path), "--dry-run"],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    assert f"+ {venv}/pip install" in out and "python3 -m venv" not in out, out
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts/install.sh"), "--prefix", str(tmp_path), "--dry-run",
+         "--venv", str(VENV)],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    assert "pip install" not in out, out
+
+
+def test_missing_groups_of_the_unit_are_created():
+    """SupplementaryGroups=video gpio: a group that does not exist (gpio on a Jetson or a plain
+    Debian) stops the service before it runs (status 216/GROUP)."""
+    import grp
+
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts/install.sh"), "--dry-run", "--venv", str(VENV)],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    for group in _values("SupplementaryGroups")[0].split():
+        try:
+            grp.getgrnam(group)
+            exists = True
+        except KeyError:
+            exists = False
+        assert (f"+ groupadd --system {group}\n" in out) == (not exists), out
+
+
+def test_the_pi_venv_sees_the_system_camera_bindings():
+    """libcamera's Python bindings (picamera2) and lgpio come from apt on Raspberry Pi OS: a venv
+    without system site packages could never import picamera2, which deploy-pi.md then had the
+    user fix by hand."""
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts/install.sh"), "--dry-run", "--profile", "raspberry-pi",
+         "--prefix", "/nonexistent-prefix"],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    assert "python3 -m venv --system-site-packages " in out, out
+
+
+@pytest.mark.parametrize("profile", ["jetson", "raspberry-pi", "default"])
+def test_the_jetson_gets_its_camera_drop_in(tmp_path, profile):
+    """nvarguscamerasrc (the Jetson profile's CSI cameras) talks to nvargus-daemon over
+    /tmp/argus_socket, which PrivateTmp=yes hid ("Connecting to nvargus-daemon failed"), and
+    its NVMM buffers need devices DevicePolicy=closed did not allow."""
+    subprocess.run(
+        ["bash", str(ROOT / "scripts/install.sh"), "--prefix", str(tmp_path), "--venv", str(VENV),
+         "--profile", profile],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    units = tmp_path / "etc/systemd/system"
+    drop_in = units / "palm-agent.service.d/jetson.conf"
+    assert drop_in.exists() == (profile == "jetson")
+    if profile != "jetson":
+        return
+    text = drop_in.read_text()
+    assert re.search(r"^BindPaths=-/tmp/argus_socket$", text, re.M), text
+    assert re.search(r"^DeviceAllow=$", text, re.M) and "DevicePolicy=auto" in text
+    # a drop-in reads as if appended to the unit
+    merged = tmp_path / "palm-agent.service"
+    merged.write_text((units / "palm-agent.service").read_text() + "\n" + text)
+    r = subprocess.run(["systemd-analyze", "verify", str(merged)], capture_output=True, text=True)
+    assert [ln for ln in (r.stdout + r.stderr).splitlines() if "palm-agent" in ln] == []
+
+
+def test_palm_agent_is_on_the_path(installed):
+    """The docs type `sudo palm-agent gallery rekey ...`: the command lived only in the venv,
+    and sudo answered "palm-agent: command not found"."""
+    link = installed / "usr/local/bin/palm-agent"
+    assert link.is_symlink() and os.readlink(link) == f"{VENV}/bin/palm-agent"
