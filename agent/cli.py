@@ -12,6 +12,8 @@ import importlib
 import logging
 import sys
 
+from agent import __version__
+
 # subcommand modules, in the order --help lists them
 COMMAND_MODULES: tuple[str, ...] = ("agent.gallery_cli", "agent.run_cli")
 
@@ -22,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="The palm reader on the device: run the daemon, enroll, manage templates.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # after an upgrade (scripts/install.sh again): which code the venv now runs
+    parser.add_argument("--version", action="version", version=f"palm-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

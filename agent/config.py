@@ -277,12 +277,17 @@ _MUST_EXIST = (
 )
 
 
-def _substitute(node: Any, path: str, env: dict[str, str]) -> Any:
-    """Replace ``${PALM_*}`` references in string values; an unset or foreign name is an error."""
+def _substitute(node: Any, path: str, env: dict[str, str], unused: tuple[str, ...] = ()) -> Any:
+    """Replace ``${PALM_*}`` references in string values; an unset or foreign name is an error,
+    except that an unset one is left as written in the sections ``unused`` (a command that never
+    uses them: ``palm-agent enroll`` and the broker's password)."""
     if isinstance(node, dict):
-        return {k: _substitute(v, f"{path}.{k}" if path else str(k), env) for k, v in node.items()}
+        return {
+            k: _substitute(v, f"{path}.{k}" if path else str(k), env, unused)
+            for k, v in node.items()
+        }
     if isinstance(node, list):
-        return [_substitute(v, f"{path}[{i}]", env) for i, v in enumerate(node)]
+        return [_substitute(v, f"{path}[{i}]", env, unused) for i, v in enumerate(node)]
     if not isinstance(node, str):
         return node
 
@@ -291,7 +296,12 @@ def _substitute(node: Any, path: str, env: dict[str, str]) -> Any:
         if not name.startswith("PALM_"):
             raise ConfigError(f"{path}: only ${{PALM_*}} variables may be referenced, not {name}")
         if name not in env:
-            raise ConfigError(f"{path}: environment variable {name} is not set")
+            if path.split(".")[0] in unused:
+                return m.group(0)
+            raise ConfigError(
+                f"{path}: environment variable {name} is not set (the service gets it from an "
+                "EnvironmentFile= in a drop-in: docs/deploy-pi.md#secrets-and-tls)"
+            )
         return env[name]
 
     return _ENV_REF.sub(repl, node)
@@ -314,13 +324,23 @@ def _masked(value: Any) -> Any:
     return value
 
 
-def parse_config(data: Any, env: dict[str, str] | None = None, check_files: bool = True) -> Config:
-    """A mapping (as read from YAML) -> :class:`Config`, or one :class:`ConfigError`."""
+def parse_config(
+    data: Any,
+    env: dict[str, str] | None = None,
+    check_files: bool = True,
+    unused: tuple[str, ...] = (),
+) -> Config:
+    """A mapping (as read from YAML) -> :class:`Config`, or one :class:`ConfigError`.
+
+    ``unused``: sections the caller will not use (``("mqtt",)`` for ``palm-agent enroll``): they
+    are still checked for unknown keys and types, but an unset ``${PALM_*}`` variable or a
+    missing file there is not an error.
+    """
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"(top level): expected a mapping of sections, got {type(data).__name__}")
-    data = _substitute(data, "", dict(os.environ) if env is None else env)
+    data = _substitute(data, "", dict(os.environ) if env is None else env, unused)
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:
@@ -329,20 +349,76 @@ def parse_config(data: Any, env: dict[str, str] | None = None, check_files: bool
     if check_files:
         for section, key in _MUST_EXIST:
             value = getattr(getattr(cfg, section), key)
-            if value is not None and not Path(value).is_file():
-                raise ConfigError(f"{section}.{key}: file {value} does not exist")
+            if value is not None and section not in unused:
+                _check_readable(f"{section}.{key}", Path(value))
     return cfg
 
 
+def _check_readable(key: str, path: Path) -> None:
+    """A file the daemon reads later (the TLS files at connect time): found unreadable there, it
+    stopped the daemon with a bare PermissionError after the models had loaded."""
+    if not path.exists():
+        raise ConfigError(f"{key}: file {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"{key}: {path} is not a file")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            f"{key}: file {path} cannot be read by this process (uid {os.geteuid()}): "
+            f"{e.strerror}; the service runs as a dynamic user, so hand it a private file with "
+            "LoadCredential= (docs/deploy-pi.md#secrets-and-tls)"
+        ) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys: a second ``bundle:`` section pasted at the end of
+    a profile silently replaced the profile's own (its runtime, precision and threads)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            line = key_node.start_mark.line + 1
+            try:
+                hash(key)
+            except TypeError:
+                continue  # SafeLoader reports an unhashable key itself
+            if key in seen:
+                raise ConfigError(
+                    f"{key}: given twice, at lines {seen[key]} and {line}; merge the two into one"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(
-    path: str | Path, env: dict[str, str] | None = None, check_files: bool = True
+    path: str | Path,
+    env: dict[str, str] | None = None,
+    check_files: bool = True,
+    unused: tuple[str, ...] = (),
 ) -> Config:
     """Read and validate a YAML config file; every failure is a :class:`ConfigError`."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise ConfigError(f"config file {p} does not exist (pass --config FILE)")
+    if not p.is_file():
+        raise ConfigError(f"config file {p} is not a file (pass --config FILE)")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(
+            f"config file {p} cannot be read by this process (uid {os.geteuid()}): {e.strerror}; "
+            "the service runs as a dynamic user: the config must be readable by all (mode 0644), "
+            "and so hold no secret"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
     except yaml.YAMLError as e:
         # where and what, without PyYAML's quote of the line (it may hold a password)
         mark = getattr(e, "problem_mark", None)
@@ -351,7 +427,7 @@ def load_config(
             str(part) for part in (getattr(e, "context", None), getattr(e, "problem", None)) if part
         )
         raise ConfigError(f"{p}: not valid YAML{where}: {what or type(e).__name__}") from None
-    return parse_config(data, env=env, check_files=check_files)
+    return parse_config(data, env=env, check_files=check_files, unused=unused)
 
 
 def redacted(cfg: Config) -> dict[str, Any]:

@@ -307,6 +307,9 @@ class Daemon:
 
     def enroll_now(self, subject: str, captures: int | None = None) -> dict[str, Any]:
         """Enroll on the calling thread (the CLI, or the main loop for a command)."""
+        if any(s["label"] == subject for s in self.store.list()):
+            # before the captures: the store refused it only after the person had held still
+            raise CommandError(f"subject {subject!r} is already enrolled; revoke it first")
         e = self.cfg.enroll
         wanted = MODE_MODALITIES[self.settings.mode]
         have = set(self.engine.modalities) & set(self.source.modalities)

@@ -31,17 +31,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.set_defaults(func=run_gallery)
 
     c = subparsers.add_parser("capacity", help="false-match rates of K-bit codes at a gallery size")
-    c.add_argument("--bits", type=int, default=32)
-    c.add_argument("--gallery", type=int, required=True, help="number of enrolled subjects")
-    c.add_argument("--target-fpir", type=float, default=0.01)
+    c.add_argument("--bits", type=_bits, default=32, help="code length (16, 32, 64, 128)")
+    c.add_argument(
+        "--gallery", type=_gallery_size, required=True, help="number of enrolled subjects"
+    )
+    c.add_argument(
+        "--target-fpir", type=_rate, default=0.01, help="largest false-positive rate (0-1)"
+    )
     c.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     c.set_defaults(func=run_capacity)
 
 
-def run_capacity(args: argparse.Namespace) -> int:
-    from agent import capacity, codes
+def _bits(text: str) -> int:
+    """--bits: a code length the device supports (a traceback named it before)."""
+    from agent.codes import SUPPORTED_BITS
 
-    codes.check_bits(args.bits)
+    try:
+        bits = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if bits not in SUPPORTED_BITS:
+        known = ", ".join(map(str, SUPPORTED_BITS))
+        raise argparse.ArgumentTypeError(f"{bits} is not a supported code length; use {known}")
+    return bits
+
+
+def _gallery_size(text: str) -> int:
+    """--gallery: at least one subject (0 and negative sizes printed rates below zero)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is not a gallery size; give 1 or more subjects")
+    return n
+
+
+def _rate(text: str) -> float:
+    """--target-fpir: a rate strictly between 0 and 1."""
+    try:
+        rate = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < rate < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a rate between 0 and 1 (e.g. 0.01)")
+    return rate
+
+
+def run_capacity(args: argparse.Namespace) -> int:
+    from agent import capacity
+
     rows = capacity.table(args.bits, args.gallery)
     largest = capacity.largest_threshold(args.bits, args.gallery, args.target_fpir)
     if args.json:
@@ -107,6 +146,11 @@ def rekey_store(store, key_path: Path) -> dict:
         pending.unlink()
     new_key = DeviceKey.generate()
     new_key.write(pending)
+    owner = key_path.stat()
+    if (owner.st_uid, owner.st_gid) != (os.geteuid(), os.getegid()):
+        # root rekeying the service's store by hand: the key stays the service's (systemd does
+        # not chown a state directory's files again, and the service could no longer read it)
+        os.chown(pending, owner.st_uid, owner.st_gid)
     old_id = store.protector.key_id
     try:
         store.rekey(Protector(new_key, store.bits))

@@ -67,9 +67,12 @@ class DeviceKey:
             st = path.stat()
         except FileNotFoundError as e:
             raise KeyFileError(
-                f"no device key at {path}; create one with DeviceKey.load_or_create or let the "
-                "daemon create it on first start"
+                f"no device key at {path}; the daemon (palm-agent run) creates it on first start"
             ) from e
+        except OSError as e:
+            raise KeyFileError(f"device key {path} cannot be read: {e.strerror}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"device key {path} is not a file")
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise KeyFileError(
                 f"device key {path} has mode {stat.S_IMODE(st.st_mode):04o}; it must be private "
@@ -77,11 +80,13 @@ class DeviceKey:
             )
         try:
             data = path.read_bytes()
-        except OSError as e:  # e.g. root's after a rekey run by hand (docs/security.md)
+        except OSError as e:  # e.g. root's, after a rekey run by hand (docs/security.md)
             raise KeyFileError(
-                f"device key {path} cannot be read ({e.strerror}); it must belong to the "
-                "user the daemon runs as"
-            ) from e
+                f"device key {path} cannot be read by this process (uid {os.geteuid()}): "
+                f"{e.strerror}; it must belong to the service's user (chown it back after a "
+                "command run as root: docs/security.md), and a command beside the service runs "
+                "as root or over MQTT"
+            ) from None
         if len(data) != KEY_BYTES:
             raise KeyFileError(f"device key {path} holds {len(data)} bytes, expected {KEY_BYTES}")
         return cls(data)

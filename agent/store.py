@@ -18,6 +18,7 @@ samples equals the protected majority, and ``rekey`` needs no raw codes kept any
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -71,18 +72,36 @@ def majority(samples: np.ndarray, bits: int) -> np.ndarray:
     return codes.pack_bits(out[None, :])[0]
 
 
+def _unusable(path: Path, error: sqlite3.Error) -> str:
+    """What SQLite said about a store it could not use, and the likely cause."""
+    why = str(error)
+    if "not a database" in why:
+        return f"{path} is not a template database ({why})"
+    if "unable to open" in why or "readonly" in why:
+        return (
+            f"{path}: {why}; the file or its folder is not readable and writable by this process "
+            f"(uid {os.geteuid()}): it belongs to the service's user (run as root, or over MQTT)"
+        )
+    return f"{path}: {why}"
+
+
 class TemplateStore:
     """The device's enrolled subjects; codes go in raw and are stored protected."""
 
     def __init__(self, path: str | Path, protector: Protector) -> None:
         self.path = Path(path)
         self.protector = protector
-        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
-        self.bits = self._check_key(protector)
+        if self.path.is_dir():
+            raise StoreError(f"{self.path} is a folder, not a template database")
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+            self.bits = self._check_key(protector)
+        except sqlite3.Error as e:
+            raise StoreError(_unusable(self.path, e)) from None
 
     def close(self) -> None:
         self.db.close()
@@ -98,11 +117,18 @@ class TemplateStore:
         """Code length of an existing store (None if it has none yet), without needing a key."""
         if not Path(path).exists():
             raise StoreError(f"no template database at {path}")
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-            try:
-                row = db.execute("SELECT value FROM meta WHERE key='bits'").fetchone()
-            except sqlite3.OperationalError:
-                return None
+        if Path(path).is_dir():
+            raise StoreError(f"{path} is a folder, not a template database")
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+                try:
+                    row = db.execute("SELECT value FROM meta WHERE key='bits'").fetchone()
+                except sqlite3.OperationalError as e:
+                    if "no such table" not in str(e):
+                        raise
+                    return None
+        except sqlite3.Error as e:
+            raise StoreError(_unusable(Path(path), e)) from None
         return int(row[0]) if row else None
 
     @contextmanager

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -148,3 +152,83 @@ def test_a_read_timeout_shorter_than_a_frame_is_refused():
         parse_config(doc, env={}, check_files=False)
     doc["camera"]["read_timeout"] = 5
     assert parse_config(doc, env={}, check_files=False).camera.fps == 0.25
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    """PyYAML keeps the last: a ``bundle:`` section pasted below a profile (as deploy-pi.md shows
+    one) silently dropped the profile's own runtime, precision and threads."""
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        "bundle:\n  runtime: tflite\n  threads: 4\nmqtt:\n  port: 8883\n"
+        "bundle:\n  path: /opt/palm-agent/bundle.tar\n"
+    )
+    with pytest.raises(ConfigError, match=r"bundle: given twice, at lines 1 and 6"):
+        load_config(path, env={})
+    path.write_text("mqtt:\n  port: 8883\n  user: a\n  port: 1883\n")
+    with pytest.raises(ConfigError, match=r"port: given twice, at lines 2 and 4"):
+        load_config(path, env={})
+
+
+def test_a_config_that_is_no_text_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"is not a file \(pass --config FILE\)"):
+        load_config(tmp_path)
+    path = tmp_path / "agent.yaml"
+    path.write_bytes(b"\xff\xfemqtt: {}\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: not UTF-8 text"):
+        load_config(path)
+
+
+def _unprivileged(code: str) -> subprocess.CompletedProcess:
+    """``python -c code`` without the right to read other people's files (root keeps its uid but
+    loses CAP_DAC_OVERRIDE): what the service's dynamic user meets in /etc/palm-agent."""
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv to drop root's file-access override")
+        drop = "-dac_override,-dac_read_search"
+        prefix = ["setpriv", "--bounding-set", drop, "--inh-caps", "-all"]
+    return subprocess.run(
+        [*prefix, sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_files_the_daemon_cannot_read_stop_it_at_start(tmp_path):
+    """A TLS key that is root's alone passed the start check (it exists) and stopped the daemon
+    at connect, after the models had loaded, with a bare PermissionError naming no file."""
+    key = tmp_path / "device-tls.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\nhunter2-SECRET\n")
+    cert = tmp_path / "device.crt"
+    cert.write_text("cert")
+    key.chmod(0)
+    cfg = write(tmp_path, {"mqtt": {"tls_client_cert": str(cert), "tls_client_key": str(key)}})
+    out = _unprivileged(
+        "import sys\nfrom agent.config import ConfigError, load_config\n"
+        f"try:\n    load_config({str(cfg)!r}, env={{}})\n"
+        "except ConfigError as e:\n    sys.exit(str(e))\n"
+    )
+    said = out.stderr.strip()
+    assert out.returncode == 1, said
+    assert said.startswith(f"mqtt.tls_client_key: file {key} cannot be read"), said
+    assert "LoadCredential=" in said and "hunter2" not in said
+
+    cfg.chmod(0)
+    out = _unprivileged(
+        "import sys\nfrom agent.config import ConfigError, load_config\n"
+        f"try:\n    load_config({str(cfg)!r}, env={{}})\n"
+        "except ConfigError as e:\n    sys.exit(str(e))\n"
+    )
+    assert out.returncode == 1 and out.stderr.startswith(f"config file {cfg} cannot be read")
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
+def test_profiles_hand_private_files_over_as_credentials(profile):
+    """The service runs as a dynamic user: a private file it reads (the TLS key, a password file)
+    is either root's alone, and unreadable to it, or readable by every local user. The Pi profile
+    pointed tls_client_key at /etc/palm-agent/device.key."""
+    cfg = load_config(profile, env={"PALM_MQTT_PASSWORD": "x"}, check_files=False)
+    for key in ("tls_client_key", "password_file"):
+        value = getattr(cfg.mqtt, key)
+        assert value is None or value.startswith("/run/credentials/palm-agent.service/"), (
+            key,
+            value,
+        )

@@ -1,9 +1,11 @@
 import json
+import os
 import stat
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from agent import codes
 from agent.protect import DeviceKey, Protector
@@ -67,3 +69,55 @@ def test_enroll_refuses_a_capture_count_out_of_range_before_it_starts():
     for value, said in (("-1", "-1 is not between 1 and 50"), ("x", "'x' is not a whole number")):
         out = _cli("enroll", "bob", "--captures", value, "--config", "missing.yaml")
         assert out.returncode == 2 and said in out.stderr, out.stderr
+
+
+def test_capacity_refuses_what_it_cannot_answer():
+    """An unsupported --bits was a traceback; a gallery of 0 or -5 and a target rate of 2 or -1
+    printed tables (rates below zero, 'largest t: 32')."""
+    for args, said in (
+        (("--bits", 33, "--gallery", 10), "33 is not a supported code length; use 16, 32, 64, 128"),
+        (("--gallery", 0), "0 is not a gallery size"),
+        (("--gallery", -5), "-5 is not a gallery size"),
+        (("--gallery", 10, "--target-fpir", 2), "2 is not a rate between 0 and 1"),
+        (("--gallery", 10, "--target-fpir", -1), "-1 is not a rate between 0 and 1"),
+    ):
+        out = _cli("capacity", *args)
+        assert out.returncode == 2 and said in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
+
+
+def test_gallery_on_something_that_is_no_store_or_key_says_so(tmp_path):
+    """A folder or another file given as --db was a sqlite3 traceback; a folder given as --key
+    was told to chmod 600 the folder."""
+    key_path = tmp_path / "device.key"
+    DeviceKey.generate().write(key_path)
+    for db, said in (
+        (tmp_path, f"{tmp_path} is a folder, not a template database"),
+        (key_path, f"{key_path} is not a template database"),
+    ):
+        out = _cli("gallery", "list", "--db", db, "--key", key_path)
+        assert out.returncode == 2 and said in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
+    db = tmp_path / "t.db"
+    with TemplateStore(db, Protector(DeviceKey.load(key_path), 32)):
+        pass
+    out = _cli("gallery", "list", "--db", db, "--key", tmp_path)
+    assert out.returncode == 2 and f"device key {tmp_path} is not a file" in out.stderr
+
+
+def test_rekey_by_root_leaves_the_key_to_its_owner(tmp_path):
+    """security.md's `sudo palm-agent gallery rekey` with the service stopped: the new key was
+    root's (mode 0600), and the service's dynamic user could not read it at its next start;
+    systemd does not chown the files of a state folder that is already the service's."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to hand the files to another user")
+    db, key_path = tmp_path / "t.db", tmp_path / "device.key"
+    with TemplateStore(db, Protector(DeviceKey.load_or_create(key_path), 32)) as store:
+        store.enroll("alice", print_codes=codes.pack_bits(np.ones((2, 32), bool)))
+    service = 61234  # a dynamic user's uid
+    for path in (tmp_path, db, key_path):
+        os.chown(path, service, service)
+    out = _cli("gallery", "rekey", "--db", db, "--key", key_path)
+    assert out.returncode == 0, out.stderr
+    st = key_path.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (service, service, 0o600)

@@ -1,0 +1,214 @@
+"""``palm-agent run`` and ``palm-agent enroll`` as an installer meets them: what stops them, and
+what a stopped start leaves behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .test_daemon import ROOT, Agent, agent_config, wait_until, write_replay
+
+
+def _cli(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def test_a_second_process_on_the_same_store_is_refused(running_broker, palm_bundle, tmp_path):
+    """A second daemon on one store started, and with the same device id each took the broker
+    connection from the other once a second (and both read the camera and the outbox); an
+    on-device enrollment beside the service fought it for the camera."""
+    replay = write_replay(tmp_path / "r", [0] * 4)
+    cfg = agent_config(tmp_path, running_broker, "dev25", palm_bundle, replay)
+    first = Agent(cfg)
+    try:
+        assert wait_until(lambda: "daemon running" in first.text(), timeout=30), first.text()
+        for argv in (("run", "--config", cfg), ("enroll", "bob", "--config", cfg)):
+            out = _cli(*argv)
+            assert out.returncode == 2, out.stderr[-2000:]
+            said = out.stderr.strip()
+            assert said.startswith(f"palm-agent: another palm-agent (pid {first.proc.pid})"), said
+            assert "systemctl stop palm-agent" in said and len(said.splitlines()) == 1, said
+        assert "mqtt disconnected" not in first.text()  # nobody took its connection
+        assert first.terminate() == 0
+    finally:
+        first.kill()
+    out = _cli("enroll", "bob", "--config", cfg)  # the lock went with the daemon
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_enroll_on_the_device_needs_no_broker_secret(palm_bundle, tmp_path):
+    """``palm-agent enroll`` never connects: the profiles' ${PALM_MQTT_PASSWORD}, set only for the
+    service, and a credential under /run/credentials stopped it before it started."""
+    replay = write_replay(tmp_path / "r", [0] * 4)
+
+    class NoBroker:
+        def mqtt_section(self, device: str) -> dict:
+            return {
+                "host": "broker.lan",
+                "user": device,
+                "password": "${PALM_MQTT_PASSWORD}",
+                "tls_ca_certs": "/run/credentials/palm-agent.service/ca",
+            }
+
+    cfg = agent_config(tmp_path, NoBroker(), "dev26", palm_bundle, replay)
+    env = {k: v for k, v in os.environ.items() if k != "PALM_MQTT_PASSWORD"}
+    out = _cli("enroll", "carol", "--config", cfg, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    # a typo in the section it does not use is still one
+    doc = yaml.safe_load(cfg.read_text())
+    doc["mqtt"]["pasword"] = "x"
+    cfg.write_text(yaml.safe_dump(doc))
+    out = _cli("enroll", "dave", "--config", cfg, env=env)
+    assert out.returncode == 2 and "mqtt.pasword: unknown key" in out.stderr, out.stderr
+    # and the service still needs its secret
+    doc["mqtt"] = NoBroker().mqtt_section("dev26")
+    cfg.write_text(yaml.safe_dump(doc))
+    out = _cli("run", "--config", cfg, env=env)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "PALM_MQTT_PASSWORD is not set" in out.stderr and "EnvironmentFile" in out.stderr
+
+
+def test_a_start_refused_for_its_bundle_creates_no_key(running_broker, tmp_path):
+    """The device key was created before the bundle was read: a daemon started with a mistyped
+    bundle path left a fresh key (and its folder) behind."""
+    replay = write_replay(tmp_path / "r", [0])
+    state = tmp_path / "state"
+    cfg = agent_config(
+        tmp_path, running_broker, "dev27", tmp_path / "no-such-bundle.tar", replay,
+        store={"path": str(state / "templates.sqlite"), "key_path": str(state / "device.key")},
+    )  # fmt: skip
+    out = _cli("run", "--config", cfg)
+    assert out.returncode == 2 and "no-such-bundle.tar" in out.stderr, out.stderr
+    assert not (state / "device.key").exists()
+
+
+def test_an_outbox_that_cannot_be_opened_is_one_line(running_broker, palm_bundle, tmp_path):
+    replay = write_replay(tmp_path / "r", [0])
+    (tmp_path / "outbox-folder").mkdir()
+    cfg = agent_config(
+        tmp_path, running_broker, "dev28", palm_bundle, replay,
+        outbox={"path": str(tmp_path / "outbox-folder")},
+    )  # fmt: skip
+    out = _cli("run", "--config", cfg)
+    assert out.returncode == 2, out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("palm-agent: outbox ") and "Traceback" not in out.stderr, out.stderr
+
+
+def test_the_lock_is_taken_after_the_other_user_made_it(tmp_path):
+    """The service's user and root (an enrollment by hand) each create the lock in turn: the
+    file is left readable, and one opened read-only still locks."""
+    from agent.run_cli import hold_store
+
+    store = tmp_path / "templates.sqlite"
+    old = os.umask(0o077)  # the unit's UMask
+    try:
+        fd = hold_store(store)
+    finally:
+        os.umask(old)
+    os.close(fd)
+    lock = Path(f"{store}.lock")
+    assert lock.stat().st_mode & 0o777 == 0o644
+    assert lock.read_text().strip() == str(os.getpid())
+
+
+def test_gpio_that_cannot_be_driven_is_one_line_with_the_reasons(
+    running_broker, palm_bundle, tmp_path
+):
+    """Switched light on a machine where gpiozero finds no pin factory (a Pi whose venv cannot
+    see lgpio, or whose /proc hides the board's revision) was a traceback ending in "Unable to
+    load any default pin factory!", the reason of each factory only in warnings above it."""
+    import importlib.util
+
+    if importlib.util.find_spec("gpiozero") is None:
+        pytest.skip("gpiozero is not installed (the [dev] extra has it)")
+    replay = write_replay(tmp_path / "r", [0])
+    cfg = agent_config(
+        tmp_path, running_broker, "dev29", palm_bundle, replay,
+        camera={"layout": "switched", "illumination": {"print_pin": 17, "vein_pin": 27}},
+    )  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPIOZERO_")}
+    out = _cli("run", "--config", cfg, env=env)
+    assert out.returncode == 2, out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("palm-agent: camera.layout 'switched' needs GPIO pins"), last
+    assert "Falling back from native:" in last and "Traceback" not in out.stderr, out.stderr
+
+
+def test_a_watchdog_abort_leaves_the_stacks_in_the_journal(running_broker, palm_bundle, tmp_path):
+    """WatchdogSec=: systemd ends a daemon that stopped pinging with SIGABRT. The journal then
+    said only "Watchdog timeout" and the signal, nothing of where the loop hung."""
+    import signal
+
+    replay = write_replay(tmp_path / "r", [0])
+    agent = Agent(agent_config(tmp_path, running_broker, "dev30", palm_bundle, replay))
+    try:
+        assert wait_until(lambda: "daemon running" in agent.text(), timeout=30), agent.text()
+        agent.proc.send_signal(signal.SIGABRT)
+        assert agent.proc.wait(timeout=10) == -signal.SIGABRT
+        log = agent.text()
+        assert "Fatal Python error: Aborted" in log, log[-3000:]
+        assert "agent/daemon.py" in log and "in run" in log, log[-3000:]
+    finally:
+        agent.kill()
+
+
+def test_verbose_is_debug_over_the_configs_level(running_broker, palm_bundle, tmp_path):
+    """`palm-agent -v run`: build() set the config's logging.level (INFO) after -v had set DEBUG,
+    so -v did nothing; and debug lines carry no secret."""
+    replay = write_replay(tmp_path / "r", [0])
+    cfg = agent_config(tmp_path, running_broker, "dev30", palm_bundle, replay)
+    log = tmp_path / "verbose.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "-v", "run", "--config", str(cfg)],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            assert wait_until(lambda: " DEBUG agent.mqtt: Received CONNACK" in log.read_text())
+        finally:
+            proc.terminate()
+            proc.wait(timeout=15)
+    secret = yaml.safe_load(cfg.read_text())["mqtt"]["password"]
+    assert secret not in log.read_text()
+
+
+def test_enroll_refuses_a_label_before_anyone_holds_a_hand_up(palm_bundle, tmp_path):
+    """A label the MQTT commands refuse ("a b", 65 characters) was enrolled, and then could not
+    be revoked over MQTT; an enrolled one was refused only after every capture was taken."""
+    from .test_daemon import enroll_cli
+
+    class NoBroker:
+        def mqtt_section(self, device: str) -> dict:
+            return {"host": "broker.lan"}
+
+    replay = write_replay(tmp_path / "r", [0] * 4)
+    cfg = agent_config(tmp_path, NoBroker(), "dev31", palm_bundle, replay, camera={"fps": 2})
+    for label in ("a b", "x" * 65, ""):
+        out = _cli("enroll", label, "--config", cfg)
+        assert out.returncode == 2 and "is not a subject label" in out.stderr, out.stderr
+    assert enroll_cli(cfg, "erin")["subject"] == "erin"
+    out = _cli("enroll", "erin", "--config", cfg)
+    assert out.returncode == 1, out.stderr
+    # refused by the check before the captures, not by the store after them
+    last = out.stderr.strip().splitlines()[-1]
+    assert last == "palm-agent: subject 'erin' is already enrolled; revoke it first", last
+
+
+def test_version():
+    from agent import __version__
+
+    out = _cli("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"palm-agent {__version__}", out
