@@ -6,8 +6,10 @@ controller user ``ctl`` everything and confines each device user to ``palm/<user
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -253,3 +255,21 @@ def use_kernel(mp: pytest.MonkeyPatch, kernel: str) -> None:
     if kernel == "numpy":
         mp.setattr(gallery, "_hamming", None)
         mp.setattr(gallery, "INT_CROSSOVER", gallery.NUMPY_INT_CROSSOVER)
+
+
+def unprivileged(code: str) -> subprocess.CompletedProcess:
+    """``python -c code`` without the right to read other people's files (root keeps its uid but
+    loses CAP_DAC_OVERRIDE): what the service's dynamic user meets in /etc/palm-agent."""
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv to drop root's file-access override")
+        drop = "-dac_override,-dac_read_search"
+        prefix = ["setpriv", "--bounding-set", drop, "--inh-caps", "-all"]
+    return subprocess.run(
+        [*prefix, sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

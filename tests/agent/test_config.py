@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from agent.config import ConfigError, load_config, parse_config, redacted
+
+from .conftest import unprivileged
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILES = sorted((ROOT / "firmware_config").glob("*.yaml"))
@@ -178,20 +176,6 @@ def test_a_config_that_is_no_text_file_is_named(tmp_path):
         load_config(path)
 
 
-def _unprivileged(code: str) -> subprocess.CompletedProcess:
-    """``python -c code`` without the right to read other people's files (root keeps its uid but
-    loses CAP_DAC_OVERRIDE): what the service's dynamic user meets in /etc/palm-agent."""
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("needs setpriv to drop root's file-access override")
-        drop = "-dac_override,-dac_read_search"
-        prefix = ["setpriv", "--bounding-set", drop, "--inh-caps", "-all"]
-    return subprocess.run(
-        [*prefix, sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
-
-
 def test_files_the_daemon_cannot_read_stop_it_at_start(tmp_path):
     """A TLS key that is root's alone passed the start check (it exists) and stopped the daemon
     at connect, after the models had loaded, with a bare PermissionError naming no file."""
@@ -201,7 +185,7 @@ def test_files_the_daemon_cannot_read_stop_it_at_start(tmp_path):
     cert.write_text("cert")
     key.chmod(0)
     cfg = write(tmp_path, {"mqtt": {"tls_client_cert": str(cert), "tls_client_key": str(key)}})
-    out = _unprivileged(
+    out = unprivileged(
         "import sys\nfrom agent.config import ConfigError, load_config\n"
         f"try:\n    load_config({str(cfg)!r}, env={{}})\n"
         "except ConfigError as e:\n    sys.exit(str(e))\n"
@@ -212,7 +196,7 @@ def test_files_the_daemon_cannot_read_stop_it_at_start(tmp_path):
     assert "LoadCredential=" in said and "hunter2" not in said
 
     cfg.chmod(0)
-    out = _unprivileged(
+    out = unprivileged(
         "import sys\nfrom agent.config import ConfigError, load_config\n"
         f"try:\n    load_config({str(cfg)!r}, env={{}})\n"
         "except ConfigError as e:\n    sys.exit(str(e))\n"

@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 from agent import codes
 from agent.protect import DeviceKey, KeyFileError, Protector
 
+from .conftest import unprivileged
+
 
 def _random_codes(bits, n, seed):
     rng = np.random.default_rng(seed)
@@ -75,9 +77,17 @@ def test_world_readable_or_malformed_key_is_refused(tmp_path):
         DeviceKey.load(path)
     with pytest.raises(KeyFileError, match="no device key"):
         DeviceKey.load(tmp_path / "missing.key")
-    # one the daemon cannot read (root's, after a rekey run by hand; here a folder, since the
-    # tests may run as root) is a key error too: exit 2 and one line, not a traceback
-    unreadable = tmp_path / "folder.key"
-    unreadable.mkdir(mode=0o700)
-    with pytest.raises(KeyFileError, match="cannot be read"):
-        DeviceKey.load(unreadable)
+    # one that is no key file at all, or one the daemon cannot read (root's, after a rekey run
+    # by hand), is a key error too: exit 2 and one line, not a traceback
+    folder = tmp_path / "folder.key"
+    folder.mkdir(mode=0o700)
+    with pytest.raises(KeyFileError, match="is not a file"):
+        DeviceKey.load(folder)
+    path.write_bytes(bytes(32))
+    path.chmod(0)
+    out = unprivileged(
+        "import sys\nfrom agent.protect import DeviceKey, KeyFileError\n"
+        f"try:\n    DeviceKey.load({str(path)!r})\n"
+        "except KeyFileError as e:\n    sys.exit(str(e))\n"
+    )
+    assert out.returncode == 1 and "cannot be read by this process" in out.stderr, out.stderr
