@@ -70,6 +70,7 @@ def test_unit_declares_what_the_daemon_relies_on():
     required = (
         "Type=notify", "Restart=on-failure", "DynamicUser=yes", "StateDirectory=palm-agent",
         "DevicePolicy=closed", "ProtectSystem=strict", "NoNewPrivileges=yes",
+        "LimitCORE=0",  # the device key and raw codes never reach a core file
     )  # fmt: skip
     for line in required:
         assert re.search(rf"^{re.escape(line)}$", text, re.M), line
