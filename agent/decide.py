@@ -47,6 +47,8 @@ MODE_MODALITIES = {
 # quality verdicts of a capture's first frame that mean nobody is in front of the reader: a
 # lit hand on a dark background, without the hand, is an unlit or an empty scene
 NOBODY = ("too_dark", "no_hand")
+# the reason of a decision released when n frames passed without k of them granting one subject
+NO_AGREEMENT = "no_agreement"
 
 
 def manifest_hash(bundle_root: Path) -> str:
@@ -132,7 +134,10 @@ class Agreement:
 
     With k = n = 1 every frame's decision passes straight through. Otherwise a ``granted`` is
     released as soon as k of the window grant the same subject, and a non-granted decision
-    (the last one) once n frames passed without agreement; the window then starts afresh.
+    once n frames passed without agreement: the last one, or, when that one granted a subject
+    fewer than k frames agreed on, ``unknown`` (1:N) or ``denied`` (1:1) with the reason
+    ``no_agreement`` (a lone grant must not open the door k-of-n is there to keep shut). The
+    window then starts afresh.
     """
 
     def __init__(self, k: int = 1, n: int = 1) -> None:
@@ -154,7 +159,14 @@ class Agreement:
         if len(self._window) == self.n:
             self._window.clear()
             best = granted.most_common(1)[0][1] if granted else 0
-            return {**doc, "agreement": {"k": self.k, "n": self.n, "votes": best}}
+            out = {**doc, "agreement": {"k": self.k, "n": self.n, "votes": best}}
+            if doc["decision"] == "granted":
+                out.update(
+                    decision="unknown" if doc.get("identify", True) else "denied",
+                    subject=None,
+                    reason=NO_AGREEMENT,
+                )
+            return out
         return None
 
     def reset(self) -> None:

@@ -226,6 +226,7 @@ def test_mqtt_decision_and_stats_documents_have_the_documented_fields(tmp_path):
 def test_mqtt_reasons_commands_and_error_codes_are_the_codes():
     from agent import quality
     from agent.commands import REGISTRY
+    from agent.decide import NO_AGREEMENT
 
     text = _mqtt_md()
     reason_row = re.search(r"^\| `reason` \|(.*)$", text, re.M).group(1)
@@ -235,6 +236,7 @@ def test_mqtt_reasons_commands_and_error_codes_are_the_codes():
         "error",
         *quality.REASONS,
         "no_probe",
+        NO_AGREEMENT,
     }
     commands, errors = _section(text, "## Commands").split("\nErrors:\n", 1)
     assert _first_column(commands) == set(REGISTRY)

@@ -89,10 +89,33 @@ def test_agreement_k_of_n():
     assert out["decision"] == "granted" and out["agreement"]["votes"] == 2
     assert a.push(doc("granted", "bob")) is None
     assert a.push(doc("unknown", None)) is None
-    out = a.push(doc("granted", "alice"))  # three frames, no two agree: the last one is reported
-    assert out["subject"] == "alice" and out["agreement"]["votes"] == 1
+    out = a.push(doc("granted", "alice"))  # three frames, no two agree: nobody is granted
+    assert out["decision"] == "unknown" and out["subject"] is None
+    assert out["reason"] == "no_agreement" and out["agreement"]["votes"] == 1
     assert a.push(doc("error", None))["decision"] == "error"  # errors are not held back
     assert Agreement().push(doc("denied", None))["decision"] == "denied"
+
+
+@pytest.mark.parametrize("identify", [True, False])
+def test_a_lone_grant_that_ends_a_window_without_agreement_grants_nobody(identify):
+    """k-of-n with mixed subjects: three frames granting three people, or two strangers and
+    then one false match, release a refusal, not the last frame's grant with one vote."""
+    for window in (
+        [("granted", "alice"), ("granted", "bob"), ("granted", "carol")],
+        [("unknown", None), ("unknown", None), ("granted", "mallory")],
+    ):
+        a = Agreement(k=2, n=3)
+        outs = [a.push({**doc(d, s), "identify": identify}) for d, s in window]
+        assert outs[:2] == [None, None]
+        out = outs[2]
+        assert out["decision"] == ("unknown" if identify else "denied"), out
+        assert out["subject"] is None and out["reason"] == "no_agreement"
+        assert out["agreement"] == {"k": 2, "n": 3, "votes": 1}
+    # a window ending in a refusal releases that refusal as it was
+    a = Agreement(k=2, n=2)
+    a.push({**doc("granted", "alice"), "identify": identify, "reason": "match"})
+    out = a.push({**doc("unknown", None), "identify": identify, "reason": "no_match"})
+    assert out["decision"] == "unknown" and out["reason"] == "no_match"
 
 
 def test_quality_gate_names_the_reason_and_nothing_is_hashed(engine_store):
