@@ -23,7 +23,7 @@ import numpy as np
 
 from agent.commands import CommandError, Dispatcher
 from agent.config import Config, mode_lacks
-from agent.decide import MODE_MODALITIES, Agreement, Probe, Settings
+from agent.decide import MODE_MODALITIES, NOBODY, Agreement, Probe, Settings
 from agent.enroll import EnrollError, enroll
 from agent.notify import Notifier
 from agent.reporter import Reporter
@@ -230,6 +230,9 @@ class Daemon:
         have = [m for m in MODE_MODALITIES[mode] if m in probe.codes]
         if not have or mode_lacks(mode, tuple(probe.codes)):
             self._rejected[probe.rejected or "no_probe"] += 1
+            if probe.rejected in NOBODY and not probe.codes:
+                # the hand left: its votes must not count for whoever comes next
+                self.agreement.reset()
             if not explicit:
                 return None
             doc = self.engine.error(self.settings, probe, taken, probe.rejected or "no_probe")

@@ -137,7 +137,8 @@ class Agreement:
     once n frames passed without agreement: the last one, or, when that one granted a subject
     fewer than k frames agreed on, ``unknown`` (1:N) or ``denied`` (1:1) with the reason
     ``no_agreement`` (a lone grant must not open the door k-of-n is there to keep shut). The
-    window then starts afresh.
+    window then starts afresh, as it does when the hand leaves (the daemon resets it), so that
+    votes never span two presentations.
     """
 
     def __init__(self, k: int = 1, n: int = 1) -> None:
