@@ -95,8 +95,22 @@ class TimedCalls:
             self._pool = None
 
 
+def to_u8(image: np.ndarray) -> np.ndarray:
+    """uint8 as it is; 16-bit (a NIR capture saved at full depth) to its high byte, as
+    ``cv2.imread(path, cv2.IMREAD_GRAYSCALE)`` reads such a file: the ROI search and the
+    quality thresholds work on 0-255."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return (image >> 8).astype(np.uint8)
+    raise CaptureError(
+        f"frames of type {image.dtype} are not supported; save them as 8- or 16-bit images"
+    )
+
+
 def to_grey(image: np.ndarray, order: str = "bgr") -> np.ndarray:
-    """uint8 colour or grey -> uint8 (H, W); the NIR pipeline works on one band."""
+    """uint8 or uint16 colour or grey -> uint8 (H, W); the NIR pipeline works on one band."""
+    image = to_u8(image)
     if image.ndim == 2:
         return image
     if image.shape[2] == 1:

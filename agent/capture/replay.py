@@ -18,7 +18,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agent.capture.base import CaptureError, EndOfStream, Frame, GrabTimeout, Source, to_grey
+from agent.capture.base import (
+    CaptureError,
+    EndOfStream,
+    Frame,
+    GrabTimeout,
+    Source,
+    to_grey,
+    to_u8,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +109,7 @@ class ReplaySource(Source):
 
     def _keep(self, index: int, raw: np.ndarray) -> np.ndarray:
         """The frame as it is handed out; kept in memory when it fits the budget."""
-        image = to_grey(raw) if self.grey else raw
+        image = to_grey(raw) if self.grey else to_u8(raw)
         if self._video_uncached:
             return image
         if self._cached_bytes + image.nbytes <= self.cache_bytes:

@@ -87,6 +87,27 @@ def test_replay_video_matches_the_frames(frames_dir):
     assert len(truths) == len(pngs)
 
 
+def test_replayed_16_bit_and_4_channel_images_are_8_bit_grey_frames(frames_dir, tmp_path):
+    """A folder of NIR captures saved at 16 bits (or with an alpha band) replays as the 8-bit
+    grey frames the pipeline works on; 16-bit frames made every ROI search fail."""
+    from agent import roi
+
+    out, _ = frames_dir
+    png = sorted((out / "print").glob("*.png"))[0]
+    grey = cv2.imread(str(png), cv2.IMREAD_GRAYSCALE)
+    (tmp_path / "deep").mkdir()
+    cv2.imwrite(str(tmp_path / "deep" / "a.png"), grey.astype(np.uint16) * 257)
+    cv2.imwrite(str(tmp_path / "deep" / "b.png"), cv2.cvtColor(grey, cv2.COLOR_GRAY2BGRA))
+    with ReplaySource(tmp_path / "deep") as src:
+        frames = [src.read().image for _ in range(2)]
+    for image in frames:
+        assert image.dtype == np.uint8 and image.shape == grey.shape
+        np.testing.assert_array_equal(image, grey)
+        assert roi.extract(image).square is not None
+    with ReplaySource(tmp_path / "deep", grey=False) as src:
+        assert src.read().image.dtype == np.uint8
+
+
 def test_opencv_source_on_video_and_image_sequence(frames_dir, tmp_path):
     out, _ = frames_dir
     with OpenCVSource(str(out / "vein.avi")) as src:
