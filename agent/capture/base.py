@@ -8,6 +8,7 @@ those into reports and reopens with back-off.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,27 +70,46 @@ class Source(ABC):
 class TimedCalls:
     """Runs a blocking driver call on a worker thread so that a hung camera cannot hang us.
 
-    After a timeout the worker may still be stuck inside the driver. The next calls queue
-    behind it on the one worker, never beside it (a driver such as OpenCV's ``VideoCapture``
-    is not safe from two threads), and time out the same way until it returns; the caller (the
-    reopen wrapper) closes the device after repeated timeouts.
+    After a timeout the worker may still be inside the driver, waiting for a frame. The next
+    call waits for that same one rather than asking for another behind it, and returns it
+    unless it came more than that call's timeout ago: a camera a little slower than the timeout
+    (auto exposure in low light) then delivers every frame it takes; asking anew each time
+    threw each frame away and timed out for ever. Calls never run beside each other (a driver
+    such as OpenCV's ``VideoCapture`` is not safe from two threads); a driver that is stuck
+    times every call out, and the caller (the reopen wrapper) closes the device after repeated
+    timeouts.
     """
 
     def __init__(self, name: str) -> None:
         self._name = name
         self._pool: cf.ThreadPoolExecutor | None = None
+        self._late: cf.Future | None = None  # a call that timed out, still in the driver
+        self._done_at: dict[cf.Future, float] = {}
 
     def call(self, fn: Callable[[], T], timeout: float) -> T:
         if self._pool is None:
             self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix=f"grab-{self._name}")
-        future = self._pool.submit(fn)
+        future, self._late = self._late, None
+        if future is not None:
+            done_at = self._done_at.pop(future, None)
+            if done_at is not None and time.monotonic() - done_at > timeout:
+                future = None  # it came too long ago: a new call for a fresh frame
+        if future is None:
+            future = self._pool.submit(fn)
         try:
             return future.result(timeout=timeout)
         except cf.TimeoutError:
-            future.cancel()  # still queued behind a stuck call: it never runs
+            if not future.cancel():  # in the driver: the next call takes what it returns
+                self._late = future
+                future.add_done_callback(self._finished)
             raise GrabTimeout(f"{self._name}: no frame within {timeout:.3f} s") from None
 
+    def _finished(self, future: cf.Future) -> None:
+        if future is self._late:
+            self._done_at[future] = time.monotonic()
+
     def shutdown(self) -> None:
+        self._late, self._done_at = None, {}
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None

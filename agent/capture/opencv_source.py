@@ -80,15 +80,14 @@ class OpenCVSource(Source):
         if cap is None:
             raise CaptureError(f"{self.name}: read before open")
         try:
-            ok, image = self._calls.call(cap.read, timeout)
+            # timed when it arrives: a frame late for one read is handed to the next
+            ok, image, taken = self._calls.call(lambda: (*cap.read(), time.monotonic()), timeout)
         except cv2.error as e:
             raise CaptureError(f"{self.name}: {e}") from e
         if not ok or image is None:
             if self.ends and self._count > 0:
                 raise EndOfStream(f"{self.name}: no more frames after {self._count}")
             raise CaptureError(f"{self.name}: grab failed (device gone or stream ended)")
-        frame = Frame(
-            to_grey(image) if self.grey else image, time.monotonic(), self._count, self.name
-        )
+        frame = Frame(to_grey(image) if self.grey else image, taken, self._count, self.name)
         self._count += 1
         return frame

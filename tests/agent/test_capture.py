@@ -4,6 +4,7 @@ picamera2's documented API, LED switching on gpiozero's mock pins, and reopening
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import shutil
@@ -278,6 +279,57 @@ def test_picamera2_grab_timeout_and_missing_module():
     src.close()
     with pytest.raises(CaptureError, match="picamera2 is not installed"):
         Picamera2Source().open()
+
+
+class SlowPicamera2(FakePicamera2):
+    """A sensor that takes 130 ms a frame: auto exposure in low light."""
+
+    def capture_request(self):
+        time.sleep(0.13)
+        return super().capture_request()
+
+
+def test_a_camera_slower_than_the_read_timeout_still_delivers_its_frames():
+    """Each frame that comes after one read timed out goes to the next read: the camera
+    delivers at its own rate and is never taken for a failed one. Every frame was thrown away
+    (10 capture_failed and no frame in 3 s) when each read asked the driver anew."""
+    events = []
+    src = Reopening(
+        Picamera2Source(size=(64, 48), factory=SlowPicamera2),
+        report=lambda e, f: events.append(e),
+        backoff_s=(0.05, 0.2),
+    )
+    src.open()
+    got, t0 = [], time.monotonic()
+    while time.monotonic() - t0 < 1.5:
+        with contextlib.suppress(GrabTimeout):
+            got.append(src.read(timeout=0.1))
+    after = time.monotonic()
+    src.close()
+    assert events == [] and len(got) >= 8, (events, len(got))
+    assert [f.index for f in got] == list(range(len(got)))
+    # each frame carries when the sensor sent it, never long before it was handed over
+    assert all(after - 1.6 < f.timestamp < after for f in got)
+
+
+def test_a_frame_that_came_long_after_its_read_timed_out_is_not_handed_over():
+    """A read that timed out and a next read minutes later (a button press): the frame that
+    arrived in between is old, and the next read asks for a fresh one."""
+    from agent.capture.base import TimedCalls
+
+    calls, slow = TimedCalls("cam"), threading.Event()
+    frames = iter(["old", "fresh"])
+
+    def read() -> str:
+        slow.wait(5)
+        return next(frames)
+
+    with pytest.raises(GrabTimeout):
+        calls.call(read, 0.05)
+    slow.set()
+    time.sleep(0.2)  # "old" arrived 0.15 s after its read gave up, and waits
+    assert calls.call(read, 0.1) == "fresh"
+    calls.shutdown()
 
 
 class ProbeSource:
