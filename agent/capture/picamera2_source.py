@@ -9,8 +9,9 @@ picamera2 is imported only when a camera is opened, so this file loads anywhere;
 factory that builds a stand-in with the same methods.
 
 Formats and the arrays picamera2 returns for them: ``RGB888`` (H, W, 3) with bytes in B, G, R
-order; ``BGR888`` (H, W, 3) in R, G, B order; ``YUV420`` (H * 3 / 2, W), the first H rows being
-the luminance, which is all a grey NIR pipeline needs.
+order; ``BGR888`` (H, W, 3) in R, G, B order; ``YUV420`` (H * 3 / 2, stride), the first H rows
+being the luminance, which is all a grey NIR pipeline needs; the stride is W rounded up to the
+ISP's alignment (64 bytes on a Pi), so a width such as 720 or 800 comes with padding.
 """
 
 from __future__ import annotations
@@ -119,8 +120,12 @@ class Picamera2Source(Source):
     def _grey(self, array: np.ndarray) -> np.ndarray:
         w, h = self.size
         if self.fmt == "YUV420":
-            if array.shape != (h * 3 // 2, w):
-                raise CaptureError(f"{self.name}: YUV420 frame of shape {array.shape}")
+            # (h * 3 / 2, stride): rows keep their padding (a Pi aligns them to 64 bytes)
+            if array.ndim != 2 or array.shape[0] != h * 3 // 2 or array.shape[1] < w:
+                raise CaptureError(
+                    f"{self.name}: YUV420 frame of shape {array.shape}, not {w}x{h}; the "
+                    "camera may not support this size: try camera.width/height 640x480"
+                )
             return array[:h, :w]
         if array.shape[:2] != (h, w):
             raise CaptureError(f"{self.name}: {self.fmt} frame of shape {array.shape}")

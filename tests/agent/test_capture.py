@@ -203,7 +203,11 @@ class FakePicamera2:
         fmt = self.config["main"]["format"]
         y = (np.arange(h)[:, None] + 2 * np.arange(w)[None, :]) % 256
         if fmt == "YUV420":
-            return np.vstack([y, np.full((h // 2, w), 128)]).astype(np.uint8)
+            # picamera2 leaves the row padding in: (h * 3 / 2, stride), and the Pi's ISP aligns
+            # a YUV420 row to 64 bytes
+            stride = -(-w // 64) * 64
+            yuv = np.vstack([y, np.full((h // 2, w), 128)])
+            return np.pad(yuv, ((0, 0), (0, stride - w)), constant_values=7).astype(np.uint8)
         order = [2, 1, 0] if fmt == "RGB888" else [0, 1, 2]  # RGB888 is stored B, G, R
         rgb = np.stack([y, y // 2, 255 - y], axis=-1).astype(np.uint8)
         return np.ascontiguousarray(rgb[:, :, order])
@@ -218,7 +222,10 @@ class FakePicamera2:
 
 
 @pytest.mark.parametrize("fmt", ["YUV420", "RGB888", "BGR888"])
-def test_picamera2_adapter_formats_and_controls(fmt):
+@pytest.mark.parametrize("width", [64, 72])
+def test_picamera2_adapter_formats_and_controls(fmt, width):
+    """72 pixels wide: a YUV420 row padded to 128 bytes, as picamera2 returns it (every frame
+    was refused for its shape)."""
     cams = []
 
     def factory(n):
@@ -226,17 +233,17 @@ def test_picamera2_adapter_formats_and_controls(fmt):
         return cams[-1]
 
     controls = {"ExposureTime": 8000, "AnalogueGain": 2.0, "AeEnable": False}
-    src = Picamera2Source(1, size=(64, 48), fmt=fmt, controls=controls, factory=factory)
+    src = Picamera2Source(1, size=(width, 48), fmt=fmt, controls=controls, factory=factory)
     with src:
         frame = src.read(timeout=1.0)
         src.set_controls({"ExposureTime": 12000})
     cam = cams[0]
-    assert cam.camera_num == 1 and cam.config["main"] == {"size": (64, 48), "format": fmt}
+    assert cam.camera_num == 1 and cam.config["main"] == {"size": (width, 48), "format": fmt}
     assert cam.controls["ExposureTime"] == 12000 and cam.controls["AeEnable"] is False
     assert cam.calls[:3] == ["configure", "set_controls", "start"]
     assert cam.calls[-2:] == ["stop", "close"]
-    assert frame.image.shape == (48, 64) and frame.image.dtype == np.uint8
-    y = ((np.arange(48)[:, None] + 2 * np.arange(64)[None, :]) % 256).astype(np.uint8)
+    assert frame.image.shape == (48, width) and frame.image.dtype == np.uint8
+    y = ((np.arange(48)[:, None] + 2 * np.arange(width)[None, :]) % 256).astype(np.uint8)
     if fmt == "YUV420":
         np.testing.assert_array_equal(frame.image, y)
     else:  # grey from the right channel order: red = y, blue = 255 - y
