@@ -17,10 +17,11 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
+from agent.capture.camera import Capture, FrameLost
 from agent.commands import CommandError, Dispatcher
 from agent.config import Config, mode_lacks
 from agent.decide import MODE_MODALITIES, NOBODY, Agreement, Probe, Settings
@@ -29,22 +30,6 @@ from agent.notify import Notifier
 from agent.reporter import Reporter
 
 logger = logging.getLogger(__name__)
-
-
-class Capture(NamedTuple):
-    """One capture's frames per modality, and when its first frame was taken
-    (``time.monotonic()``): a decision's latency runs from there, not from the start of a read
-    that waited for the camera's next frame. ``images`` iterates in the order the frames were
-    taken; a later one may still be arriving, and reading it waits for it or raises
-    :class:`FrameLost`."""
-
-    images: Mapping[str, np.ndarray]
-    taken: float
-
-
-class FrameLost(RuntimeError):
-    """A capture's later frame could not be taken (its images can arrive while the first is
-    already being processed): the capture is dropped as a failed read would be."""
 
 
 class Source(Protocol):

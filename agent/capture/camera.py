@@ -14,15 +14,30 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from agent.config import CameraConfig
-    from agent.daemon import Capture
 
 logger = logging.getLogger(__name__)
+
+
+class Capture(NamedTuple):
+    """One capture's frames per modality, and when its first frame was taken
+    (``time.monotonic()``): a decision's latency runs from there, not from the start of a read
+    that waited for the camera's next frame. ``images`` iterates in the order the frames were
+    taken; a later one may still be arriving, and reading it waits for it or raises
+    :class:`FrameLost`."""
+
+    images: Mapping[str, np.ndarray]
+    taken: float
+
+
+class FrameLost(RuntimeError):
+    """A capture's later frame could not be taken (its images can arrive while the first is
+    already being processed): the capture is dropped as a failed read would be."""
 
 
 class Camera:
@@ -73,7 +88,6 @@ class Camera:
 
     def read(self, modalities: tuple[str, ...]) -> Capture | None:
         from agent.capture import CaptureError
-        from agent.daemon import Capture
 
         if self._pending is not None:  # one read of the rig at a time
             wait([self._pending])
@@ -126,7 +140,7 @@ class Camera:
 class _Arriving(Mapping[str, "np.ndarray"]):
     """A capture's frames in the order they are taken: the first at hand, the others taken on
     the capture thread, from :meth:`ask` on (read ahead, or the first read of one); reading one
-    of those waits for it, and raises :class:`agent.daemon.FrameLost` when the camera failed to
+    of those waits for it, and raises :class:`FrameLost` when the camera failed to
     give it."""
 
     def __init__(
@@ -153,7 +167,6 @@ class _Arriving(Mapping[str, "np.ndarray"]):
 
     def __getitem__(self, m: str) -> np.ndarray:
         from agent.capture import CaptureError
-        from agent.daemon import FrameLost
 
         if m not in self._have and m in self._order:
             self.wanted = True
