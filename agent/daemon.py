@@ -304,7 +304,8 @@ class Daemon:
         modalities = tuple(m for m in wanted if m in have) or wanted
 
         def grab() -> Probe:
-            probe, _ = self._grab()
+            # waits out the cooldown of the decision before: no frame is then the camera's
+            probe, _ = self._grab(explicit=True)
             return probe if probe is not None else Probe(rejected="no_frame")
 
         try:

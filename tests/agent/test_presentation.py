@@ -3,6 +3,8 @@ with a real bundle and replayed captures (in process, driven one capture at a ti
 
 from __future__ import annotations
 
+import time
+
 import cv2
 import numpy as np
 
@@ -56,3 +58,27 @@ def test_a_hand_that_leaves_ends_its_agreement_window(running_broker, palm_bundl
         daemon.close()
     assert [(d["decision"], d["subject"]) for d in docs] == [("granted", "alice")], docs
     assert docs[0]["agreement"]["votes"] == 2
+
+
+def test_an_enrollment_right_after_a_decision_counts_no_missing_frames(
+    running_broker, palm_bundle, tmp_path
+):
+    """An enrollment asked for during the cooldown of a decision waits it out; it counted each
+    look during the cooldown as a capture with no frame (19 in a second), as if the camera
+    were failing."""
+    from agent.run_cli import build
+
+    replay = write_replay(tmp_path / "e", [0] * 4)
+    cfg = agent_config(
+        tmp_path, running_broker, "dev19", palm_bundle, replay, trigger={"cooldown": 1.0}
+    )
+    daemon = build(cfg)
+    try:
+        assert decisions(daemon, 1)[0]["decision"] == "unknown"  # nobody enrolled yet
+        t0 = time.monotonic()
+        result = daemon.enroll_now("alice")
+        assert time.monotonic() - t0 >= 0.9  # the cooldown was waited out
+    finally:
+        daemon.close()
+    assert result["captures"] == {"print": 3, "vein": 3}
+    assert result["rejected"] == {}, result
