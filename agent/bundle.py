@@ -45,18 +45,33 @@ def sha256_file(path: Path) -> str:
 
 
 def load_public_key(key: str | Path | bytes) -> Any:
-    """An Ed25519 public key from a PEM file, or from raw/base64 32-byte key material."""
+    """An Ed25519 public key from a PEM file, or from raw/base64 32-byte key material.
+
+    Anything else (the private .pem given for the .pub, another kind of key, a file that is
+    not there) is a :class:`BundleError` naming the key: the device refuses the bundle either
+    way, and the message says which file to give instead.
+    """
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    data = key if isinstance(key, bytes) else Path(key).read_bytes()
-    if b"-----BEGIN" in data:
-        pub = serialization.load_pem_public_key(data)
-        if not isinstance(pub, Ed25519PublicKey):
-            raise BundleError(f"public key {key!s}: not an Ed25519 key")
-        return pub
-    raw = data if len(data) == 32 else base64.b64decode(data.strip(), validate=True)
-    return Ed25519PublicKey.from_public_bytes(raw)
+    try:
+        data = key if isinstance(key, bytes) else Path(key).read_bytes()
+        if b"-----BEGIN" in data:
+            pub = serialization.load_pem_public_key(data)
+        else:
+            raw = data if len(data) == 32 else base64.b64decode(data.strip(), validate=True)
+            pub = Ed25519PublicKey.from_public_bytes(raw)
+    except (OSError, ValueError, TypeError) as exc:
+        name = "the configured key" if isinstance(key, bytes) else str(key)
+        raise BundleError(
+            f"public key {name}: not a readable Ed25519 public key ({exc}); give the .pub "
+            "that palm-export keygen wrote next to the signing .pem"
+        ) from exc
+    if not isinstance(pub, Ed25519PublicKey):
+        raise BundleError(
+            f"public key {key!s}: not an Ed25519 key (make one with palm-export keygen)"
+        )
+    return pub
 
 
 def _check_signature(

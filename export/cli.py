@@ -35,18 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
-    """Run a subcommand; a problem with the user's data set or checkpoint, and a Ctrl-C, end in
-    one line that says what was wrong instead of a traceback (exit status 2, and 130)."""
+    """Run a subcommand; a problem with the user's data set, checkpoint or bundle, and a Ctrl-C,
+    end in one line that says what was wrong instead of a traceback (exit status 2, and 130)."""
     try:
         return int(func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except ValueError as e:
+        from agent.manifest import BundleError
         from export.checkpoint import CheckpointError
         from export.data.layouts import LayoutError
 
-        if not isinstance(e, (LayoutError, CheckpointError)):
+        if not isinstance(e, (LayoutError, CheckpointError, BundleError)):
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -234,3 +234,26 @@ def test_tar_bundle_loads_and_is_verified(tmp_path: Path):
     (tmp_path / "junk.tar").write_bytes(b"junk")
     with pytest.raises(BundleError, match="not a readable bundle archive"):
         load_bundle(tmp_path / "junk.tar")
+
+
+def test_verify_and_inspect_say_in_one_line_why_a_bundle_is_refused(tmp_path: Path, capsys):
+    """A tampered bundle, another key, or the private .pem given for the .pub: one line naming
+    what is wrong and exit 2, as for a bad data set or checkpoint, not a traceback."""
+    from export.cli import main
+
+    root = tmp_path / "bundle"
+    _write(root)
+    keygen(tmp_path / "k.pem", tmp_path / "k.pub")
+    keygen(tmp_path / "other.pem", tmp_path / "other.pub")
+    sign(root, tmp_path / "k.pem")
+    assert main(["verify", str(root), "--public-key", str(tmp_path / "k.pub")]) == 0
+    assert main(["verify", str(root), "--public-key", str(tmp_path / "other.pub")]) == 2
+    assert "does not verify" in capsys.readouterr().err
+    assert main(["inspect", str(root), "--public-key", str(tmp_path / "k.pem")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: public key") and ".pub" in err and len(err.splitlines()) == 1
+    (root / "vein.fp32.onnx").write_bytes(b"\0" * 3000)
+    assert main(["verify", str(root)]) == 2
+    assert "vein.fp32.onnx: sha256" in capsys.readouterr().err
+    with pytest.raises(BundleError, match="not a readable Ed25519 public key"):
+        load_bundle(root, public_key=b"too short")
