@@ -9,6 +9,7 @@ make wrong decisions silently.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -126,10 +127,10 @@ class Manifest:
             _get(c, "sha256", str, "centroids"),
             _get(c, "size", int, "centroids"),
         )
-        thresholds = {}
-        for mode, row in _get(d, "thresholds", dict, "manifest").items():
-            _need(isinstance(row, dict), f"manifest.json: thresholds.{mode} must be an object")
-            thresholds[mode] = {k: float(v) for k, v in row.items()}
+        thresholds = {
+            mode: _threshold_row(row, f"thresholds.{mode}", bits * (2 if mode == "multi" else 1))
+            for mode, row in _get(d, "thresholds", dict, "manifest").items()
+        }
         return cls(
             format_version=version,
             bits=bits,
@@ -162,6 +163,24 @@ def _get(d: dict, key: str, typ: type, where: str) -> Any:
             f"manifest.json: {where}.{key} must be {typ.__name__}, got {type(value).__name__}"
         )
     return value
+
+
+def _threshold_row(row: Any, where: str, most: int) -> dict[str, float]:
+    """One mode's thresholds, each a number of bits from -1 (accept nothing) to ``most`` (the
+    largest distance: ``multi`` sums two codes). A value outside that, NaN or infinite, would
+    make a device accept every probe or none, without a word."""
+    _need(isinstance(row, dict), f"manifest.json: {where} must be an object")
+    out = {}
+    for key, value in row.items():
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        _need(ok, f"manifest.json: {where}.{key} must be a number, got {value!r}")
+        _need(
+            math.isfinite(value) and -1 <= value <= most,
+            f"manifest.json: {where}.{key} is {value!r} bits; a threshold lies in [-1, {most}] "
+            "for these codes (re-export the bundle rather than editing its thresholds)",
+        )
+        out[key] = float(value)
+    return out
 
 
 def _quant(d: Any, where: str) -> TensorQuant | None:

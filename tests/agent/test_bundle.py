@@ -134,6 +134,10 @@ def test_tampered_manifest_hash_is_refused(bundle_dir: Path):
         (lambda d: d["models"][0].update(format="pt"), r"models\[0\]\.format 'pt' unknown"),
         (lambda d: d["models"][0].update(file="../x"), "outside the bundle"),
         (lambda d: d["modalities"]["vein"]["preprocess"].update(mean=[0.5]), "vein.preprocess"),
+        (lambda d: d["thresholds"]["print"].update(eer=1e9), r"print\.eer is 1000000000\.0 bits"),
+        (lambda d: d["thresholds"]["print"].update({"0.01": float("nan")}), r"0\.01 is nan"),
+        (lambda d: d["thresholds"]["print"].update({"0.001": -2}), r"lies in \[-1, 32\]"),
+        (lambda d: d["thresholds"]["print"].update({"0.001": "5 bits"}), "must be a number"),
     ],
 )
 def test_bad_manifest_fields_are_named(bundle_dir: Path, edit, message: str):
