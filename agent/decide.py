@@ -25,7 +25,7 @@ import numpy as np
 
 from agent import quality, roi
 from agent.config import Config
-from agent.manifest import MODALITIES
+from agent.manifest import MODALITIES, BundleError
 from agent.match import Decision, Matcher, Thresholds
 from agent.quality import QualityThresholds
 from agent.roi import RoiConfig
@@ -224,6 +224,14 @@ class BundleEngine:
             )
             for m in self.modalities
         }
+        wrong = {m: be.bits for m, be in self.backends.items() if be.bits != b.bits}
+        if wrong:  # bits 16 and 32 both pack into one word: the centroids cannot tell them apart
+            self.close()
+            raise BundleError(
+                f"{b.root}/manifest.json: bits is {b.bits}, but the {bc.runtime}/{bc.precision} "
+                f"models give {wrong} outputs; the manifest was edited or belongs to other models "
+                "(re-export the bundle)"
+            )
         self.model_hash = manifest_hash(b.root)
         centroids = dict(zip(map(str, b.centroid_labels), b.centroid_codes, strict=True))
         matcher = Matcher(

@@ -292,3 +292,30 @@ def test_a_model_left_running_by_a_failed_capture_never_runs_twice_at_once(palm_
     finally:
         runner.close()
         backend.close()
+
+
+def test_a_bundle_whose_bits_are_not_its_models_outputs_is_refused(palm_bundle, tmp_path):
+    """16 and 32 bits both pack into one uint32 word, so a manifest edited from 32 to 16 bits
+    passes the centroids' check; the models' outputs tell, before a probe is hashed wrongly."""
+    import json
+    import shutil
+
+    from agent.manifest import BundleError
+
+    root = tmp_path / "bundle"
+    shutil.copytree(palm_bundle, root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["bits"] = 16
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    cfg = parse_config(
+        {"device": {"id": "bench"}, "bundle": {"path": str(root), "threads": 1}},
+        check_files=False,
+    )
+    store = TemplateStore(
+        tmp_path / "t.sqlite", Protector(DeviceKey.load_or_create(tmp_path / "k"), 16)
+    )
+    with pytest.raises(
+        BundleError, match=r"bits is 16, but the onnx/fp32 models give \{'print': 32"
+    ):
+        BundleEngine(cfg, store)
+    store.close()
