@@ -291,6 +291,8 @@ def _verified(
             f"({'; '.join(gate.get('failures', [])) or 'see parity'}); re-export it, or export "
             "with --allow-degraded to deploy it knowingly"
         )
+    if gate.get("passed") is False:
+        _warn_degraded(root, manifest, only)
     for name in manifest.modalities:
         try:
             PreprocessSpec.from_dict(manifest.modalities[name].preprocess)
@@ -306,3 +308,21 @@ def _verified(
         signed,
     )
     return Bundle(root, manifest, signed, packed, labels)
+
+
+def _warn_degraded(root: Path, manifest: Manifest, only: tuple[str, str] | None) -> None:
+    """A bundle shipped with --allow-degraded runs, but the log says so at every load, and
+    which of the models in use the parity gate failed: their codes differ from the trained
+    model's more than the export allowed."""
+    rows = manifest.parity.get("files", [])
+    in_use = [r for r in rows if only in (None, (r.get("format"), r.get("precision")))]
+    failed = [str(r.get("file")) for r in in_use if r.get("passed") is False]
+    logger.warning(
+        "bundle=%s parity_gate=failed allow_degraded=true models_failing_in_use=%s: "
+        "it was exported with --allow-degraded; %s",
+        root,
+        ",".join(failed) or "none",
+        "decisions may differ from the trained model's; re-export it or run another form"
+        if failed
+        else "the models this device runs passed",
+    )

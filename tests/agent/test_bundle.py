@@ -261,3 +261,22 @@ def test_verify_and_inspect_say_in_one_line_why_a_bundle_is_refused(tmp_path: Pa
     assert "vein.fp32.onnx: sha256" in capsys.readouterr().err
     with pytest.raises(BundleError, match="not a readable Ed25519 public key"):
         load_bundle(root, public_key=b"too short")
+
+
+def test_a_degraded_bundle_loads_only_when_allowed_and_says_so(bundle_dir: Path, caplog):
+    rows = [
+        {"file": "print.fp32.onnx", "format": "onnx", "precision": "fp32", "passed": True},
+        {"file": "print.int8.onnx", "format": "onnx", "precision": "int8", "passed": False},
+    ]
+    gate = {"passed": False, "failures": ["print.int8.onnx: bit agreement 90% < 99%"]}
+    _edit(bundle_dir, lambda d: d.update(parity={"gate": gate, "files": rows}))
+    with pytest.raises(BundleError, match="failed the export parity gate"):
+        load_bundle(bundle_dir)
+    _edit(bundle_dir, lambda d: d["parity"]["gate"].update(allow_degraded=True))
+    with caplog.at_level("WARNING", logger="agent.bundle"):
+        load_bundle(bundle_dir, only=("onnx", "int8"))
+    assert "models_failing_in_use=print.int8.onnx" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="agent.bundle"):
+        load_bundle(bundle_dir, only=("onnx", "fp32"))
+    assert "parity_gate=failed" in caplog.text and "models_failing_in_use=none" in caplog.text
