@@ -122,10 +122,11 @@ def export_bundle(
     modalities = ["print"] + ([] if test.vein is None else ["vein"])
     out.mkdir(parents=True, exist_ok=True)
     _clear_bundle(out)
-    models = []
+    models, calib_used = [], 0
     for m in modalities:
         net = getattr(model, f"{m}_net")
         calib = calibrate.calibration_tensors(_rois(train, m), spec, calib_n)
+        calib_used = len(calib)  # --calib beyond the training split takes all of it
         for fmt in formats:
             for precision in precisions:
                 models.append(_convert(net, m, fmt, precision, spec, calib, out, onnx_weights))
@@ -163,7 +164,7 @@ def export_bundle(
             "dataset": ckpt.get("dataset", {}),
             "train": ckpt.get("train", {}),
             "split_sizes": {"train": len(train), "test": len(test)},
-            "calibration_images": calib_n,
+            "calibration_images": calib_used,
         },
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )

@@ -240,3 +240,20 @@ def test_an_export_into_an_earlier_bundle_replaces_it(exported, tmp_path):
         "print.int8.onnx",
         "vein.int8.onnx",
     }
+
+
+def test_the_manifest_records_the_calibration_images_used_not_asked_for(exported, tmp_path):
+    """--calib beyond the training split takes all of it; the manifest said the number asked
+    for (200 by default), as if the int8 ranges had seen more images than they did."""
+    from agent.bundle import load_bundle
+    from export.cli import main
+
+    out = tmp_path / "bundle"
+    args = ["export", str(exported["ckpt"]), "--calib", "1000", "--out", str(out),
+            "--formats", "onnx", "--precision", "int8", "--allow-degraded"]  # fmt: skip
+    assert main(args) == 0
+    m = load_bundle(out, allow_degraded=True).manifest
+    used = m.training["split_sizes"]["train"]
+    assert used < 1000
+    assert m.training["calibration_images"] == used
+    assert {e.quantization["calibration_images"] for e in m.models} == {used}
