@@ -86,15 +86,23 @@ def _model_file(modality: str, precision: str, fmt: str) -> str:
     return f"{modality}.{precision}.{fmt}"
 
 
+def _tar_path(out: Path) -> Path:
+    """``--tar``'s archive beside the bundle folder: run.1 -> run.1.tar."""
+    return out.with_name(out.name + ".tar")
+
+
 def _clear_bundle(out: Path) -> None:
     """Remove what an earlier export left in ``out``: its models would otherwise be reused
-    (the int8 quantizer starts from an fp32 ONNX file already there) or shipped in the tar."""
+    (the int8 quantizer starts from an fp32 ONNX file already there) or shipped in the tar;
+    and its archive, which would otherwise sit beside the new folder holding the old bundle
+    (an export without --tar, or one that fails the gate, writes none)."""
     names = [_model_file(m, p, f) for m in MODALITIES for p in PRECISIONS for f in FORMATS] + [
         MANIFEST,
         SIGNATURE,
         bundle_writer.CENTROIDS,
     ]
     old = [out / n for n in names if (out / n).exists()]
+    old += [_tar_path(out)] if _tar_path(out).is_file() else []
     for path in old:
         path.unlink()
     if old:
@@ -213,7 +221,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
         return GATE_FAILED
     if args.tar:
-        tar = bundle_writer.make_tar(out, out.with_name(out.name + ".tar"))  # run.1 -> run.1.tar
+        tar = bundle_writer.make_tar(out, _tar_path(out))
         print(f"archive: {tar}")
     key = f" --public-key {Path(args.sign_key).with_suffix('.pub')}" if args.sign_key else ""
     print(f"verify with: palm-export verify {out}{key} --checkpoint {args.checkpoint}")

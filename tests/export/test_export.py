@@ -230,6 +230,9 @@ def test_an_export_into_an_earlier_bundle_replaces_it(exported, tmp_path):
     for run in ("run.1", "run.2"):
         assert main([*args[:5], str(tmp_path / run), *args[6:]]) == 0
     assert {p.name for p in tmp_path.glob("*.tar")} == {"bundle.tar", "run.1.tar", "run.2.tar"}
+    # an export over run.2 without --tar removes run.2.tar: it held the bundle replaced
+    assert main([*args[:5], str(tmp_path / "run.2"), *args[6:-1]]) == 0
+    assert {p.name for p in tmp_path.glob("*.tar*")} == {"bundle.tar", "run.1.tar"}
     assert sorted(p.name for p in out.iterdir()) == [
         "centroids.npz",
         "manifest.json",
