@@ -181,8 +181,11 @@ class Daemon:
     # -- the pipeline -----------------------------------------------------------------------
     def _grab(self, explicit: bool = False) -> tuple[Probe | None, float]:
         wait = self._next_frame - time.monotonic()
-        if wait > 0 and explicit:  # a button press or a command waits out the cooldown
-            time.sleep(wait)
+        if wait > 0 and explicit:  # a button press or a command waits out the cooldown,
+            end = time.monotonic() + wait  # pinging the watchdog: it may be longer than that
+            while (left := end - time.monotonic()) > 0:
+                time.sleep(min(left, 1.0))
+                self._tick()
         elif wait > 0:  # the loop: back to its jobs meanwhile
             time.sleep(min(wait, 0.05))
             if self._next_frame > time.monotonic():

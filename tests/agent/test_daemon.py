@@ -626,3 +626,31 @@ def test_a_command_the_busy_loop_does_not_take_up_in_time_is_withdrawn(
         assert daemon.settings.mode == "multi"
     finally:
         daemon.close()
+
+
+def test_waiting_out_a_long_cooldown_keeps_the_watchdog_fed(running_broker, palm_bundle, tmp_path):
+    """A button press or a command waits out trigger.cooldown on the main loop; a cooldown
+    longer than half of WatchdogSec= got the service killed as hung."""
+    from agent.notify import Notifier
+    from agent.run_cli import build
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    sock.settimeout(0.1)
+    cfg = agent_config(tmp_path, running_broker, "dev17", palm_bundle, write_replay(tmp_path, [2]))
+    daemon = build(cfg, with_reporter=False)
+    env = {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "30000000"}
+    daemon.notifier = Notifier(env)
+    try:
+        daemon._next_frame = time.monotonic() + 2.5  # a decision's cooldown has begun
+        daemon._grab(explicit=True)
+        pings = []
+        while True:
+            try:
+                pings.append(sock.recv(64))
+            except TimeoutError:
+                break
+        assert pings.count(b"WATCHDOG=1") >= 2, pings
+    finally:
+        daemon.close()
+        sock.close()
