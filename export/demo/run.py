@@ -84,26 +84,11 @@ def stamp_ok(path: Path, want: dict[str, Any], fresh: bool) -> bool:
     return json.loads(path.read_text()) == want
 
 
-def main(argv: list[str] | None = None) -> int:
-    a = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not mosquitto_available():  # before minutes of training, not after
-        if not amqtt_available():
-            raise SystemExit(
-                "demo: neither mosquitto nor amqtt is installed: run `bash scripts/bootstrap.sh` "
-                "or `sudo apt-get install mosquitto mosquitto-clients`"
-            )
-        print(
-            "demo: mosquitto is not installed; the broker will be the pure-Python amqtt "
-            "(MQTT 3.1.1 only, plain TCP on 127.0.0.1 with passwords; the device falls back "
-            "from MQTT 5)",
-            flush=True,
-        )
-    out = a.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.monotonic()
-    times: dict[str, float] = {}
+def prepare(a: argparse.Namespace, out: Path, times: dict[str, float]) -> tuple[Path, Path, str]:
+    """Steps 1-4: data set, checkpoint, evaluation, bundle; each reused when its stamp matches.
 
+    Returns (evaluation folder, bundle folder, the export's parity table).
+    """
     t = step(1, "synthetic data set")
     data = out / "data"
     want = {
@@ -153,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     t = step(4, "export: int8 TFLite + ONNX bundle, parity through the device runtimes")
     bundle = out / "bundle"
     if (
-        stamp_ok(out / "bundle.stamp.json", want_train, a.fresh)
+        stamp_ok(out / "bundle.stamp.json", want_bundle, a.fresh)
         and (bundle / "manifest.json").exists()
     ):
         print(f"reusing {bundle} (exported from this checkpoint)")
@@ -165,6 +150,29 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         (out / "bundle.stamp.json").write_text(json.dumps(want_bundle))
     times["export_s"] = time.monotonic() - t
+    return eval_dir, bundle, parity_text
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not mosquitto_available():  # before minutes of training, not after
+        if not amqtt_available():
+            raise SystemExit(
+                "demo: neither mosquitto nor amqtt is installed: run `bash scripts/bootstrap.sh` "
+                "or `sudo apt-get install mosquitto mosquitto-clients`"
+            )
+        print(
+            "demo: mosquitto is not installed; the broker will be the pure-Python amqtt "
+            "(MQTT 3.1.1 only, plain TCP on 127.0.0.1 with passwords; the device falls back "
+            "from MQTT 5)",
+            flush=True,
+        )
+    out = a.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+    times: dict[str, float] = {}
+    eval_dir, bundle, parity_text = prepare(a, out, times)
 
     t = step(5, "replayed camera: full-hand frames of enrolled subjects and impostors")
     from export.demo.frames import write_replay
