@@ -84,6 +84,16 @@ def stamp_ok(path: Path, want: dict[str, Any], fresh: bool) -> bool:
     return json.loads(path.read_text()) == want
 
 
+def forget(*paths: Path) -> None:
+    """Remove a stamp (and the log it vouches for) before its artefact is rewritten.
+
+    A run stopped half-way (Ctrl-C, a failed command) must not leave the old stamp behind: the
+    next run would take the half-written data set or bundle for a finished one.
+    """
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
 def prepare(a: argparse.Namespace, out: Path, times: dict[str, float]) -> tuple[Path, Path, str]:
     """Steps 1-4: data set, checkpoint, evaluation, bundle; each reused when its stamp matches.
 
@@ -101,6 +111,7 @@ def prepare(a: argparse.Namespace, out: Path, times: dict[str, float]) -> tuple[
     if stamp_ok(out / "data.stamp.json", want, a.fresh):
         print(f"reusing {data} (same settings; --fresh to regenerate)")
     else:
+        forget(out / "data.stamp.json")
         palm_export(
             "synth", "--layout", "generic", "--ids", str(a.ids), "--samples", str(a.samples),
             "--level", a.level, "--seed", str(a.seed), "--out", str(data), "--workers", "2",
@@ -116,6 +127,7 @@ def prepare(a: argparse.Namespace, out: Path, times: dict[str, float]) -> tuple[
     if stamp_ok(out / "train.stamp.json", want_train, a.fresh) and ckpt.exists():
         print(f"reusing {ckpt} (same settings; --fresh to retrain)")
     else:
+        forget(out / "train.stamp.json", out / "bundle.stamp.json")
         for old in ("best.pt", "last.pt", "metrics.jsonl"):
             (train / old).unlink(missing_ok=True)
         train.mkdir(parents=True, exist_ok=True)
@@ -127,7 +139,6 @@ def prepare(a: argparse.Namespace, out: Path, times: dict[str, float]) -> tuple[
             "--out", str(train), log=train / "train.out",
         )  # fmt: skip
         (out / "train.stamp.json").write_text(json.dumps(want_train))
-        (out / "bundle.stamp.json").unlink(missing_ok=True)
     times["train_s"] = time.monotonic() - t
 
     t = step(3, "evaluation on the held-out captures (four modes, DET curves)")
@@ -144,6 +155,7 @@ def prepare(a: argparse.Namespace, out: Path, times: dict[str, float]) -> tuple[
         print(f"reusing {bundle} (exported from this checkpoint)")
         parity_text = (out / "export.out").read_text() if (out / "export.out").exists() else ""
     else:
+        forget(out / "bundle.stamp.json", out / "export.out")
         parity_text = palm_export(
             "export", str(ckpt), "--formats", "tflite,onnx", "--precision", a.precision,
             "--calib", "100", "--out", str(bundle), "--allow-degraded", log=out / "export.out",

@@ -70,3 +70,29 @@ def test_another_precision_or_fresh_exports_again(tmp_path, fake):
     fake.ran.clear()
     prepare(tmp_path, "--precision", "fp32", "--fresh")
     assert fake.ran == ["synth", "train", "eval", "export"]
+
+
+def test_an_export_stopped_half_way_is_not_reused(tmp_path, fake):
+    prepare(tmp_path)
+    fake.stop_in = "export"  # the fp32 bundle replaced the int8 one, the int8 stamp stayed
+    with pytest.raises(KeyboardInterrupt):
+        prepare(tmp_path, "--precision", "fp32")
+    fake.stop_in = None
+    fake.ran.clear()
+
+    prepare(tmp_path)
+
+    assert fake.ran == ["eval", "export"]
+
+
+def test_a_data_set_stopped_half_way_is_written_again(tmp_path, fake):
+    prepare(tmp_path)
+    fake.stop_in = "synth"
+    with pytest.raises(KeyboardInterrupt):
+        prepare(tmp_path, "--fresh")
+    fake.stop_in = None
+    fake.ran.clear()
+
+    prepare(tmp_path)
+
+    assert fake.ran[0] == "synth"
