@@ -8,6 +8,11 @@
 # PALM_SKIP_BOOTSTRAP=1 skips the environment step when .venv is known to be ready.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# the options first, with the system Python: --help or a typo must not wait for the environment
+"${PYTHON:-python3}" -m export.demo.args "$@" || exit $?
+for arg in "$@"; do
+    case "$arg" in -h | --help) exit 0 ;; esac
+done
 if [ "${PALM_SKIP_BOOTSTRAP:-0}" != 1 ]; then
     echo "=== [0/7] environment (scripts/bootstrap.sh) ==="
     bash scripts/bootstrap.sh
