@@ -66,6 +66,24 @@ def forget(*paths: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def writable(out: Path) -> Path:
+    """``out``, created and known to be writable: a folder left to root by a run with sudo, a
+    read-only disk or a file in the way fails here with what to do, not minutes later with a
+    traceback."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise SystemExit(
+            f"demo: cannot write the artefacts to {out} ({e.strerror or e}): give a folder you "
+            f"can write with --out DIR, or make this one yours (after a run as root: "
+            f'sudo chown -R "$USER" {out})'
+        ) from None
+    return out
+
+
 def prepare(a: argparse.Namespace, out: Path, times: dict[str, float]) -> tuple[Path, Path, str]:
     """Steps 1-4: data set, checkpoint, evaluation, bundle; each reused when its stamp matches.
 
@@ -152,8 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             "from MQTT 5)",
             flush=True,
         )
-    out = a.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable(a.out.resolve())
     t_start = time.monotonic()
     times: dict[str, float] = {}
     eval_dir, bundle, parity_text = prepare(a, out, times)

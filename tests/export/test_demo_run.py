@@ -6,6 +6,7 @@ records which commands ran: the real ones train for minutes and have their own t
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,23 @@ def test_a_data_set_stopped_half_way_is_written_again(tmp_path, fake):
     prepare(tmp_path)
 
     assert fake.ran[0] == "synth"
+
+
+@pytest.mark.parametrize("where", ["a file", "read-only"])
+def test_an_artefacts_folder_it_cannot_write_is_a_message(tmp_path, fake, where):
+    if where == "a file":
+        (tmp_path / "runs").write_text("not a folder")
+        out = tmp_path / "runs" / "demo"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes into a read-only folder")
+        out = tmp_path / "runs"
+        out.mkdir()
+        out.chmod(0o500)
+
+    with pytest.raises(SystemExit) as e:
+        run.main(["--quick", "--out", str(out)])
+
+    assert str(e.value).startswith(f"demo: cannot write the artefacts to {out} (")
+    assert "--out DIR" in str(e.value)
+    assert fake.ran == []
