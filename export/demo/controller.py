@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -21,6 +22,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from export.demo.broker import CTL_PASS, CTL_USER
 
 logger = logging.getLogger(__name__)
+
+
+class NoReply(TimeoutError):
+    """A command got no reply: the device exited, or it did not answer within the timeout."""
 
 
 class Controller:
@@ -81,14 +86,28 @@ class Controller:
         with self._cond:
             return self._cond.wait_for(pred, timeout)
 
-    def command(self, cmd: str, args: dict[str, Any] | None = None, timeout: float = 60) -> dict:
-        """Send one command and wait for its reply document (``ok``, ``result`` or ``error``)."""
+    def command(
+        self,
+        cmd: str,
+        args: dict[str, Any] | None = None,
+        timeout: float = 60,
+        alive: Callable[[], bool] | None = None,
+    ) -> dict:
+        """Send one command and wait for its reply document (``ok``, ``result`` or ``error``).
+
+        ``alive`` says whether the device process still runs: once it has exited there is no
+        reply to wait for, and :class:`NoReply` comes at once rather than after ``timeout``.
+        """
         rid = uuid.uuid4().hex[:12]
         payload = json.dumps({"cmd": cmd, "id": rid, "args": args or {}})
         sent = time.monotonic()
+        deadline = sent + timeout
         self.client.publish(f"{self.base}/cmd", payload, qos=1)
-        if not self.wait_for(lambda: rid in self.replies, timeout):
-            raise TimeoutError(f"no reply to {cmd} within {timeout:g}s")
+        while not self.wait_for(lambda: rid in self.replies, min(0.5, timeout)):
+            if alive is not None and not alive():
+                raise NoReply(f"the device exited before it answered {cmd}")
+            if time.monotonic() >= deadline:
+                raise NoReply(f"no reply to {cmd} within {timeout:g}s")
         reply = self.replies.pop(rid)
         reply["_round_trip_ms"] = round((reply["_received"] - sent) * 1e3, 1)
         return reply

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from export.demo.amqtt_broker import AmqttBroker
 from export.demo.broker import Broker, start_broker
-from export.demo.controller import Controller
+from export.demo.controller import Controller, NoReply
 from export.demo.frames import Shot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,6 +112,11 @@ def run_live(out: Path, bundle: Path, shots: list[Shot], a: argparse.Namespace) 
     agent = start_agent(config, out / "device" / "agent.log")
     result: dict[str, Any] = {"enroll": [], "probes": [], "config": str(config)}
     result["broker"], result["broker_log"] = broker.describe(), str(broker.log)
+    log = out / "device" / "agent.log"
+
+    def alive() -> bool:
+        return agent.poll() is None
+
     try:
         deadline = time.monotonic() + 60
         while not ctl.wait_for(lambda: ctl.availability == "online", 0.5):
@@ -121,20 +126,28 @@ def run_live(out: Path, bundle: Path, shots: list[Shot], a: argparse.Namespace) 
         result["online_s"] = round(time.monotonic() - t0, 2)
         print(f"daemon online after {result['online_s']} s")
         for shot in tqdm([s for s in shots if s.role == "enroll"][:: a.captures], desc="enroll"):
-            reply = ctl.command("enroll", {"subject": shot.label, "captures": a.captures}, 90)
+            enroll = {"subject": shot.label, "captures": a.captures}
+            reply = ctl.command("enroll", enroll, timeout=90, alive=alive)
             result["enroll"].append({"subject": shot.label, **_brief(reply)})
             tqdm.write(f"  enroll {shot.label}: {'ok' if reply['ok'] else reply['error']}")
-        listed = ctl.command("list")
+        listed = ctl.command("list", alive=alive)
         result["listed"] = listed.get("result", {}).get("subjects", [])
         probes = [s for s in shots if s.role != "enroll"]
         for shot in tqdm(probes, desc="probes"):
-            reply = ctl.command("capture", timeout=30)
+            reply = ctl.command("capture", timeout=30, alive=alive)
             doc = None
             if reply.get("ok") and reply["result"].get("event_id"):
                 doc = ctl.decision(reply["result"]["event_id"])
             result["probes"].append({"shot": shot, "reply": _brief(reply), "decision": doc})
         ctl.wait_for(lambda: bool(ctl.stats), 10)
         result["stats"] = ctl.stats[-1] if ctl.stats else None
+    except NoReply as e:
+        code = agent.poll()
+        raise SystemExit(
+            f"demo: {e}"
+            + (f" (exit code {code})" if code is not None else "")
+            + f"; the end of its log {log}:\n{log.read_text(errors='replace')[-1500:]}"
+        ) from None
     finally:
         rc = stop_agent(agent)
         result["agent_exit"] = rc

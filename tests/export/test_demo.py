@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
+import pytest
+
+from export.demo.broker import start_broker
+from export.demo.controller import Controller, NoReply
 from export.demo.frames import write_replay
 from export.demo.live import run_live
 from tests.agent.conftest import make_bundle
@@ -35,3 +40,19 @@ def test_enroll_and_decide_over_mqtt(tmp_path):
     assert live["agent_exit"] == 0
     assert live["availability_after_stop"] == "stopped"
     json.dumps(live, default=str)  # what the summary writes
+
+
+def test_a_command_to_a_device_that_exited_fails_at_once(tmp_path):
+    """Nobody answers on the broker: with the device gone the wait ends at once, not after 90 s."""
+    broker = start_broker(tmp_path / "broker", devices=("dev1",))
+    ctl = Controller(broker.port, "dev1", v5=broker.mqtt5)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(NoReply, match="the device exited before it answered enroll"):
+            ctl.command("enroll", {"subject": "0001"}, timeout=90, alive=lambda: False)
+        assert time.monotonic() - t0 < 5
+        with pytest.raises(NoReply, match="no reply to list within 1s"):
+            ctl.command("list", timeout=1, alive=lambda: True)
+    finally:
+        ctl.close()
+        broker.stop()
