@@ -15,6 +15,15 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 1) if values else None
 
 
+def parity_table(text: str) -> list[str]:
+    """The parity table of ``palm-export export``'s output, from its header line on: the
+    converters print notes of their own first ("Relu partition has more than one output
+    node", once per model), which are no part of the table the summary shows."""
+    lines = text.strip().splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("file ")), 0)
+    return lines[start:]
+
+
 def _row(p: dict[str, Any]) -> dict[str, Any]:
     shot: Shot = p["shot"]
     doc = p["decision"] or {}
@@ -56,7 +65,7 @@ def build(
     stats = live.get("stats") or {}
     return {
         "evaluation": report,
-        "parity_table": parity_text.strip().splitlines(),
+        "parity_table": parity_table(parity_text),
         "enroll": live["enroll"],
         "listed": live.get("listed"),
         "decisions": {
