@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Create (or update) .venv with everything the tests, the training and the demo need.
-# Idempotent: a second run only checks. Installs mosquitto with apt-get when it is missing
+# Idempotent: a second run only checks (pip runs again only when the venv's Python, the
+# constraints, the package metadata or this script changed: offline, a re-run still works; delete
+# .venv/.bootstrap-stamp to force it). Installs mosquitto with apt-get when it is missing
 # and we are allowed to (root, or passwordless sudo); where we are not, it says so and goes on:
 # the demo then runs the pure-Python amqtt broker from .venv, the MQTT tests need mosquitto.
 set -euo pipefail
@@ -24,8 +26,16 @@ fi
 
 PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-# torch first, pinned, so that nothing later pulls a CUDA build in its place
-.venv/bin/python -m pip install -q -c constraints.txt torch
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[train,tflite,onnx,dev]"
+# what the installs below depend on; the package's own code is installed editable
+stamp="$(.venv/bin/python -c 'import sys; print(sys.version)' |
+    cat - constraints.txt pyproject.toml setup.cfg setup.py scripts/bootstrap.sh | sha256sum)"
+if [ "$(cat .venv/.bootstrap-stamp 2>/dev/null)" != "$stamp" ] ||
+    ! .venv/bin/python -I -c 'import torch, onnxruntime, agent, export' 2>/dev/null; then
+    rm -f .venv/.bootstrap-stamp
+    .venv/bin/python -m pip install -q --upgrade pip
+    # torch first, pinned, so that nothing later pulls a CUDA build in its place
+    .venv/bin/python -m pip install -q -c constraints.txt torch
+    .venv/bin/python -m pip install -q -c constraints.txt -e ".[train,tflite,onnx,dev]"
+    echo "$stamp" > .venv/.bootstrap-stamp
+fi
 echo "bootstrap: .venv ready ($(.venv/bin/python -c 'import torch, onnxruntime; print("torch", torch.__version__, "onnxruntime", onnxruntime.__version__)'))"
