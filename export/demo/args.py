@@ -40,7 +40,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fmr", default="0.001", choices=("eer", "0.01", "0.001", "0.0001"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fresh", action="store_true", help="regenerate, retrain and re-export")
-    p.add_argument("--quick", action="store_true", help="tiny model, few ids, one minute")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a check that every step runs (tiny model, few ids, one minute): its model is "
+        "barely trained, so its decisions are not a measure of anything",
+    )
     a = p.parse_args(argv)
     if a.quick:
         a.ids, a.samples, a.model, a.minutes, a.epochs = 12, 4, "tiny", 0.3, 3
