@@ -79,6 +79,7 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
         EpochSampler,
         PalmDataset,
         epoch_seed,
+        images_digest,
         network_input,
         reference_split,
         split_record,
@@ -122,6 +123,10 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
             "method": "reference: per identity, a seeded ceil(n/2) of the samples train",
             "train": split_record(arrays, train_rows),
             "test": split_record(arrays, test_rows),
+            "images_sha256": {
+                part: images_digest(arrays.subset(np.sort(rows)))
+                for part, rows in (("train", train_rows), ("test", test_rows))
+            },
         },
         "dataset": dataset,
         "loss": dataclasses.asdict(loss_cfg),
@@ -137,7 +142,10 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
                 "interrupted run's?); leave out --resume to start a new run"
             )
         resumed, ckpt = load_checkpoint(path, device)
-        if ckpt["split"] != meta["split"] or ckpt["arch"] != model.arch():
+        split = meta["split"]
+        if "images_sha256" not in ckpt["split"]:  # a run started before images were recorded
+            split = {k: v for k, v in split.items() if k != "images_sha256"}
+        if ckpt["split"] != split or ckpt["arch"] != model.arch():
             raise CheckpointError(
                 f"{path} was trained on another split or architecture (--ds, --data-root, "
                 "--seed or --model differ); not resuming: pass the run's own flags, or another "

@@ -3,7 +3,14 @@
 from export.data.arrays import PalmArrays, from_synth, load_dataset
 from export.data.dataset import EpochSampler, PalmDataset, epoch_seed, network_input
 from export.data.layouts import LAYOUTS, LayoutError, scan
-from export.data.split import dataset_arrays, load_split, reference_split, rows_of, split_record
+from export.data.split import (
+    dataset_arrays,
+    images_digest,
+    load_split,
+    reference_split,
+    rows_of,
+    split_record,
+)
 
 __all__ = [
     "LAYOUTS",
@@ -14,6 +21,7 @@ __all__ = [
     "dataset_arrays",
     "epoch_seed",
     "from_synth",
+    "images_digest",
     "load_dataset",
     "load_split",
     "network_input",

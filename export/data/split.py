@@ -7,6 +7,8 @@ network was trained and tested on even if the data set folder later gains files.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ import numpy as np
 from agent.preprocess import PreprocessSpec
 from export.data.arrays import PalmArrays, from_synth, load_dataset
 from export.data.layouts import LayoutError
+
+logger = logging.getLogger(__name__)
 
 
 def reference_split(arrays: PalmArrays, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -54,6 +58,18 @@ def split_record(arrays: PalmArrays, rows: np.ndarray) -> dict[str, list[int]]:
     for r in rows:
         out.setdefault(arrays.identities[arrays.labels[r]], []).append(int(arrays.samples[r]))
     return out
+
+
+def images_digest(arrays: PalmArrays) -> str:
+    """sha256 of the decoded images in row order: the split record names the samples, this says
+    whether a data set found later under the same names holds the same pictures (a regenerated
+    synthetic set, another download)."""
+    h = hashlib.sha256()
+    for images in (arrays.print, arrays.vein):
+        if images is not None:
+            h.update(repr(images.shape).encode())
+            h.update(np.ascontiguousarray(images).tobytes())
+    return h.hexdigest()
 
 
 def rows_of(arrays: PalmArrays, record: dict[str, list[int]]) -> np.ndarray:
@@ -103,4 +119,16 @@ def load_split(
             f"checkpoint was trained on ({', '.join(map(str, ckpt['labels'][:3]))}, ...); point "
             "--data-root (and --ds) at the data set it was trained on"
         )
-    return arrays.subset(rows_of(arrays, ckpt["split"][part]))
+    found = arrays.subset(rows_of(arrays, ckpt["split"][part]))
+    recorded = ckpt["split"].get("images_sha256", {}).get(part)
+    if recorded is not None and images_digest(found) != recorded:
+        # a warning, not a refusal: another build of the image decoder may read a JPEG a few
+        # grey levels apart, and then the data set is still the right one
+        logger.warning(
+            "the %s images found under the checkpoint's sample names differ from those it was "
+            "trained with (another copy or version of the data set, or another image decoder): "
+            "what is computed from them (calibration, parity, thresholds) describes these "
+            "images; point --data-root at the data set it was trained on",
+            part,
+        )
+    return found

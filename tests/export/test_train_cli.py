@@ -98,3 +98,26 @@ def test_a_broken_image_stops_the_training_command_in_one_line(tmp_path):
     res = _cli("train", *FAST, "--ds", "casiam", "--data-root", str(root), cwd=tmp_path)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "001_03.jpg" in res.stderr.strip().splitlines()[-1]
+
+
+def test_images_changed_under_the_recorded_names_are_reported(tmp_path, caplog):
+    """The split names samples; a data set regenerated or replaced under the same names loaded
+    silently, and the export calibrated and gated on pictures the network never saw."""
+    import cv2
+    import numpy as np
+
+    from export.checkpoint import load_checkpoint
+    from export.data import load_split
+
+    root = _casiam(tmp_path / "data", ids=2, samples=4)
+    args = [*FAST, "--ds", "casiam", "--data-root", str(root), "-b", "4", "--epoch", "1"]
+    assert train_main([*args, "--out", str(tmp_path / "run")]) == 0
+    _, ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
+    with caplog.at_level("WARNING", logger="export.data.split"):
+        load_split(ckpt, "train", root)
+    assert "differ" not in caplog.text
+    for f in (root / "Casia_M" / "casia_850").iterdir():
+        cv2.imwrite(str(f), np.full((16, 16), 200, np.uint8))
+    with caplog.at_level("WARNING", logger="export.data.split"):
+        assert len(load_split(ckpt, "test", root)) == 4  # still loads: a warning, not a refusal
+    assert "test images found under the checkpoint's sample names differ" in caplog.text
