@@ -84,16 +84,14 @@ class TimedCalls:
         self._name = name
         self._pool: cf.ThreadPoolExecutor | None = None
         self._late: cf.Future | None = None  # a call that timed out, still in the driver
-        self._done_at: dict[cf.Future, float] = {}
+        self._late_done: float | None = None  # when it came back from the driver
 
     def call(self, fn: Callable[[], T], timeout: float) -> T:
         if self._pool is None:
             self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix=f"grab-{self._name}")
-        future, self._late = self._late, None
-        if future is not None:
-            done_at = self._done_at.pop(future, None)
-            if done_at is not None and time.monotonic() - done_at > timeout:
-                future = None  # it came too long ago: a new call for a fresh frame
+        future, done_at, self._late, self._late_done = self._late, self._late_done, None, None
+        if done_at is not None and time.monotonic() - done_at > timeout:
+            future = None  # it came too long ago: a new call for a fresh frame
         if future is None:
             future = self._pool.submit(fn)
         try:
@@ -106,10 +104,10 @@ class TimedCalls:
 
     def _finished(self, future: cf.Future) -> None:
         if future is self._late:
-            self._done_at[future] = time.monotonic()
+            self._late_done = time.monotonic()
 
     def shutdown(self) -> None:
-        self._late, self._done_at = None, {}
+        self._late, self._late_done = None, None
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
