@@ -14,6 +14,18 @@ import sys
 
 from agent import __version__
 
+
+def parse_number(text: str, kind: type[int] | type[float]) -> int | float:
+    """An argparse type's first step, shared by every range-checked flag of both command lines:
+    the text as a whole number or a number, or argparse's error naming it (the range check and
+    its message stay with the flag)."""
+    try:
+        return kind(text)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+
+
 # subcommand modules, in the order --help lists them
 COMMAND_MODULES: tuple[str, ...] = ("agent.gallery_cli", "agent.run_cli")
 

@@ -8,6 +8,8 @@ import logging
 import os
 from pathlib import Path
 
+from agent.cli import parse_number
+
 logger = logging.getLogger(__name__)
 
 
@@ -46,10 +48,7 @@ def _bits(text: str) -> int:
     """--bits: a code length the device supports (a traceback named it before)."""
     from agent.codes import SUPPORTED_BITS
 
-    try:
-        bits = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    bits = parse_number(text, int)
     if bits not in SUPPORTED_BITS:
         known = ", ".join(map(str, SUPPORTED_BITS))
         raise argparse.ArgumentTypeError(f"{bits} is not a supported code length; use {known}")
@@ -58,10 +57,7 @@ def _bits(text: str) -> int:
 
 def _gallery_size(text: str) -> int:
     """--gallery: at least one subject (0 and negative sizes printed rates below zero)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    n = parse_number(text, int)
     if n < 1:
         raise argparse.ArgumentTypeError(f"{n} is not a gallery size; give 1 or more subjects")
     return n
@@ -69,10 +65,7 @@ def _gallery_size(text: str) -> int:
 
 def _rate(text: str) -> float:
     """--target-fpir: a rate strictly between 0 and 1."""
-    try:
-        rate = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    rate = parse_number(text, float)
     if not 0 < rate < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a rate between 0 and 1 (e.g. 0.01)")
     return rate

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.cli import parse_number
+
 if TYPE_CHECKING:
     from agent.config import Config
 
@@ -57,10 +59,7 @@ def _subject(text: str) -> str:
 
 def _captures(text: str) -> int:
     """The enroll command's --captures: the range the config and the MQTT command allow."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    n = parse_number(text, int)
     if not 1 <= n <= 50:
         raise argparse.ArgumentTypeError(f"{n} is not between 1 and 50")
     return n

@@ -12,6 +12,7 @@ import argparse
 import os
 from pathlib import Path
 
+from agent.cli import parse_number
 from agent.codes import SUPPORTED_BITS
 
 DATASETS = ("casiam", "polyu", "tjppv", "iitd", "generic")
@@ -33,10 +34,7 @@ Details: docs/training.md."""
 
 def _at_least(low: int):
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        value = parse_number(text, int)
         if value < low:
             raise argparse.ArgumentTypeError(f"{value} is below {low}")
         return value
@@ -46,10 +44,7 @@ def _at_least(low: int):
 
 
 def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = parse_number(text, float)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} is below 0")
     return value
