@@ -49,6 +49,11 @@ WINDOW = 20  # rows handed to paho and not yet acknowledged (paho's own in-fligh
 HELD = 256  # replies and error events kept while the link is down; the oldest go first
 _UNSUPPORTED_PROTOCOL = (1, 132)  # 3.1.1 CONNACK code 1 / MQTT 5 reason 132
 SILENT_ATTEMPTS = 2  # MQTT 5 attempts in a row without a CONNACK before falling back to 3.1.1
+# A connection the broker closes sooner than STABLE_S after it opened counts towards a streak;
+# from FLAPS in a row on, reconnects back off and the likely cause is reported
+STABLE_S = 300.0
+FLAPS = 3
+SESSION_TAKEN_OVER = 142  # MQTT 5 DISCONNECT reason: another client connected with this id
 EVENT_TYPES = ["granted", "denied", "unknown", "error"]
 
 
@@ -113,6 +118,9 @@ class MqttReporter(Reporter):
         self._fallback = False
         self._answered = True  # the current attempt got a CONNACK (paho's thread only)
         self._silent = 0  # attempts in a row that ended without a CONNACK (paho's thread only)
+        self._connected_at = 0.0  # monotonic time of the last CONNACK (paho's thread only)
+        self._flaps = 0  # connections in a row closed before STABLE_S (paho's thread only)
+        self._retry_at = 0.0  # monotonic time before which the pump starts no fresh client
         self._threads: list[threading.Thread] = []
         # replies and error events made while the link is down, sent by the pump once it is up
         self._held: collections.deque[tuple[str, bytes, Any]] = collections.deque(maxlen=HELD)
@@ -194,7 +202,7 @@ class MqttReporter(Reporter):
             )
             client.tls_insecure_set(cfg.tls_insecure)
         client.will_set(self.topics["availability"], b"offline", qos=1, retain=True)
-        client.reconnect_delay_set(cfg.reconnect_min, cfg.reconnect_max)  # type: ignore[arg-type]
+        client.reconnect_delay_set(self._back_off(), cfg.reconnect_max)  # type: ignore[arg-type]
         client.on_socket_open = self._on_socket_open
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -237,6 +245,7 @@ class MqttReporter(Reporter):
                 self._wake.set()
             return
         logger.info("mqtt connected session_present=%s", flags.session_present)
+        self._connected_at = time.monotonic()
         # subscribe first: "online" promises that commands are being listened to
         client.subscribe(self.topics["cmd"], qos=1)
         client.publish(self.topics["availability"], b"online", qos=1, retain=True)
@@ -251,6 +260,9 @@ class MqttReporter(Reporter):
         if lost:
             logger.warning("mqtt disconnected reason=%s", reason_code)
         self._connected.clear()
+        if lost and not self._stop.is_set():
+            # after the clear: the event it may raise is held for the next connection
+            self._count_flap(client, reason_code)
         self._resync = True
         if lost and self._inflight:
             # paho would reconnect by itself and send its unacknowledged window again as it
@@ -267,6 +279,46 @@ class MqttReporter(Reporter):
             if self._probing() and self._silent >= SILENT_ATTEMPTS:
                 self._fallback = True
                 self._wake.set()
+
+    def _back_off(self) -> float:
+        """The wait before the next connect: the configured minimum, doubled for each
+        connection past the FLAPS-th in a row that the broker closed soon after it opened."""
+        extra = max(0, self._flaps - FLAPS + 1)
+        return min(self.cfg.reconnect_min * 2.0**extra, self.cfg.reconnect_max)
+
+    def _count_flap(self, client: mqtt.Client, reason_code: Any) -> None:
+        """A broker that closes each connection soon after accepting it most often has another
+        client connecting with this client id: a second device with the same ``device.id``
+        (an SD card cloned from the first) or the same ``mqtt.client_id``. The two throw each
+        other off at once, forever, each time announcing the device offline then online, and
+        resending what was in flight. Reconnecting later and later lets one of them work in
+        between, and the operator is told what to look at."""
+        taken = getattr(reason_code, "value", None) == SESSION_TAKEN_OVER
+        if taken:  # the broker said so: no need to wait for a streak
+            self._flaps = max(self._flaps + 1, FLAPS)
+        elif time.monotonic() - self._connected_at < STABLE_S:
+            self._flaps += 1
+        else:
+            self._flaps = 0
+        if self._flaps < FLAPS:
+            client.reconnect_delay_set(self.cfg.reconnect_min, self.cfg.reconnect_max)
+            return
+        delay = self._back_off()
+        self._retry_at = time.monotonic() + delay
+        # paho starts each reconnect's wait from this minimum again after every CONNACK
+        client.reconnect_delay_set(delay, max(delay, self.cfg.reconnect_max))  # type: ignore[arg-type]
+        client_id = self.cfg.client_id or self.device_id
+        cause = "session taken over by another client" if taken else "closed by the broker"
+        logger.error(
+            "mqtt connection_flapping client_id=%s closed=%d retry_in_s=%.1f: %s each time "
+            "within %.0f s of connecting; another client most likely uses client id %s (two "
+            "devices with one device.id, an SD card cloned from another device, or the same "
+            "mqtt.client_id): give each device its own",
+            client_id, self._flaps, delay, cause, STABLE_S, client_id,
+        )  # fmt: skip
+        if self._flaps == FLAPS:  # once per streak: the log has every one
+            event = {"event": "connection_flapping", "client_id": client_id}
+            self.error({**event, "closed": self._flaps, "retry_in_s": round(delay, 1)})
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         # called on paho's thread, possibly before publish() returned: hand over, do not touch state
@@ -305,7 +357,12 @@ class MqttReporter(Reporter):
                 self._drain_acks()
                 if self._fallback:
                     self._fall_back()
-                elif self._resync and self._inflight and not self._connected.is_set():
+                elif (
+                    self._resync
+                    and self._inflight
+                    and not self._connected.is_set()
+                    and time.monotonic() >= self._retry_at
+                ):
                     # the rows go out again from the outbox, those past their expiry dropped
                     logger.warning("mqtt link lost with %d in flight", len(self._inflight))
                     self._new_client()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -450,3 +451,62 @@ def test_home_assistant_discovery_and_republish(running_broker, subscribe, tmp_p
     r.stop(timeout=1)
     c.loop_stop()
     c.disconnect()
+
+
+def test_two_devices_with_one_client_id_back_off_and_say_why(running_broker, tmp_path, caplog):
+    # an SD card cloned from another device keeps its device.id: the broker throws each
+    # connection off as the other connects, and both used to reconnect at once, forever
+    caplog.set_level(logging.INFO, logger="agent.mqtt")
+    errors: list[dict] = []
+    seen = ctl_client(running_broker)
+    seen.on_message = lambda c, u, m: errors.append(json.loads(m.payload))
+    seen.subscribe("palm/dev1/error", qos=1)
+    pair = [reporter(running_broker, "dev1", tmp_path / name, reconnect_max=2.0) for name in "ab"]
+    for r in pair:
+        r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
+    time.sleep(6)
+    connects = sum(r.getMessage().startswith("mqtt connected") for r in caplog.records)
+    for r in pair:
+        r.stop(timeout=1)
+    seen.loop_stop()
+    flapping = [r for r in caplog.records if "connection_flapping" in r.getMessage()]
+    assert flapping and flapping[0].levelname == "ERROR"
+    assert "client_id=dev1" in flapping[0].getMessage()
+    assert "device.id" in flapping[0].getMessage()
+    # at a 0.1 s minimum the pair reconnected about 50 times in 6 s; backing off to 2 s, the
+    # streak's first waits (0.2, 0.4, 0.8, 1.6 s) leave room for a dozen at most
+    assert connects <= 14, connects
+    # the operator hears of it on the error topic, once per streak and device
+    assert 1 <= [e["event"] for e in errors].count("connection_flapping") <= 2
+    assert all(e["client_id"] == "dev1" for e in errors)
+
+
+def test_a_connection_stable_for_long_ends_the_streak(running_broker, tmp_path, monkeypatch):
+    # an outage after a long stable connection reconnects at the configured minimum, however
+    # many short connections came before it
+    import agent.mqtt as transport
+
+    monkeypatch.setattr(transport, "STABLE_S", 1.5)
+    r = reporter(running_broker, "dev1", tmp_path, reconnect_min=0.2, reconnect_max=30.0)
+    r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
+
+    def kick() -> float:
+        """Throw the device off as a second device with its id would; seconds until it is back."""
+        assert wait_until(r._connected.is_set)
+        other = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dev1", protocol=mqtt.MQTTv5)
+        other.username_pw_set("dev1", DEVICE_PASS)
+        other.connect("127.0.0.1", running_broker.port)
+        other.loop_start()
+        assert wait_until(lambda: not r._connected.is_set())
+        other.disconnect()
+        other.loop_stop()
+        t0 = time.monotonic()
+        assert wait_until(r._connected.is_set, timeout=20)
+        return time.monotonic() - t0
+
+    for _ in range(transport.FLAPS):
+        kick()
+    assert kick() > 0.6  # in a streak: 0.2 s doubled twice (0.8 s)
+    time.sleep(2.0)  # longer than STABLE_S
+    assert kick() < 0.6  # the streak is over: back to the minimum (0.2 s)
+    r.stop(timeout=1)
