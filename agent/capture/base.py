@@ -8,6 +8,9 @@ those into reports and reopens with back-off.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
+import queue
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -18,6 +21,8 @@ import cv2
 import numpy as np
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 
 class CaptureError(RuntimeError):
@@ -67,6 +72,44 @@ class Source(ABC):
         self.close()
 
 
+# how long closing a source waits for a call still inside the driver before it leaves the
+# release to the worker that makes the call
+CLOSE_WAIT_S = 2.0
+
+
+class _Worker:
+    """One daemon thread running driver calls in the order given.
+
+    A daemon thread, unlike an executor's, is not joined when the interpreter exits: a call
+    that never comes back from the driver held the stopping daemon until systemd killed it.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[cf.Future, Callable[[], Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        threading.Thread(target=self._run, name=f"grab-{name}", daemon=True).start()
+
+    def submit(self, fn: Callable[[], T]) -> cf.Future:
+        future: cf.Future = cf.Future()
+        self._jobs.put((future, fn))
+        return future
+
+    def stop(self) -> None:
+        """End the thread once the calls already given have run."""
+        self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as e:  # handed to whoever waits on the future
+                future.set_exception(e)
+
+
 class TimedCalls:
     """Runs a blocking driver call on a worker thread so that a hung camera cannot hang us.
 
@@ -77,23 +120,23 @@ class TimedCalls:
     threw each frame away and timed out for ever. Calls never run beside each other (a driver
     such as OpenCV's ``VideoCapture`` is not safe from two threads); a driver that is stuck
     times every call out, and the caller (the reopen wrapper) closes the device after repeated
-    timeouts.
+    timeouts: :meth:`close` releases it only once no call is inside the driver.
     """
 
     def __init__(self, name: str) -> None:
         self._name = name
-        self._pool: cf.ThreadPoolExecutor | None = None
+        self._worker: _Worker | None = None
         self._late: cf.Future | None = None  # a call that timed out, still in the driver
         self._late_done: float | None = None  # when it came back from the driver
 
     def call(self, fn: Callable[[], T], timeout: float) -> T:
-        if self._pool is None:
-            self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix=f"grab-{self._name}")
+        if self._worker is None:
+            self._worker = _Worker(self._name)
         future, done_at, self._late, self._late_done = self._late, self._late_done, None, None
         if done_at is not None and time.monotonic() - done_at > timeout:
             future = None  # it came too long ago: a new call for a fresh frame
         if future is None:
-            future = self._pool.submit(fn)
+            future = self._worker.submit(fn)
         try:
             return future.result(timeout=timeout)
         except cf.TimeoutError:
@@ -106,11 +149,38 @@ class TimedCalls:
         if future is self._late:
             self._late_done = time.monotonic()
 
-    def shutdown(self) -> None:
-        self._late, self._late_done = None, None
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+    def close(self, release: Callable[[], None]) -> None:
+        """Run ``release`` (the driver's own close) once no call is inside the driver.
+
+        Releasing an OpenCV capture that a timed-out read is still inside freed what that read
+        goes on using: the process crashed when the read came back. The release therefore runs
+        on the worker, after the calls given to it; this waits for it up to ``CLOSE_WAIT_S``
+        and otherwise leaves it to the worker, so that a stopping daemon or a reopen goes on
+        (with a new worker) while the stuck call holds only the old device.
+        """
+        worker, self._worker, self._late, self._late_done = self._worker, None, None, None
+        if worker is None:  # no call was ever made: nothing can be inside the driver
+            release()
+            return
+        done = worker.submit(release)
+        worker.stop()
+        try:
+            done.result(timeout=CLOSE_WAIT_S)
+        except cf.TimeoutError:
+            logger.warning(
+                "capture release_deferred source=%s waited_s=%.1f: a read is still inside the "
+                "driver; the device is released when it returns",
+                self._name,
+                CLOSE_WAIT_S,
+            )
+            done.add_done_callback(self._released_late)
+
+    def _released_late(self, done: cf.Future) -> None:
+        error = done.exception()
+        if error is not None:
+            logger.warning("capture close_failed source=%s error=%s", self._name, error)
+        else:
+            logger.info("capture released_late source=%s", self._name)
 
 
 def to_u8(image: np.ndarray) -> np.ndarray:

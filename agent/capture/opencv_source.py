@@ -70,10 +70,9 @@ class OpenCVSource(Source):
         logger.info("capture opened source=%s api=%s", self.name, self.api)
 
     def close(self) -> None:
-        self._calls.shutdown()
-        if self._cap is not None:
-            self._cap.release()
-        self._cap = None
+        cap, self._cap = self._cap, None
+        if cap is not None:
+            self._calls.close(cap.release)
 
     def read(self, timeout: float = 1.0) -> Frame:
         cap = self._cap

@@ -92,10 +92,14 @@ class Picamera2Source(Source):
                 raise CaptureError(f"{self.name}: set_controls failed: {e}") from e
 
     def close(self) -> None:
+        """Stop and close the camera once no ``capture_request`` is waiting on it: picamera2
+        runs ``stop`` on its event loop behind the pending capture, so stopping a camera that
+        sends no frame waited for ever."""
         cam, self._cam = self._cam, None
-        self._calls.shutdown()
-        if cam is None:
-            return
+        if cam is not None:
+            self._calls.close(lambda: self._release(cam))
+
+    def _release(self, cam: Any) -> None:
         for step in (cam.stop, cam.close):
             try:
                 step()

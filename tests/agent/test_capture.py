@@ -166,10 +166,15 @@ class FakeRequest:
 
 
 class FakePicamera2:
-    """Stand-in keeping picamera2's documented API and array shapes per format."""
+    """Stand-in keeping picamera2's documented API and array shapes per format.
+
+    picamera2 runs ``capture_request``, ``stop`` and ``close`` (which stops) as jobs on its
+    event loop, one after the other: a stop waits behind a capture that is waiting for a frame.
+    """
 
     def __init__(self, camera_num: int = 0, block: threading.Event | None = None) -> None:
         self.camera_num, self.block = camera_num, block
+        self._jobs = threading.Lock()  # picamera2's event loop: one job at a time
         self.config, self.controls, self.started, self.closed = None, {}, False, False
         self.calls: list[str] = []
         self.requests = self.released = 0
@@ -192,11 +197,12 @@ class FakePicamera2:
         self.started = True
 
     def capture_request(self):
-        if self.block is not None:
-            self.block.wait(5)
-        assert self.started
-        self.requests += 1
-        return FakeRequest(self, self._array(), self.sensor_ns())
+        with self._jobs:
+            if self.block is not None:
+                self.block.wait(5)
+            assert self.started
+            self.requests += 1
+            return FakeRequest(self, self._array(), self.sensor_ns())
 
     def _array(self):
         w, h = self.config["main"]["size"]
@@ -213,12 +219,14 @@ class FakePicamera2:
         return np.ascontiguousarray(rgb[:, :, order])
 
     def stop(self):
-        self.calls.append("stop")
-        self.started = False
+        with self._jobs:
+            self.calls.append("stop")
+            self.started = False
 
     def close(self):
-        self.calls.append("close")
-        self.closed = True
+        with self._jobs:
+            self.calls.append("close")
+            self.closed = True
 
 
 @pytest.mark.parametrize("fmt", ["YUV420", "RGB888", "BGR888"])
@@ -336,7 +344,7 @@ def test_a_frame_that_came_long_after_its_read_timed_out_is_not_handed_over():
     slow.set()
     time.sleep(0.2)  # "old" arrived 0.15 s after its read gave up, and waits
     assert calls.call(read, 0.1) == "fresh"
-    calls.shutdown()
+    calls.close(lambda: None)
 
 
 class ProbeSource:
@@ -537,4 +545,4 @@ def test_a_call_stuck_in_the_driver_never_has_a_second_beside_it():
     stuck.set()  # the driver comes back
     assert calls.call(lambda: read(False), 1.0) == "frame"
     assert most[0] == 1
-    calls.shutdown()
+    calls.close(lambda: None)
