@@ -258,7 +258,12 @@ class MqttReporter(Reporter):
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         lost = self._connected.is_set()
         if lost:
-            logger.warning("mqtt disconnected reason=%s", reason_code)
+            # the disconnect stop() asks for is no fault: a warning at each clean stop hid real ones
+            asked = self._stop.is_set()
+            logger.log(
+                logging.INFO if asked else logging.WARNING,
+                "mqtt disconnected reason=%s requested=%s", reason_code, str(asked).lower(),
+            )  # fmt: skip
         self._connected.clear()
         if lost and not self._stop.is_set():
             # after the clear: the event it may raise is held for the next connection

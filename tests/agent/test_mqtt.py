@@ -510,3 +510,31 @@ def test_a_connection_stable_for_long_ends_the_streak(running_broker, tmp_path, 
     time.sleep(2.0)  # longer than STABLE_S
     assert kick() < 0.6  # the streak is over: back to the minimum (0.2 s)
     r.stop(timeout=1)
+
+
+def test_a_stop_logs_its_disconnect_as_info_and_a_lost_link_as_a_warning(
+    running_broker, tmp_path, caplog
+):
+    """Each clean stop (systemctl stop) logged "mqtt disconnected" as a warning, the same as
+    a broker that went away."""
+
+    def disconnects() -> list[tuple[str, str]]:
+        return [
+            (rec.levelname, rec.getMessage())
+            for rec in caplog.records
+            if rec.getMessage().startswith("mqtt disconnected")
+        ]
+
+    r = reporter(running_broker, "dev11", tmp_path)
+    with caplog.at_level("INFO", logger="agent.mqtt"):
+        r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
+        assert wait_until(lambda: r.counters()["connected"])
+        running_broker.stop()
+        assert wait_until(lambda: not r.counters()["connected"])
+        assert [level for level, _ in disconnects()] == ["WARNING"]
+        running_broker.start()
+        assert wait_until(lambda: r.counters()["connected"], timeout=15)
+        r.stop(timeout=1)
+    got = disconnects()
+    assert [level for level, _ in got] == ["WARNING", "INFO"], got
+    assert "requested=false" in got[0][1] and "requested=true" in got[1][1], got
