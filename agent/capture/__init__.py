@@ -31,7 +31,7 @@ def open_source(config: dict[str, Any]) -> Source:
 
     Keys other than ``kind`` are the constructor's arguments: ReplaySource(path, loop, fps,
     grey), OpenCVSource(device, api, width, height, fps, grey), Picamera2Source(camera_num,
-    size, fmt, controls).
+    size, fmt, controls, fps).
     """
     args = dict(config)
     kind = args.pop("kind", None)

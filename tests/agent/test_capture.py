@@ -151,46 +151,87 @@ def test_opencv_source_that_cannot_open_says_so(tmp_path):
 class FakeRequest:
     """picamera2's CompletedRequest: make_array, get_metadata, release."""
 
-    def __init__(self, cam, array, sensor_ns):
-        self.cam, self.array, self.sensor_ns = cam, array, sensor_ns
+    def __init__(self, cam, array, metadata):
+        self.cam, self.array, self.metadata = cam, array, metadata
 
     def make_array(self, name):
         assert name == "main" and self.cam.released < self.cam.requests  # not after release
         return self.array.copy()
 
     def get_metadata(self):
-        return {} if self.sensor_ns is None else {"SensorTimestamp": self.sensor_ns}
+        return dict(self.metadata)
 
     def release(self):
         self.cam.released += 1
 
 
+CONTROL_TYPES = {"AeEnable": bool, "ExposureTime": int, "AnalogueGain": (int, float)}
+
+
 class FakePicamera2:
-    """Stand-in keeping picamera2's documented API and array shapes per format.
+    """Stand-in keeping picamera2's documented API and array shapes per format, and libcamera's
+    handling of controls on a Pi: a name the camera does not advertise, or a value of the wrong
+    type, is refused; a value is clamped to the advertised range; the configuration's controls
+    hold from the first frame, and one set while running shows in the metadata ``DELAY`` frames
+    later (libcamera's delayed sensor controls).
 
     picamera2 runs ``capture_request``, ``stop`` and ``close`` (which stops) as jobs on its
     event loop, one after the other: a stop waits behind a capture that is waiting for a frame.
     """
 
+    DELAY = 2
+    AUTO_EXPOSURE_US = 10_000  # what auto exposure settles on in the stand-in's scene
+
     def __init__(self, camera_num: int = 0, block: threading.Event | None = None) -> None:
         self.camera_num, self.block = camera_num, block
         self._jobs = threading.Lock()  # picamera2's event loop: one job at a time
+        # name -> (min, max, default), as Picamera2.camera_controls lists them (an IMX708's)
+        self.camera_controls = {
+            "AeEnable": (False, True, True),
+            "ExposureTime": (26, 220_417_486, 20_000),
+            "AnalogueGain": (1.12, 16.0, 1.0),
+            "ColourGains": (0.0, 32.0, None),
+            "FrameDurationLimits": (33_333, 220_417_486, 33_333),
+            "NoiseReductionMode": (0, 4, 0),
+        }
         self.config, self.controls, self.started, self.closed = None, {}, False, False
         self.calls: list[str] = []
         self.requests = self.released = 0
+        self._pending: list[tuple[int, dict]] = []  # (first frame it shows in, controls)
         # the sensor sent the frame 20 ms before it was handed over (on time.monotonic's clock)
         self.sensor_ns = lambda: time.monotonic_ns() - 20_000_000
 
-    def create_still_configuration(self, main=None, **kw):
-        return {"use_case": "still", "main": dict(main or {})}
+    def create_still_configuration(self, main=None, controls=None, **kw):
+        # picamera2's still defaults, which the caller's controls update
+        defaults = {"NoiseReductionMode": 2, "FrameDurationLimits": (100, 1_000_000_000)}
+        return {
+            "use_case": "still",
+            "main": dict(main or {}),
+            "controls": defaults | (controls or {}),
+        }
+
+    def _check(self, controls):
+        for name, value in controls.items():
+            if name not in self.camera_controls:
+                raise RuntimeError(f"Control {name} is not advertised by libcamera")
+            kind = CONTROL_TYPES.get(name)
+            if kind is not None and (
+                not isinstance(value, kind) or (kind is int and isinstance(value, bool))
+            ):
+                raise TypeError(f"{name}: {value!r} is not {kind}")
+        limits = controls.get("FrameDurationLimits")
+        if limits is not None and not (len(limits) == 2 and all(type(v) is int for v in limits)):
+            raise TypeError(f"FrameDurationLimits: {limits!r} is not two integers")
 
     def configure(self, config):
+        self._check(config["controls"])
         self.calls.append("configure")
-        self.config = config
+        self.config, self.controls = config, dict(config["controls"])
 
     def set_controls(self, controls):
+        self._check(controls)
         self.calls.append("set_controls")
-        self.controls.update(controls)
+        self._pending.append((self.requests + self.DELAY, dict(controls)))
 
     def start(self):
         self.calls.append("start")
@@ -201,8 +242,31 @@ class FakePicamera2:
             if self.block is not None:
                 self.block.wait(5)
             assert self.started
+            for due, controls in [p for p in self._pending if p[0] <= self.requests]:
+                self.controls.update(controls)
+                self._pending.remove((due, controls))
             self.requests += 1
-            return FakeRequest(self, self._array(), self.sensor_ns())
+            return FakeRequest(self, self._array(), self.metadata())
+
+    def _clamped(self, name, value):
+        low, high, _ = self.camera_controls[name]
+        return min(max(value, low), high)
+
+    def metadata(self):
+        """The applied exposure, gain and frame duration of the frame taken now."""
+        low, high = (
+            self._clamped("FrameDurationLimits", v) for v in self.controls["FrameDurationLimits"]
+        )
+        auto = self.controls.get("AeEnable", True) and "ExposureTime" not in self.controls
+        exposure = self.AUTO_EXPOSURE_US if auto else self.controls["ExposureTime"]
+        exposure = min(self._clamped("ExposureTime", exposure), high)
+        meta = {
+            "ExposureTime": exposure,
+            "AnalogueGain": self._clamped("AnalogueGain", self.controls.get("AnalogueGain", 1.0)),
+            "FrameDuration": min(max(exposure, low), high),
+        }
+        sensor_ns = self.sensor_ns()
+        return meta if sensor_ns is None else meta | {"SensorTimestamp": sensor_ns}
 
     def _array(self):
         w, h = self.config["main"]["size"]
@@ -244,12 +308,13 @@ def test_picamera2_adapter_formats_and_controls(fmt, width):
     src = Picamera2Source(1, size=(width, 48), fmt=fmt, controls=controls, factory=factory)
     with src:
         frame = src.read(timeout=1.0)
-        src.set_controls({"ExposureTime": 12000})
     cam = cams[0]
     assert cam.camera_num == 1 and cam.config["main"] == {"size": (width, 48), "format": fmt}
-    assert cam.controls["ExposureTime"] == 12000 and cam.controls["AeEnable"] is False
-    assert cam.calls[:3] == ["configure", "set_controls", "start"]
-    assert cam.calls[-2:] == ["stop", "close"]
+    # in the configuration: they hold from the first frame
+    assert cam.config["controls"].items() >= controls.items()
+    assert cam.calls == ["configure", "start", "stop", "close"]
+    assert cam.requests == 1
+    assert cam.metadata()["ExposureTime"] == 8000
     assert frame.image.shape == (48, width) and frame.image.dtype == np.uint8
     y = ((np.arange(48)[:, None] + 2 * np.arange(width)[None, :]) % 256).astype(np.uint8)
     if fmt == "YUV420":
@@ -257,6 +322,80 @@ def test_picamera2_adapter_formats_and_controls(fmt, width):
     else:  # grey from the right channel order: red = y, blue = 255 - y
         expect = 0.299 * y + 0.587 * (y // 2) + 0.114 * (255 - y.astype(int))
         assert np.abs(frame.image - expect).max() <= 1.0
+
+
+def test_picamera2_frame_rate_is_the_configured_fps():
+    """camera.fps reaches the camera as both ends of FrameDurationLimits (picamera2's still
+    configuration otherwise lets a frame last from 100 us to 1000 s)."""
+    cams = []
+
+    def factory(n):
+        cams.append(FakePicamera2(n))
+        return cams[-1]
+
+    with Picamera2Source(size=(64, 48), fps=15, factory=factory) as src:
+        src.read(timeout=1.0)
+    cam = cams[0]
+    assert cam.config["controls"]["FrameDurationLimits"] == (66667, 66667)
+    assert cam.metadata()["FrameDuration"] == 66667
+
+
+def test_picamera2_hands_over_the_first_frame_taken_with_new_controls():
+    """libcamera shows a control set while running two frames later: the frames before are
+    dropped, so a vein frame is never one exposed for print. A gain under the sensor's minimum
+    (1.0 on an IMX708, which starts at 1.12) counts as applied once the minimum is there."""
+    cams = []
+
+    def factory(n):
+        cams.append(FakePicamera2(n))
+        return cams[-1]
+
+    print_light = {"AeEnable": False, "ExposureTime": 8000, "AnalogueGain": 1.0}
+    with Picamera2Source(size=(64, 48), fps=15, controls=print_light, factory=factory) as src:
+        cam = cams[0]
+        src.read(timeout=1.0)
+        assert cam.requests == 1  # the configuration's controls hold from the first frame
+        src.set_controls({"AeEnable": False, "ExposureTime": 20000, "AnalogueGain": 4.0})
+        src.read(timeout=1.0)
+        assert cam.requests == 1 + 1 + FakePicamera2.DELAY
+        assert cam.metadata()["ExposureTime"] == 20000 and cam.requests == cam.released
+        src.set_controls(print_light)
+        src.read(timeout=1.0)
+        assert cam.requests == 4 + 1 + FakePicamera2.DELAY
+        assert cam.metadata()["AnalogueGain"] == 1.12
+        src.read(timeout=1.0)  # no switch: the next frame
+        assert cam.requests == 8
+
+
+def test_picamera2_controls_that_never_show_are_given_up_on(caplog):
+    """A sensor that never reports what was set (an exposure it cannot take) costs a bounded
+    number of frames and says so, rather than blocking every read."""
+    from agent.capture.picamera2_source import SETTLE_FRAMES
+
+    cams = []
+
+    class Stuck(FakePicamera2):
+        def set_controls(self, controls):
+            self._check(controls)  # accepted, never applied
+
+    def factory(n):
+        cams.append(Stuck(n))
+        return cams[-1]
+
+    with Picamera2Source(size=(64, 48), controls={"ExposureTime": 8000}, factory=factory) as src:
+        src.set_controls({"ExposureTime": 20000})
+        with caplog.at_level("WARNING"):
+            src.read(timeout=1.0)
+        assert cams[0].requests == SETTLE_FRAMES + 1
+        assert "controls_not_applied" in caplog.text
+        src.read(timeout=1.0)
+        assert cams[0].requests == SETTLE_FRAMES + 2
+
+
+def test_picamera2_refuses_a_control_the_camera_does_not_advertise():
+    src = Picamera2Source(controls={"Exposure": 8000}, factory=FakePicamera2)
+    with pytest.raises(CaptureError, match="Control Exposure is not advertised"):
+        src.open()
 
 
 def test_picamera2_frames_are_timed_by_the_sensor():
