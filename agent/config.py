@@ -8,16 +8,19 @@ is one :class:`ConfigError` whose message names the key path (``mqtt.port: ...``
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ID = r"^[A-Za-z0-9_-]{1,64}$"
+
+logger = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -139,6 +142,51 @@ class IlluminationConfig(_Model):
     active_high: bool = True
 
 
+_Gain = Annotated[float, Field(ge=0.0, le=32.0)]  # libcamera's range for a colour gain
+
+
+class LightControls(_Model):
+    """One light's fixed exposure and gain, under libcamera's own control names so that
+    picamera2's documentation reads the same. Auto exposure brightens the dark vein frame until
+    the veins fade; a small set that the daemon checks, rather than any control passed through
+    to fail in the driver at the first switch."""
+
+    AeEnable: bool | None = None
+    ExposureTime: int | None = Field(None, gt=0)  # microseconds
+    AnalogueGain: float | None = Field(None, ge=1.0)
+    # (red, blue): the pipeline reads the luminance, which white balance moves as it adapts to
+    # white or 850 nm light; fixed gains keep a modality's frames alike
+    ColourGains: tuple[_Gain, _Gain] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_names(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(str(k) for k in data if k not in cls.model_fields)
+            if unknown:
+                raise ValueError(
+                    f"unknown camera control {', '.join(unknown)}; the ones accepted: "
+                    "AeEnable (true/false), ExposureTime (microseconds, integer > 0), "
+                    "AnalogueGain (>= 1.0), ColourGains ([red, blue])"
+                )
+            gains = data.get("ColourGains")
+            if isinstance(gains, list):  # YAML has no tuple
+                data = {**data, "ColourGains": tuple(gains)}
+        return data
+
+    def libcamera(self) -> dict[str, Any]:
+        """The controls set, as picamera2's ``set_controls`` takes them."""
+        return self.model_dump(exclude_none=True)
+
+
+class CameraControls(_Model):
+    print: LightControls = LightControls()
+    vein: LightControls = LightControls()
+
+    def libcamera(self) -> dict[str, dict[str, Any]]:
+        return {"print": self.print.libcamera(), "vein": self.vein.libcamera()}
+
+
 class CameraConfig(_Model):
     source: Literal["replay", "opencv", "picamera2"] = "opencv"
     layout: Literal["switched", "dual", "print", "vein"] = "switched"
@@ -156,6 +204,7 @@ class CameraConfig(_Model):
     fps: float = Field(15.0, gt=0)
     read_timeout: float = Field(1.0, gt=0)
     illumination: IlluminationConfig = IlluminationConfig()
+    controls: CameraControls = CameraControls()
     reopen_min: float = Field(0.5, gt=0)
     reopen_max: float = Field(30.0, gt=0)
 
@@ -182,7 +231,38 @@ class CameraConfig(_Model):
                 f"read_timeout {self.read_timeout} s is not longer than a frame at {self.fps} "
                 f"fps ({1 / self.fps:.3g} s): raise read_timeout or fps"
             )
+        self._check_controls()
         return self
+
+    def _check_controls(self) -> None:
+        lights = self.controls.libcamera()
+        if self.source == "opencv" and any(lights.values()):
+            # OpenCV's CAP_PROP_EXPOSURE / CAP_PROP_GAIN take each driver's own units (V4L2:
+            # 100 us steps on a UVC camera, other scales elsewhere): a value in microseconds
+            # would be something else on every camera, and ignoring it would leave auto
+            # exposure on while the config says otherwise
+            raise ValueError(
+                "camera.controls are applied through source picamera2 only; for a V4L2 camera "
+                "fix exposure and gain with v4l2-ctl (docs/deploy-pi.md#exposure-and-gain) and "
+                "leave camera.controls empty"
+            )
+        if self.layout == "switched" and lights["print"].keys() != lights["vein"].keys():
+            raise ValueError(
+                f"camera.controls: print sets {sorted(lights['print']) or 'none'} and vein sets "
+                f"{sorted(lights['vein']) or 'none'}; one camera keeps a control one light set "
+                "when the other light comes on, so set the same controls for both"
+            )
+        frame_us = 1e6 / self.fps
+        for light, controls in lights.items():
+            exposure = controls.get("ExposureTime")
+            if exposure is not None and exposure > frame_us:
+                logger.warning(
+                    "config exposure_longer_than_frame key=camera.controls.%s.ExposureTime "
+                    "exposure_us=%d frame_us=%.0f fps=%g hint=%s",
+                    light, exposure, frame_us, self.fps,
+                    "the camera shortens the exposure to the frame or lowers the frame rate; "
+                    "lower ExposureTime or camera.fps",
+                )  # fmt: skip
 
 
 class RoiSettings(_Model):

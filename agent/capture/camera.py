@@ -59,9 +59,13 @@ class Camera:
             else:
                 num = cam.vein_camera_num if vein else cam.camera_num
                 args = {"camera_num": num, "size": (cam.width, cam.height), "fmt": cam.format}
+                args["fps"] = cam.fps
+                if cam.layout != "switched":  # under switched light, set at each switch
+                    args["controls"] = lights[which]
             src = open_source({"kind": cam.source, **args})
             return Reopening(src, report, (cam.reopen_min, cam.reopen_max))
 
+        lights = cam.controls.libcamera()
         self.timeout = cam.read_timeout
         self.state = "opening"
         self._ahead: ThreadPoolExecutor | None = None  # takes a capture's later frames
@@ -79,7 +83,7 @@ class Camera:
             leds = Illumination(
                 light.print_pin, light.vein_pin, light.settle_ms / 1e3, light.active_high
             )  # type: ignore[arg-type]
-            self.rig = SwitchedLight(source("print"), leds)
+            self.rig = SwitchedLight(source("print"), leds, lights)
             # the second frame of a capture comes a settle delay and two frame times after the
             # first: a thread takes it while the first goes through the pipeline
             self._ahead = ThreadPoolExecutor(1, thread_name_prefix="capture")

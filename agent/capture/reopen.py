@@ -58,6 +58,14 @@ class Reopening(Source):
         self._wanted = True
         self._try_open(deadline=time.monotonic())
 
+    def set_controls(self, controls: dict[str, Any]) -> None:
+        """The camera's exposure and gain for the next light (picamera2 only; a source without
+        them ignores it): :class:`~agent.capture.illumination.SwitchedLight` calls this on the
+        wrapper, and without it the camera under switched light never got them."""
+        set_controls = getattr(self.source, "set_controls", None)
+        if set_controls is not None:
+            set_controls(controls)
+
     def close(self) -> None:
         self._wanted = False
         self._close_quietly()

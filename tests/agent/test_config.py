@@ -152,6 +152,84 @@ def test_a_read_timeout_shorter_than_a_frame_is_refused():
     assert parse_config(doc, env={}, check_files=False).camera.fps == 0.25
 
 
+PI_CAMERA = "camera:\n  source: picamera2\n  fps: 15\n  controls:\n"
+
+
+@pytest.mark.parametrize(
+    ("lights", "refused"),
+    [
+        ("    print: {Exposure: 8000}\n    vein: {Exposure: 8000}\n",
+         "camera.controls.print: Value error, unknown camera control Exposure; the ones "
+         "accepted: AeEnable (true/false), ExposureTime (microseconds, integer > 0), "
+         "AnalogueGain (>= 1.0), ColourGains ([red, blue])"),
+        ("    print: {ExposureTime: 8000.5}\n    vein: {ExposureTime: 20000}\n",
+         "camera.controls.print.ExposureTime: Input should be a valid integer"),
+        ("    print: {ExposureTime: 0}\n    vein: {ExposureTime: 20000}\n",
+         "camera.controls.print.ExposureTime: Input should be greater than 0"),
+        ("    print: {AnalogueGain: 1.0}\n    vein: {AnalogueGain: 0.5}\n",
+         "camera.controls.vein.AnalogueGain: Input should be greater than or equal to 1"),
+        ("    print: {AeEnable: off}\n    vein: {AeEnable: 'no'}\n",
+         "camera.controls.vein.AeEnable: Input should be a valid boolean"),
+        ("    print: {ColourGains: [1.5]}\n    vein: {ColourGains: [1.5, 2]}\n",
+         "camera.controls.print.ColourGains.1: Field required"),
+        ("    print: {ExposureTime: 8000}\n",
+         "print sets ['ExposureTime'] and vein sets none; one camera keeps"),
+    ],
+)  # fmt: skip
+def test_a_bad_camera_control_is_refused_in_one_line(tmp_path, lights, refused):
+    """A misspelt name would fail in the driver at the first switch, a wrong value would reach
+    the sensor; both stop the config from loading, the accepted names listed."""
+    path = tmp_path / "agent.yaml"
+    path.write_text(PI_CAMERA + lights)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={}, check_files=False)
+    assert refused in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_camera_controls_reach_picamera2_as_libcamera_takes_them(tmp_path, caplog):
+    lights = ("    print: {AeEnable: false, ExposureTime: 8000, AnalogueGain: 1, "
+              "ColourGains: [1.5, 2]}\n"
+              "    vein: {AeEnable: false, ExposureTime: 20000, AnalogueGain: 4.0, "
+              "ColourGains: [1.0, 1.0]}\n")  # fmt: skip
+    path = tmp_path / "agent.yaml"
+    path.write_text(PI_CAMERA + lights)
+    with caplog.at_level("WARNING"):
+        cfg = load_config(path, env={}, check_files=False)
+    assert cfg.camera.controls.libcamera() == {
+        "print": {"AeEnable": False, "ExposureTime": 8000, "AnalogueGain": 1.0,
+                  "ColourGains": (1.5, 2.0)},
+        "vein": {"AeEnable": False, "ExposureTime": 20000, "AnalogueGain": 4.0,
+                 "ColourGains": (1.0, 1.0)},
+    }  # fmt: skip
+    assert caplog.records == []
+
+
+def test_an_exposure_longer_than_a_frame_is_warned_of(tmp_path, caplog):
+    """At 15 fps a frame lasts 66667 us: an 80000 us exposure cannot be had at that rate."""
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        PI_CAMERA + "    print: {ExposureTime: 8000}\n    vein: {ExposureTime: 80000}\n"
+    )
+    with caplog.at_level("WARNING", logger="agent.config"):
+        load_config(path, env={}, check_files=False)
+    (record,) = caplog.records
+    assert "exposure_longer_than_frame key=camera.controls.vein.ExposureTime" in record.message
+    assert "exposure_us=80000 frame_us=66667 fps=15" in record.message
+
+
+def test_an_opencv_camera_refuses_controls_it_cannot_apply_in_their_units():
+    doc = {
+        "camera": {
+            "source": "opencv",
+            "controls": {"print": {"ExposureTime": 8000}, "vein": {"ExposureTime": 20000}},
+        }
+    }
+    with pytest.raises(ConfigError, match=r"applied through source picamera2 only; .* v4l2-ctl"):
+        parse_config(doc, env={}, check_files=False)
+    doc["camera"]["source"] = "picamera2"
+    assert parse_config(doc, env={}, check_files=False).camera.controls.vein.ExposureTime == 20000
+
+
 def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
     """PyYAML keeps the last: a ``bundle:`` section pasted below a profile (as deploy-pi.md shows
     one) silently dropped the profile's own runtime, precision and threads."""

@@ -150,3 +150,61 @@ def test_an_idle_reader_looks_under_the_light_already_on_and_reads_ahead_once_a_
         daemon.close()
         Device.pin_factory.close()
         Device.pin_factory = None
+
+
+def test_each_light_gets_its_exposure_and_gain_before_its_frame(monkeypatch):
+    """camera.controls through the daemon's capture rig: at each switch the camera gets that
+    light's exposure and gain, and the frame handed over was taken with them (libcamera applies
+    them two frames late). Before, the controls never reached the camera: the rig was built
+    without them, and the reopen wrapper had no set_controls for the switch to call."""
+    import numpy as np
+    from gpiozero import Device
+    from gpiozero.pins.mock import MockFactory
+
+    from agent.capture.camera import Camera
+    from agent.config import parse_config
+
+    from .test_capture import FakePicamera2
+
+    cams = []
+
+    class LitPicamera2(FakePicamera2):
+        """A sensor whose frames are as bright as exposure x gain."""
+
+        def __init__(self, n):
+            super().__init__(n)
+            cams.append(self)
+
+        def _array(self):
+            meta = self.metadata()
+            w, h = self.config["main"]["size"]
+            level = min(255, round(meta["ExposureTime"] * meta["AnalogueGain"] / 500))
+            return np.full((h * 3 // 2, -(-w // 64) * 64), level, np.uint8)
+
+    monkeypatch.setattr("agent.capture.picamera2_source._default_factory", LitPicamera2)
+    Device.pin_factory = MockFactory()
+    cfg = parse_config(
+        {"camera": {"source": "picamera2", "layout": "switched", "fps": 15,
+                    "width": 64, "height": 48, "illumination": {"settle_ms": 0},
+                    "controls": {
+                        "print": {"AeEnable": False, "ExposureTime": 8000, "AnalogueGain": 1.5},
+                        "vein": {"AeEnable": False, "ExposureTime": 20000, "AnalogueGain": 4.0},
+                    }}},
+        env={}, check_files=False,
+    )  # fmt: skip
+    camera = Camera(cfg.camera)
+    try:
+        levels = []
+        for _ in range(3):
+            capture = camera.read(("print", "vein"))
+            assert capture is not None
+            levels.append([(m, int(image.mean())) for m, image in capture.images.items()])
+        # print 8000 us x 1.5, vein 20000 us x 4.0; each capture starts under the light left on
+        p, v = ("print", 24), ("vein", 160)
+        assert levels == [[p, v], [v, p], [p, v]], levels
+        (cam,) = cams
+        assert cam.config["controls"]["FrameDurationLimits"] == (66667, 66667)
+    finally:
+        camera.close()
+        Device.pin_factory.close()
+        Device.pin_factory = None
