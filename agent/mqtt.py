@@ -413,7 +413,7 @@ class MqttReporter(Reporter):
         assert client is not None
         for row in self.outbox.after(self._last_handed, room):
             # a stale decision is dropped on either protocol; only MQTT 5 can tell the broker
-            remaining = int(self.cfg.decision_expiry - (time.time() - row.created))
+            remaining = int(self.cfg.decision_expiry - row.age_s)
             if remaining <= 0:
                 self.outbox.discard(row.id, "expired")
                 self._last_handed = row.id
@@ -423,7 +423,7 @@ class MqttReporter(Reporter):
                 # queued_ms: how long it waited on the device (outbox commit, an outage) before
                 # it left: a consumer sees a replayed decision for what it is, and frame ->
                 # publish is the document's latency_ms plus this
-                props = DecisionProperties(remaining, f"{(time.time() - row.created) * 1e3:.2f}")
+                props = DecisionProperties(remaining, f"{row.age_s * 1e3:.2f}")
             info = client.publish(
                 row.topic, row.payload, qos=row.qos, retain=False, properties=props
             )

@@ -11,6 +11,12 @@ a power cut too; the transport's own thread calls it right after handing new row
 network. A decision is exposed to a power cut for as long as when ``add`` synced itself (from
 its document to the end of one fsync), but the capture loop no longer waits for the disk: that
 synced add took 0.30-0.34 ms of every capture on an SSD, and an fsync is slower on an SD card.
+
+A row's age (for ``mqtt.decision_expiry``) is read on the boot clock when the row was added
+since the last boot: a Raspberry Pi has no real-time clock and starts from the time it last
+saved (fake-hwclock), up to an hour old and older after a power cut, until NTP steps the wall
+clock forward. Decisions queued before that step looked as old as the step and were dropped
+as expired, moments old. A row from an earlier boot can only be aged by the wall clock.
 """
 
 from __future__ import annotations
@@ -30,10 +36,28 @@ CREATE TABLE IF NOT EXISTS outbox (
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,
     qos INTEGER NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    boot TEXT,
+    since_boot REAL
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+
+def _boot_id() -> str | None:
+    """This boot's identity (Linux): the boot clock's readings compare only within one boot."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+BOOT_ID = _boot_id()
+
+
+def since_boot() -> float:
+    """Seconds since boot, suspend included, whatever NTP does to the wall clock."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 @dataclass(frozen=True)
@@ -42,7 +66,8 @@ class Pending:
     topic: str
     payload: bytes
     qos: int
-    created: float
+    created: float  # wall clock at add
+    age_s: float  # at the read, on the boot clock when the row is from this boot
 
 
 class Outbox:
@@ -57,6 +82,11 @@ class Outbox:
         # NORMAL: a commit reaches the log without an fsync; sync() makes it survive a power cut
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if "boot" not in columns:
+            # an outbox written before rows carried their boot: its rows age by the wall clock
+            self._db.execute("ALTER TABLE outbox ADD COLUMN boot TEXT")
+            self._db.execute("ALTER TABLE outbox ADD COLUMN since_boot REAL")
         self._wal = Path(f"{path}-wal")
         self._wal_fd: int | None = None
         self._added = 0  # adds committed since open
@@ -74,8 +104,9 @@ class Outbox:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 cur = self._db.execute(
-                    "INSERT INTO outbox (topic, payload, qos, created) VALUES (?, ?, ?, ?)",
-                    (topic, payload, qos, time.time()),
+                    "INSERT INTO outbox (topic, payload, qos, created, boot, since_boot) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (topic, payload, qos, time.time(), BOOT_ID, since_boot()),
                 )
                 rows = self._rows + 1
                 excess = rows - self.max_messages
@@ -118,11 +149,17 @@ class Outbox:
         """Pending messages with id > last_id, oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, topic, payload, qos, created FROM outbox WHERE id > ? "
-                "ORDER BY id LIMIT ?",
+                "SELECT id, topic, payload, qos, created, boot, since_boot FROM outbox "
+                "WHERE id > ? ORDER BY id LIMIT ?",
                 (last_id, limit),
             ).fetchall()
-        return [Pending(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows]
+        wall, boot_clock = time.time(), since_boot()
+
+        def age(created: float, boot: str | None, added: float | None) -> float:
+            this_boot = BOOT_ID is not None and boot == BOOT_ID and added is not None
+            return max(0.0, boot_clock - added if this_boot else wall - created)
+
+        return [Pending(r[0], r[1], bytes(r[2]), r[3], r[4], age(*r[4:7])) for r in rows]
 
     def ack(self, *msg_ids: int) -> None:
         """Forget delivered messages (one commit for all), without an fsync of their own.

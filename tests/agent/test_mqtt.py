@@ -538,3 +538,25 @@ def test_a_stop_logs_its_disconnect_as_info_and_a_lost_link_as_a_warning(
     got = disconnects()
     assert [level for level, _ in got] == ["WARNING", "INFO"], got
     assert "requested=false" in got[0][1] and "requested=true" in got[1][1], got
+
+
+def test_decisions_queued_before_ntp_stepped_the_clock_are_delivered(
+    running_broker, subscribe, tmp_path, monkeypatch
+):
+    """Queued at boot on a clock 2 h behind (no real-time clock, broker not yet reachable),
+    then NTP steps it forward: they were dropped as past the hour's expiry, moments old."""
+    sub = subscribe("palm/dev1/decision")
+    box = Outbox(tmp_path / "outbox.sqlite")
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() - 2 * 3600)
+    r = reporter(running_broker, "dev1", tmp_path, outbox=box, decision_expiry=3600)
+    for i in range(3):
+        r.decision({"seq": i, "decision": "granted"})
+    monkeypatch.setattr(time, "time", real)
+    r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
+    try:
+        got = sub.wait(lambda m: True, count=3)
+        assert [json.loads(m[3])["seq"] for m in got] == [0, 1, 2]
+        assert box.counter("expired") == 0
+    finally:
+        r.stop(timeout=1)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from agent.outbox import Outbox
@@ -119,3 +121,41 @@ def test_depth_is_kept_without_counting_and_matches_the_table(tmp_path):
     box.close()
     again = Outbox(p, max_messages=25)
     assert again.depth() == again._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] > 0
+
+
+def test_a_row_ages_on_the_boot_clock_whatever_ntp_does_to_the_wall_clock(tmp_path, monkeypatch):
+    """A Pi without a real-time clock boots on the time it last saved; NTP then steps the wall
+    clock forward, by hours after a power cut. Rows added before the step were aged by it:
+    seconds old, they were dropped as past mqtt.decision_expiry (an hour by default)."""
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() - 2 * 3600)  # before NTP: 2 h behind
+    box = Outbox(tmp_path / "o.sqlite")
+    box.add("t", b"before the step")
+    monkeypatch.setattr(time, "time", real)  # NTP steps the clock forward
+    box.add("t", b"after the step")
+    ages = [m.age_s for m in box.after(0)]
+    assert all(0 <= a < 5 for a in ages), ages
+
+
+def test_rows_of_an_earlier_boot_or_an_older_outbox_age_by_the_wall_clock(tmp_path):
+    p = tmp_path / "o.sqlite"
+    db = sqlite3.connect(p)  # the outbox as the daemon wrote it before rows carried their boot
+    db.executescript(
+        "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, "
+        "payload BLOB NOT NULL, qos INTEGER NOT NULL, created REAL NOT NULL);"
+    )
+    db.execute("INSERT INTO outbox (topic, payload, qos, created) VALUES ('t', x'30', 1, ?)",
+               (time.time() - 600,))  # fmt: skip
+    db.commit()
+    db.close()
+    box = Outbox(p)
+    box.add("t", b"1")
+    with sqlite3.connect(p) as db:  # a row from another boot: its boot clock means nothing now
+        db.execute(
+            "INSERT INTO outbox (topic, payload, qos, created, boot, since_boot) "
+            "VALUES ('t', x'32', 1, ?, 'an-earlier-boot', 1e9)",
+            (time.time() - 300,),
+        )
+    old, new, earlier_boot = box.after(0)
+    assert (old.payload, new.payload, earlier_boot.payload) == (b"0", b"1", b"2")
+    assert 599 < old.age_s < 610 and new.age_s < 5 and 299 < earlier_boot.age_s < 310
