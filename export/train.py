@@ -203,35 +203,42 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
         full = {**meta, "train": train_meta, "optimizer": optimizer.state_dict()}
         save_checkpoint(out / name, net, centroids, full)
 
+    def train_step(item: list, gen: torch.Generator) -> dict[str, float]:
+        """One optimiser step on a batch; returns its loss terms."""
+        item = [t.to(device, non_blocking=True) for t in item]
+        px, vx, y = (item[0], item[1], item[2]) if len(item) == 3 else (item[0], None, item[1])
+        if on_gpu:
+            px = network_input(px, spec)
+            vx = network_input(vx, spec) if vx is not None else None
+        up, uv = net(px, vx)
+        loss, parts = cohash_loss(up, uv, y, cent_t, loss_cfg, gen)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return {"loss": float(loss.detach()), **parts}
+
     try:
         for epoch in range(start, args.epochs):
             model.train()
             sampler.set_epoch(epoch)
             gen = torch.Generator().manual_seed(epoch_seed(args.seed, epoch))  # cross-modal shuffle
-            bar = tqdm(
-                loader,
+            # counted by hand after each step: tqdm's own iteration counts a step when the next
+            # batch is asked for, so the bar showed a step's loss beside the count before it
+            with tqdm(
+                total=len(loader),
                 desc=f"epoch {epoch + 1}/{args.epochs}",
                 disable=rank != 0,
                 leave=False,
                 file=sys.stderr,
-            )
-            sums: dict[str, float] = {}
-            for n_batches, item in enumerate(bar, 1):
-                item = [t.to(device, non_blocking=True) for t in item]
-                px, vx, y = (
-                    (item[0], item[1], item[2]) if len(item) == 3 else (item[0], None, item[1])
-                )
-                if on_gpu:
-                    px = network_input(px, spec)
-                    vx = network_input(vx, spec) if vx is not None else None
-                up, uv = net(px, vx)
-                loss, parts = cohash_loss(up, uv, y, cent_t, loss_cfg, gen)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                for k, v in {"loss": float(loss.detach()), **parts}.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                bar.set_postfix(loss=f"{sums['loss'] / n_batches:.4f}")
+            ) as bar:
+                sums: dict[str, float] = {}
+                for n_batches, item in enumerate(loader, 1):
+                    terms = train_step(item, gen)
+                    for k, v in terms.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    bar.set_postfix(loss=f"{sums['loss'] / n_batches:.4f}", refresh=False)
+                    bar.update()
+                bar.refresh()  # the last step: update() skips one that comes soon after another
             done = epoch + 1
             stop = args.time_limit is not None and time.monotonic() - t0 > 60 * args.time_limit
             if world > 1:

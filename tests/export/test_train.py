@@ -157,6 +157,29 @@ def test_an_interrupt_during_an_evaluation_resumes_exactly(tmp_path, monkeypatch
         assert torch.equal(a[k], b[k]), k
 
 
+def test_progress_bar_shows_each_finished_step_with_its_loss(tmp_path, capsys):
+    """tqdm's own iteration counted a step when the next batch was asked for: the bar showed
+    "0/3" beside the first step's loss, and never "3/3"."""
+    import json
+    import re
+
+    arrays, meta = _synth(6, 4)  # 12 training pairs: 3 steps of 4 an epoch
+    args = [*FAST, "-b", "4", "--epoch", "2", "--eval-every", "1", "--out", str(tmp_path)]
+    fit(parse_args(args), arrays, meta)
+    frames = capsys.readouterr().err.split("\r")
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for epoch, row in enumerate(rows, 1):
+        shown = [
+            (int(m[1]), m[2])
+            for f in frames
+            if (m := re.search(rf"^epoch {epoch}/2:.* (\d)/3 .*loss=([\d.]+)", f))
+        ]
+        assert shown and all(n >= 1 for n, _ in shown), shown
+        # one count per mean loss: a loss never sits beside two counts
+        assert len({loss: n for n, loss in shown}) == len(set(shown)), shown
+        assert shown[-1] == (3, f"{row['loss']:.4f}"), (shown, row["loss"])
+
+
 def test_print_only_data_trains_the_print_path(tmp_path):
     p, _ = generate_arrays(4, 4, "easy", 0)
     arrays = from_synth(p, None)
