@@ -3,7 +3,9 @@
 One dict saved with torch.save: "arch", "state_dict", "centroids" (int8 ±1, row = label index),
 "labels", "preprocess" (PreprocessSpec.to_dict()), "split", "dataset", "train", "eval", "loss",
 and for --resume "optimizer" (no RNG state is needed: every random draw of an epoch is seeded from
---seed and the epoch number). Everything but the tensors is plain JSON-able data.
+--seed, the epoch number and the step). "train" holds the epochs done, and after an interrupt
+during an epoch's steps "in_epoch": the samples of its order trained on, its steps and the sums
+of their loss terms. Everything but the tensors is plain JSON-able data.
 """
 
 from __future__ import annotations

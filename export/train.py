@@ -4,10 +4,11 @@
 `palm-export train` with the same flags run :func:`run`. Under ``torchrun`` each process trains on
 its share of every batch (DistributedDataParallel; NCCL on GPUs, gloo on CPUs) and rank 0
 evaluates and writes. Everything random is seeded from --seed and the epoch number (shuffling,
-augmentation per sample, the cross-modal shuffle), so a CPU run is reproducible, and a run resumed
-after an interrupt between two epochs' training steps (in an evaluation or a save too) continues
-exactly where it stopped; one interrupted during an epoch's steps runs that epoch again from its
-start, its finished steps already applied (the log says so).
+augmentation per sample; the cross-modal shuffle from the step too), so a CPU run is reproducible,
+and a resumed run continues exactly where the interrupted one stopped. An interrupt during an
+epoch's steps is held until the step under way is done (:class:`export.interrupts.WholeSteps`);
+last.pt then records how far into the epoch the run got, and the resumed run trains the rest of
+that epoch's order: the same batches, none of them twice.
 
 Writes to --out: last.pt (after an epoch once --save-every seconds have passed since the last
 one, after the last epoch, and on Ctrl-C or SIGTERM), best.pt (lowest mean Hamming EER over the
@@ -78,14 +79,15 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
     from export.data import (
         EpochSampler,
         PalmDataset,
-        epoch_seed,
         images_digest,
         network_input,
         reference_split,
         split_record,
+        step_seed,
     )
     from export.data.loader import ChunkedLoader
     from export.evaluate import evaluate_model
+    from export.interrupts import WholeSteps
     from export.losses import LossConfig, cohash_loss
     from export.model import PalmCohashNet, load_pretrained
 
@@ -134,6 +136,9 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
         "best_mean_eer": None,
     }
     start = 0
+    # how far into epoch `start` an interrupt came: global samples of the epoch's order trained
+    # on, steps taken, and the sums of their loss terms (for the epoch's mean in metrics.jsonl)
+    progress: dict = {"samples": 0, "steps": 0, "sums": {}}
     if args.resume:
         path = out / "last.pt" if args.resume == "last" else Path(args.resume)
         if args.resume == "last" and not path.is_file():
@@ -154,8 +159,9 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
         model.load_state_dict(resumed.state_dict())
         optimizer.load_state_dict(ckpt["optimizer"])
         start = ckpt["train"]["epoch"]
+        progress = ckpt["train"].get("in_epoch", progress)
         meta["eval"], meta["best_mean_eer"] = ckpt["eval"], ckpt["best_mean_eer"]
-        logger.info("resumed checkpoint=%s epoch=%d", path, start)
+        logger.info("resumed checkpoint=%s epoch=%d step=%d", path, start, progress["steps"])
         if start >= args.epochs:
             logger.warning(
                 "nothing to train: %s has %d epochs done and --epoch %d is the total; pass a "
@@ -198,8 +204,10 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
     t0 = saved_at = time.monotonic()
     epoch = done = start  # done: epochs whose training steps are all applied
 
-    def save(name: str, epoch_done: int) -> None:
+    def save(name: str, epoch_done: int, in_epoch: dict | None = None) -> None:
         train_meta = {"command": " ".join(sys.argv), "args": _jsonable(args), "epoch": epoch_done}
+        if in_epoch and in_epoch["steps"]:
+            train_meta["in_epoch"] = in_epoch
         full = {**meta, "train": train_meta, "optimizer": optimizer.state_dict()}
         save_checkpoint(out / name, net, centroids, full)
 
@@ -217,27 +225,36 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
         optimizer.step()
         return {"loss": float(loss.detach()), **parts}
 
+    gen = torch.Generator()  # the cross-modal shuffle, seeded for each step
+    guard = WholeSteps()
     try:
+        guard.__enter__()
         for epoch in range(start, args.epochs):
             model.train()
-            sampler.set_epoch(epoch)
-            gen = torch.Generator().manual_seed(epoch_seed(args.seed, epoch))  # cross-modal shuffle
+            sampler.set_epoch(epoch, skip=progress["samples"] // world)
             # counted by hand after each step: tqdm's own iteration counts a step when the next
             # batch is asked for, so the bar showed a step's loss beside the count before it
             with tqdm(
-                total=len(loader),
+                total=progress["steps"] + len(loader),
+                initial=progress["steps"],
                 desc=f"epoch {epoch + 1}/{args.epochs}",
                 disable=rank != 0,
                 leave=False,
                 file=sys.stderr,
             ) as bar:
-                sums: dict[str, float] = {}
-                for n_batches, item in enumerate(loader, 1):
-                    terms = train_step(item, gen)
-                    for k, v in terms.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    bar.set_postfix(loss=f"{sums['loss'] / n_batches:.4f}", refresh=False)
-                    bar.update()
+                for item in loader:
+                    with guard.step():
+                        gen.manual_seed(step_seed(args.seed, epoch, progress["steps"]))
+                        terms = train_step(item, gen)
+                        sums = progress["sums"]
+                        progress = {
+                            "samples": progress["samples"] + len(item[-1]) * world,
+                            "steps": progress["steps"] + 1,
+                            "sums": {k: sums.get(k, 0.0) + v for k, v in terms.items()},
+                        }
+                        mean = progress["sums"]["loss"] / progress["steps"]
+                        bar.set_postfix(loss=f"{mean:.4f}", refresh=False)
+                        bar.update()
                 bar.refresh()  # the last step: update() skips one that comes soon after another
             done = epoch + 1
             stop = args.time_limit is not None and time.monotonic() - t0 > 60 * args.time_limit
@@ -256,7 +273,7 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
                 row = {
                     "epoch": epoch + 1,
                     "time_s": round(time.monotonic() - t0, 1),
-                    **{k: v / max(1, n_batches) for k, v in sums.items()},
+                    **{k: v / max(1, progress["steps"]) for k, v in progress["sums"].items()},
                     "mean_eer": report["mean_eer"],
                     "eer": {m: r["eer"] for m, r in report["hamming"].items()},
                 }
@@ -275,19 +292,21 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
                 saved_at = time.monotonic()
             if world > 1:
                 dist.barrier()
+            progress = {"samples": 0, "steps": 0, "sums": {}}  # for the next epoch
             if stop:
                 logger.info("time limit reached epoch=%d minutes=%.1f", epoch + 1, args.time_limit)
                 break
     except KeyboardInterrupt:
         if rank == 0:
-            save("last.pt", done)
+            within = done == epoch  # during the epoch's steps, not its evaluation or save
+            save("last.pt", done, progress if within else None)
             logger.warning(
-                "interrupted epoch=%d saved=%s; continue with --resume%s", epoch + 1,
-                out / "last.pt", "" if done > epoch else
-                " (it runs this epoch again: its finished steps are in the saved weights)",
+                "interrupted epoch=%d step=%d saved=%s; continue with --resume", epoch + 1,
+                progress["steps"], out / "last.pt",
             )  # fmt: skip
         raise
     finally:
+        guard.__exit__()
         torch.use_deterministic_algorithms(restore[0])
         torch.set_num_threads(restore[1])
         cv2.setNumThreads(restore[2])

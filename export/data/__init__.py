@@ -1,7 +1,7 @@
 """Data sets: layouts on disk, arrays in memory, the reference split, the torch Dataset."""
 
 from export.data.arrays import PalmArrays, from_synth, load_dataset
-from export.data.dataset import EpochSampler, PalmDataset, epoch_seed, network_input
+from export.data.dataset import EpochSampler, PalmDataset, epoch_seed, network_input, step_seed
 from export.data.layouts import LAYOUTS, LayoutError, scan
 from export.data.split import (
     dataset_arrays,
@@ -29,4 +29,5 @@ __all__ = [
     "rows_of",
     "scan",
     "split_record",
+    "step_seed",
 ]

@@ -9,6 +9,7 @@ same per-grey-level table.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Iterator
 
 import numpy as np
@@ -87,9 +88,15 @@ def _table(spec: PreprocessSpec, device: torch.device) -> torch.Tensor:
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
-    """The torch seed of one epoch's draws (the sample order, the cross-modal shuffle), so that
-    a resumed run repeats them."""
+    """The torch seed of one epoch's sample order, so that a resumed run repeats it."""
     return seed * 1_000_003 + epoch
+
+
+def step_seed(seed: int, epoch: int, step: int) -> int:
+    """The torch seed of one training step's cross-modal shuffle: drawn from one generator for
+    the whole epoch, a run resumed in the middle of it could not draw what the rest would
+    have."""
+    return epoch_seed(seed, epoch) * 1_000_003 + step
 
 
 class EpochSampler(Sampler):
@@ -103,17 +110,19 @@ class EpochSampler(Sampler):
     """
 
     def __init__(self, inner: Sampler, seed: int) -> None:
-        self.inner, self.seed, self.epoch = inner, seed, 0
+        self.inner, self.seed, self.epoch, self.skip = inner, seed, 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """``skip``: the first indices of the epoch's order, trained on before an interrupt, that
+        a resumed run leaves out."""
+        self.epoch, self.skip = epoch, skip
         if hasattr(self.inner, "set_epoch"):
             self.inner.set_epoch(epoch)
         if getattr(self.inner, "generator", None) is not None:
             self.inner.generator.manual_seed(epoch_seed(self.seed, epoch))
 
     def __len__(self) -> int:
-        return len(self.inner)
+        return max(0, len(self.inner) - self.skip)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return ((self.epoch, int(i)) for i in self.inner)
+        return ((self.epoch, int(i)) for i in itertools.islice(self.inner, self.skip, None))

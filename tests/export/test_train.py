@@ -180,6 +180,55 @@ def test_progress_bar_shows_each_finished_step_with_its_loss(tmp_path, capsys):
         assert shown[-1] == (3, f"{row['loss']:.4f}"), (shown, row["loss"])
 
 
+def test_an_interrupt_within_an_epoch_resumes_at_the_next_step(tmp_path):
+    """Ctrl-C during an epoch's steps resumed at the epoch's start, its finished steps already
+    in the saved weights: they were trained twice. Now the step under way finishes (the signal
+    comes here just after the optimiser's update, where it used to cut the step off from its
+    count), last.pt says how far into the epoch it got, and the resumed run trains the rest."""
+    import json
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    arrays, meta = _synth(6, 4)  # 12 training pairs: 3 steps of 4 an epoch
+    common = [*FAST, "-b", "4", "--lr", "1e-3", "--eval-every", "1", "--epoch", "2"]
+    fit(parse_args([*common, "--out", str(tmp_path / "a")]), arrays, meta)
+    steps = []
+
+    def interrupt_at_the_fifth(optimizer, args, kwargs):
+        steps.append(1)
+        if len(steps) == 5:  # the second step of the second epoch
+            signal.raise_signal(signal.SIGINT)
+
+    handle = register_optimizer_step_post_hook(interrupt_at_the_fifth)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit(parse_args([*common, "--out", str(tmp_path / "b")]), arrays, meta)
+        train = load_checkpoint(tmp_path / "b" / "last.pt")[1]["train"]
+        assert (train["epoch"], train["in_epoch"]["steps"], train["in_epoch"]["samples"]) == (
+            1,
+            2,
+            8,
+        )
+        fit(parse_args([*common, "--out", str(tmp_path / "b"), "--resume"]), arrays, meta)
+    finally:
+        handle.remove()
+        signal.signal(signal.SIGINT, previous)
+    assert len(steps) == 6  # 5 before the interrupt, 1 after it: 2 epochs of 3
+    a, b = (_weights(tmp_path / n / "last.pt") for n in "ab")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rows = {
+        n: [json.loads(line) for line in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
+        for n in "ab"
+    }
+    drop = ("time_s",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in rows["a"]] == [
+        {k: v for k, v in r.items() if k not in drop} for r in rows["b"]
+    ]
+    assert "in_epoch" not in load_checkpoint(tmp_path / "b" / "last.pt")[1]["train"]
+
+
 def test_print_only_data_trains_the_print_path(tmp_path):
     p, _ = generate_arrays(4, 4, "easy", 0)
     arrays = from_synth(p, None)
