@@ -20,7 +20,7 @@ Handler = Callable[[int, FrameType | None], object]
 
 
 class WholeSteps:
-    """Within ``with WholeSteps() as guard``, ``with guard.step():`` runs a step that an
+    """Between :meth:`install` and :meth:`restore`, ``with guard.step():`` runs a step that an
     interrupt does not cut. Only signals with a Python handler are held (Ctrl-C's
     KeyboardInterrupt, the training command's SIGTERM): an ignored one stays ignored."""
 
@@ -30,7 +30,7 @@ class WholeSteps:
         self._held: tuple[int, FrameType | None] | None = None
         self._in_step = False
 
-    def __enter__(self) -> WholeSteps:
+    def install(self) -> WholeSteps:
         if threading.current_thread() is threading.main_thread():  # where handlers can be set
             for signum in self._signals:
                 handler = signal.getsignal(signum)
@@ -39,7 +39,7 @@ class WholeSteps:
                     signal.signal(signum, self._receive)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def restore(self) -> None:
         for signum, handler in self._saved.items():
             signal.signal(signum, handler)
         self._saved.clear()

@@ -228,7 +228,7 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
     gen = torch.Generator()  # the cross-modal shuffle, seeded for each step
     guard = WholeSteps()
     try:
-        guard.__enter__()
+        guard.install()
         for epoch in range(start, args.epochs):
             model.train()
             sampler.set_epoch(epoch, skip=progress["samples"] // world)
@@ -306,7 +306,7 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
             )  # fmt: skip
         raise
     finally:
-        guard.__exit__()
+        guard.restore()
         torch.use_deterministic_algorithms(restore[0])
         torch.set_num_threads(restore[1])
         cv2.setNumThreads(restore[2])
