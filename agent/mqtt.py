@@ -29,6 +29,7 @@ import json
 import logging
 import queue
 import socket
+import sqlite3
 import ssl
 import threading
 import time
@@ -122,6 +123,7 @@ class MqttReporter(Reporter):
         self._flaps = 0  # connections in a row closed before STABLE_S (paho's thread only)
         self._retry_at = 0.0  # monotonic time before which the pump starts no fresh client
         self._threads: list[threading.Thread] = []
+        self._unstored = 0  # decisions the outbox could not take since start, sent from memory
         # replies and error events made while the link is down, sent by the pump once it is up
         self._held: collections.deque[tuple[str, bytes, Any]] = collections.deque(maxlen=HELD)
 
@@ -136,7 +138,20 @@ class MqttReporter(Reporter):
 
     def decision(self, doc: dict[str, Any]) -> None:
         payload = json.dumps(doc, separators=(",", ":")).encode()
-        self.outbox.add(self.topics["decision"], payload, self.cfg.qos)
+        try:
+            self.outbox.add(self.topics["decision"], payload, self.cfg.qos)
+        except sqlite3.Error as e:
+            # a full or failing SD card: the decision still goes out, from memory; raising here
+            # lost it and skipped the capture loop's own actions on it (the door, the LEDs)
+            self._unstored += 1
+            logger.error(
+                "outbox add_failed error=%s unstored=%d: the decision is sent from memory and "
+                "lost if the device restarts before the broker has it; free space on the disk "
+                "that holds outbox.path",
+                e, self._unstored,
+            )  # fmt: skip
+            self._publish(self.topics["decision"], payload, self.cfg.qos)
+            return
         self._wake.set()
 
     def stats(self, doc: dict[str, Any]) -> None:
@@ -153,6 +168,7 @@ class MqttReporter(Reporter):
             "outbox_dropped": self.outbox.counter("dropped"),
             "outbox_expired": self.outbox.counter("expired"),
             "outbox_refused": self.outbox.counter("refused"),
+            "outbox_unstored": self._unstored,
         }
 
     def stop(self, timeout: float) -> None:
@@ -495,7 +511,9 @@ class MqttReporter(Reporter):
         self._send(topic, reply, qos=1, properties=props)
 
     def _send(self, topic: str, doc: dict[str, Any], qos: int, properties=None) -> None:
-        payload = json.dumps(doc, separators=(",", ":")).encode()
+        self._publish(topic, json.dumps(doc, separators=(",", ":")).encode(), qos, properties)
+
+    def _publish(self, topic: str, payload: bytes, qos: int, properties=None) -> None:
         client = self._client
         if client is None or not self._connected.is_set():
             if qos > 0:  # a reply to a command run across an outage still goes out (stats not)

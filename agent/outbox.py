@@ -119,7 +119,10 @@ class Outbox:
                     self._bump("dropped", excess)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # SQLite has rolled back itself after some errors (a full disk): a ROLLBACK
+                # then failed and its "no transaction is active" hid the error that mattered
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
             self._rows = rows
             self._added += 1

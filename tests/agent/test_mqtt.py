@@ -560,3 +560,28 @@ def test_decisions_queued_before_ntp_stepped_the_clock_are_delivered(
         assert box.counter("expired") == 0
     finally:
         r.stop(timeout=1)
+
+
+def test_a_full_disk_does_not_lose_the_decision(running_broker, subscribe, tmp_path, caplog):
+    """The outbox's SQLite refuses the row (SQLITE_FULL, as on a full SD card, here through
+    max_page_count): decision() raised, the capture loop lost the decision and skipped its own
+    actions on it. It now goes out from memory, counted and logged."""
+    caplog.set_level(logging.INFO, logger="agent.mqtt")
+    sub = subscribe("palm/dev1/decision")
+    box = Outbox(tmp_path / "outbox.sqlite")
+    pages = box._db.execute("PRAGMA page_count").fetchone()[0]
+    box._db.execute(f"PRAGMA max_page_count={pages + 1}")  # room for a few rows, then full
+    r = reporter(running_broker, "dev1", tmp_path, outbox=box)
+    r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
+    try:
+        assert wait_until(r._connected.is_set)
+        for i in range(12):
+            r.decision({"seq": i, "pad": "x" * 1000})
+        got = sub.wait(lambda m: True, count=12)
+        assert sorted(json.loads(m[3])["seq"] for m in got) == list(range(12))
+        unstored = r.counters()["outbox_unstored"]
+        assert 0 < unstored < 12
+        failed = [x for x in caplog.records if "outbox add_failed" in x.getMessage()]
+        assert len(failed) == unstored and "full" in failed[0].getMessage()
+    finally:
+        r.stop(timeout=1)
