@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from agent import clock
 from agent.capture.camera import Capture, FrameLost
 from agent.commands import CommandError, Dispatcher
 from agent.config import Config, mode_lacks
@@ -112,6 +113,11 @@ class Daemon:
         self.reporter.start(Dispatcher(self, self.cfg.commands.max_payload))
         self.notifier.ready(self._status())
         logger.info("daemon running %s", self._status())
+        if clock.synced() is False:
+            logger.warning(
+                "clock synced=false: decisions carry clock_synced false, and their timestamps "
+                "may be off, until NTP (systemd-timesyncd, chrony) sets the clock"
+            )
         last_ping = last_stats = time.monotonic()
         wd = self.notifier.watchdog_interval
         try:

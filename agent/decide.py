@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agent import quality, roi
+from agent import clock, quality, roi
 from agent.config import Config
 from agent.manifest import MODALITIES, BundleError
 from agent.match import Decision, Matcher, Thresholds
@@ -114,6 +114,7 @@ class Decider:
             "schema": SCHEMA,
             "event_id": str(uuid.uuid4()),
             "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+            "clock_synced": clock.synced(),
             "device": self.device_id,
             "mode": s.mode,
             "identify": s.identify,

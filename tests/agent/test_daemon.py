@@ -27,6 +27,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent import clock
+
 from .conftest import CTL_PASS, CTL_USER, onnx_threads, palm_roi
 from .test_fuzz_commands import is_valid, payloads
 
@@ -172,6 +174,7 @@ def test_run_decisions_stats_notify_and_sigterm(running_broker, subscribe, palm_
                 "threshold", "decision", "quality", "model_hash", "latency_ms",
             }  # fmt: skip
             assert d["device"] == "dev9" and d["mode"] == "multi" and len(d["model_hash"]) == 64
+            assert d["clock_synced"] is clock.synced()  # the kernel's NTP state, as read here
             assert set(d["distances"]) == {"print", "vein"}
             assert "code" not in json.dumps(d)  # codes and images never leave the device
         outcomes = {(d["decision"], d["subject"]) for d in docs}
