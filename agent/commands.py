@@ -27,8 +27,15 @@ class CommandError(Exception):
     """A command that was well-formed but could not be carried out; the message is for the user."""
 
 
+class DuplicateError(CommandError):
+    """An enrollment refused because the palm matches an enrolled subject: its own error code,
+    so that a UI can offer to send it again with ``allow_duplicate``."""
+
+
 class CommandContext(Protocol):
-    def enroll(self, subject: str, captures: int | None) -> dict[str, Any]: ...
+    def enroll(
+        self, subject: str, captures: int | None, allow_duplicate: bool
+    ) -> dict[str, Any]: ...
     def revoke(self, subject: str) -> dict[str, Any]: ...
     def list_subjects(self) -> dict[str, Any]: ...
     def set_mode(
@@ -53,6 +60,7 @@ class SubjectArgs(_Args):
 
 class EnrollArgs(SubjectArgs):
     captures: int | None = Field(None, ge=1, le=50)
+    allow_duplicate: bool = False
 
 
 class ModeArgs(_Args):
@@ -84,7 +92,7 @@ def command(name: str, args: type[_Args] = NoArgs) -> Callable[[Handler], Handle
 
 @command("enroll", EnrollArgs)
 def _enroll(ctx: CommandContext, a: EnrollArgs) -> dict[str, Any]:
-    return ctx.enroll(a.subject, a.captures)
+    return ctx.enroll(a.subject, a.captures, a.allow_duplicate)
 
 
 @command("revoke", SubjectArgs)
@@ -181,6 +189,8 @@ class Dispatcher:
             return _error("invalid_args", detail[:400], **echo)
         try:
             result = cmd.handler(self.ctx, args)
+        except DuplicateError as e:
+            return _error("duplicate", str(e), **echo)
         except CommandError as e:
             return _error("failed", str(e), **echo)
         except Exception as e:

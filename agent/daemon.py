@@ -23,10 +23,11 @@ import numpy as np
 
 from agent import clock
 from agent.capture.camera import Capture, FrameLost
-from agent.commands import CommandError, Dispatcher
+from agent.commands import CommandError, Dispatcher, DuplicateError
 from agent.config import Config, mode_lacks
 from agent.decide import MODE_MODALITIES, NOBODY, Agreement, Probe, Settings
-from agent.enroll import EnrollError, enroll
+from agent.enroll import DuplicatePalm, EnrollError, enroll
+from agent.match import Matcher
 from agent.notify import Notifier
 from agent.reporter import Reporter
 
@@ -48,6 +49,7 @@ class Engine(Protocol):
 
     modalities: tuple[str, ...]
     model_hash: str
+    matcher: Matcher  # the gallery and thresholds it decides with (enrollment deduplicates)
 
     def suits(self, per_capture: tuple[str, ...]) -> bool: ...
     def vision(self, frames: Mapping[str, np.ndarray]) -> Probe: ...
@@ -298,11 +300,17 @@ class Daemon:
             if fut.set_running_or_notify_cancel():
                 fut.set_exception(CommandError("the daemon is stopping"))
 
-    def enroll(self, subject: str, captures: int | None) -> dict[str, Any]:
+    def enroll(
+        self, subject: str, captures: int | None, allow_duplicate: bool = False
+    ) -> dict[str, Any]:
         e = self.cfg.enroll
-        return self._on_main(lambda: self.enroll_now(subject, captures), timeout=e.timeout + 30)
+        return self._on_main(
+            lambda: self.enroll_now(subject, captures, allow_duplicate), timeout=e.timeout + 30
+        )
 
-    def enroll_now(self, subject: str, captures: int | None = None) -> dict[str, Any]:
+    def enroll_now(
+        self, subject: str, captures: int | None = None, allow_duplicate: bool = False
+    ) -> dict[str, Any]:
         """Enroll on the calling thread (the CLI, or the main loop for a command)."""
         if any(s["label"] == subject for s in self.store.list()):
             # before the captures: the store refused it only after the person had held still
@@ -320,8 +328,11 @@ class Daemon:
         try:
             return enroll(
                 subject, modalities, grab, self.store, captures or e.captures, e.max_spread,
-                e.timeout, tick=self._tick,
+                e.timeout, tick=self._tick, matcher=self.engine.matcher,
+                allow_duplicate=allow_duplicate,
             )  # fmt: skip
+        except DuplicatePalm as err:
+            raise DuplicateError(f"enrollment refused: {err}") from err
         except (EnrollError, ValueError, RuntimeError) as err:
             raise CommandError(f"enrollment failed: {err}") from err
 

@@ -235,10 +235,10 @@ class BundleEngine:
             )
         self.model_hash = manifest_hash(b.root)
         centroids = dict(zip(map(str, b.centroid_labels), b.centroid_codes, strict=True))
-        matcher = Matcher(
+        self.matcher = Matcher(
             StoreGallery(store), _thresholds(cfg, b), centroids, fusion=cfg.match.fusion
         )
-        self.decider = Decider(matcher, cfg.device.id, self.model_hash)
+        self.decider = Decider(self.matcher, cfg.device.id, self.model_hash)
         self.limits = QualityThresholds.from_dict(cfg.quality.model_dump())
         r = cfg.roi
         self.roi_config = RoiConfig(

@@ -40,6 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     en.add_argument(
         "--captures", type=_captures, default=None, help="good captures per modality (1-50)"
     )
+    en.add_argument(
+        "--allow-duplicate",
+        action="store_true",
+        help="enroll even if the palm matches an enrolled subject (different people the device "
+        "cannot tell apart; a WARNING names both)",
+    )
     en.set_defaults(func=cmd_enroll)
 
 
@@ -290,7 +296,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             os.close(lock)
         return EXIT_CONFIG
     try:
-        result = daemon.enroll_now(args.subject, args.captures)
+        result = daemon.enroll_now(args.subject, args.captures, args.allow_duplicate)
     except CommandError as e:
         print(f"palm-agent: {e}", file=sys.stderr)
         return 1

@@ -126,7 +126,9 @@ def run_live(out: Path, bundle: Path, shots: list[Shot], a: argparse.Namespace) 
         result["online_s"] = round(time.monotonic() - t0, 2)
         print(f"daemon online after {result['online_s']} s")
         for shot in tqdm([s for s in shots if s.role == "enroll"][:: a.captures], desc="enroll"):
-            enroll = {"subject": shot.label, "captures": a.captures}
+            # distinct identities by construction: one the model cannot tell from an enrolled
+            # one is still enrolled (the device logs a WARNING), and the decisions measure it
+            enroll = {"subject": shot.label, "captures": a.captures, "allow_duplicate": True}
             reply = ctl.command("enroll", enroll, timeout=90, alive=alive)
             result["enroll"].append({"subject": shot.label, **_brief(reply)})
             tqdm.write(f"  enroll {shot.label}: {'ok' if reply['ok'] else reply['error']}")

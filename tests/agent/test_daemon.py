@@ -357,6 +357,38 @@ def test_commands_and_fuzz_over_mqtt(running_broker, subscribe, palm_bundle, tmp
         agent.kill()
 
 
+def test_a_palm_enrolled_again_over_mqtt_is_a_duplicate_unless_allowed(
+    running_broker, palm_bundle, tmp_path
+):
+    """The same palm under a second label: refused with its own error code, naming the first,
+    and nothing stored; sent again with allow_duplicate it is enrolled, and the log warns."""
+    replay = write_replay(tmp_path / "r", [3] * 4)
+    cfg = agent_config(
+        tmp_path, running_broker, "dev32", palm_bundle, replay, trigger={"kind": "command"}
+    )
+    agent = Agent(cfg)
+    ctl = Controller(running_broker, "dev32")
+    try:
+        assert wait_until(lambda: "daemon running" in agent.text(), timeout=30), agent.text()
+        assert ctl.call("enroll", subject="carol", captures=3)["ok"]
+        r = ctl.call("enroll", subject="carol2", captures=3)
+        assert not r["ok"] and r["error"]["code"] == "duplicate", r
+        said = r["error"]["message"]
+        assert "'carol2' matches enrolled 'carol'" in said and "threshold 6" in said, said
+        assert "allow_duplicate" in said, said
+        assert ctl.call("list")["result"] == {"subjects": ["carol"]}
+        r = ctl.call("enroll", subject="carol2", captures=3, allow_duplicate=True)
+        assert r["ok"] and r["result"]["subject"] == "carol2", r
+        assert ctl.call("list")["result"] == {"subjects": ["carol", "carol2"]}
+        assert "WARNING agent.enroll: enroll duplicate_allowed subject=carol2 matches=carol" in (
+            agent.text()
+        )
+        assert agent.terminate() == 0
+    finally:
+        ctl.close()
+        agent.kill()
+
+
 def run_beside(daemon, operator: Callable[[], None]) -> None:
     """The daemon's loop on this (the main) thread, as ``palm-agent run`` has it, while
     ``operator`` acts from another thread and then stops it; signal handlers put back after."""

@@ -47,7 +47,10 @@ def grabber(engine, subjects):
 
 def test_enroll_then_identify_and_verify(engine_store):
     engine, store = engine_store
-    out = enroll("alice", ("print", "vein"), grabber(engine, [0]), store, 4, 10, 5.0)
+    out = enroll(
+        "alice", ("print", "vein"), grabber(engine, [0]), store, 4, 10, 5.0,
+        matcher=engine.matcher,
+    )  # fmt: skip
     assert out["captures"] == {"print": 4, "vein": 4} and max(out["spread"].values()) <= 10
     ident = Settings("multi", True, None)
     doc = engine.decide(engine.vision(frames(0, 99)), ident, time.monotonic())
@@ -67,14 +70,20 @@ def test_enroll_then_identify_and_verify(engine_store):
 def test_enroll_refuses_inconsistent_captures(engine_store):
     engine, store = engine_store
     with pytest.raises(EnrollError, match="inconsistent print captures"):
-        enroll("mallory", ("print", "vein"), grabber(engine, [0, 1]), store, 4, 3, 5.0)
+        enroll(
+            "mallory", ("print", "vein"), grabber(engine, [0, 1]), store, 4, 3, 5.0,
+            matcher=engine.matcher,
+        )  # fmt: skip
     assert store.list() == []
 
 
 def test_enroll_reports_why_it_timed_out(engine_store):
-    _, store = engine_store
+    engine, store = engine_store
     with pytest.raises(EnrollError, match=r"timeout.*no_hand"):
-        enroll("bob", ("print",), lambda: Probe(rejected="no_hand"), store, 3, 5, 0.2)
+        enroll(
+            "bob", ("print",), lambda: Probe(rejected="no_hand"), store, 3, 5, 0.2,
+            matcher=engine.matcher,
+        )  # fmt: skip
 
 
 def doc(decision: str, subject: str | None) -> dict:

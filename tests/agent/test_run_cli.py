@@ -80,6 +80,24 @@ def test_enroll_on_the_device_needs_no_broker_secret(palm_bundle, tmp_path):
     assert "PALM_MQTT_PASSWORD is not set" in out.stderr and "EnvironmentFile" in out.stderr
 
 
+def test_enroll_on_the_device_refuses_an_enrolled_palm_unless_allowed(
+    running_broker, palm_bundle, tmp_path
+):
+    """``palm-agent enroll``: the duplicate check's refusal is one line naming the enrolled
+    subject and the flag; with the flag the palm is enrolled and the log warns."""
+    replay = write_replay(tmp_path / "r", [0] * 4)
+    cfg = agent_config(tmp_path, running_broker, "dev26", palm_bundle, replay)
+    assert _cli("enroll", "alice", "--config", cfg).returncode == 0
+    out = _cli("enroll", "alice2", "--config", cfg)
+    assert out.returncode == 1, out.stderr[-2000:]
+    said = out.stderr.strip().splitlines()[-1]
+    assert said.startswith("palm-agent: enrollment refused: 'alice2' matches enrolled 'alice'")
+    assert "revoke 'alice' first" in said and "--allow-duplicate" in said, said
+    out = _cli("enroll", "alice2", "--allow-duplicate", "--config", cfg)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "enroll duplicate_allowed subject=alice2 matches=alice" in out.stderr, out.stderr
+
+
 def test_a_start_refused_for_its_bundle_creates_no_key(running_broker, tmp_path):
     """The device key was created before the bundle was read: a daemon started with a mistyped
     bundle path left a fresh key (and its folder) behind."""
