@@ -93,7 +93,7 @@ def enroll(
                 f"inconsistent {m} captures: two of them differ by {spread[m]} bits "
                 f"(limit {max_spread}); enroll again with the same hand, held the same way"
             )
-    _deduplicate(subject, samples, matcher, allow_duplicate)
+    duplicates = _deduplicate(subject, samples, matcher, allow_duplicate)
     store.enroll(
         subject,
         print_codes=np.stack(samples["print"]) if "print" in samples else None,
@@ -107,26 +107,31 @@ def enroll(
         "captures": {m: len(v) for m, v in samples.items()},
         "spread": spread,
         "rejected": dict(rejected),
+        # allowed matches: a UI or a log reader sees which enrolled subject it may be taken for
+        "duplicates": [
+            {"modality": m, "subject": other, "distance": dist, "threshold": t}
+            for m, other, dist, t in duplicates
+        ],
     }
 
 
 def _deduplicate(
     subject: str, samples: dict[str, list[np.ndarray]], matcher: Matcher, allow: bool
-) -> None:
-    """Refuse (or, allowed, log) a palm whose template a 1:N search in its modality would take
-    for an enrolled subject's: the matcher's own search and its threshold for that mode."""
+) -> list[tuple[str, str, int, float]]:
+    """Refuse (or, allowed, log and return) the matches of a palm whose template a 1:N search
+    in its modality would take for an enrolled subject's: the matcher's own search and its
+    threshold for that mode."""
     matches = []
     for m, rows in samples.items():
         template = majority(np.stack(rows), matcher.bits)
         d = matcher.identify(m, **{f"probe_{m}": template})
         if d.accepted:
             matches.append((m, d.subject, d.distances[m], d.threshold_bits))
-    if not matches:
-        return
-    if not allow:
+    if matches and not allow:
         raise DuplicatePalm(subject, matches)
     for m, other, dist, t in matches:
         logger.warning(
             "enroll duplicate_allowed subject=%s matches=%s modality=%s distance=%d threshold=%g",
             subject, other, m, dist, t,
         )  # fmt: skip
+    return matches

@@ -131,7 +131,7 @@ def run_live(out: Path, bundle: Path, shots: list[Shot], a: argparse.Namespace) 
             enroll = {"subject": shot.label, "captures": a.captures, "allow_duplicate": True}
             reply = ctl.command("enroll", enroll, timeout=90, alive=alive)
             result["enroll"].append({"subject": shot.label, **_brief(reply)})
-            tqdm.write(f"  enroll {shot.label}: {'ok' if reply['ok'] else reply['error']}")
+            tqdm.write(f"  enroll {shot.label}: {_enrolled(reply)}")
         listed = ctl.command("list", alive=alive)
         result["listed"] = listed.get("result", {}).get("subjects", [])
         probes = [s for s in shots if s.role != "enroll"]
@@ -159,6 +159,18 @@ def run_live(out: Path, bundle: Path, shots: list[Shot], a: argparse.Namespace) 
         ctl.close()
         broker.stop()
     return result
+
+
+def _enrolled(reply: dict[str, Any]) -> str:
+    """The enroll reply in a line, naming an enrolled subject the model cannot tell apart."""
+    if not reply["ok"]:
+        return str(reply["error"])
+    twins = reply["result"].get("duplicates", [])
+    return "ok" + "".join(
+        f"; its {t['modality']} matches {t['subject']} ({t['distance']} bits, threshold "
+        f"{t['threshold']:g})"
+        for t in twins
+    )
 
 
 def _brief(reply: dict[str, Any]) -> dict[str, Any]:

@@ -82,6 +82,8 @@ def test_allowed_the_duplicate_is_enrolled_and_a_warning_names_both(make_engine,
     with caplog.at_level(logging.WARNING, logger="agent.enroll"):
         out = enroll_palm(engine, store, "alice2", palm=0, first=10, allow_duplicate=True)
     assert out["subject"] == "alice2"
+    assert [(t["modality"], t["subject"]) for t in out["duplicates"]][:1] == [("print", "alice")]
+    assert all(t["distance"] <= t["threshold"] for t in out["duplicates"])
     assert [s["label"] for s in store.list()] == ["alice", "alice2"]
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(
@@ -93,7 +95,7 @@ def test_a_different_palm_enrolls_as_before(make_engine, caplog):
     engine, store = make_engine()
     with caplog.at_level(logging.WARNING, logger="agent.enroll"):
         for label, palm in (("alice", 0), ("bob", 1), ("carol", 2)):
-            enroll_palm(engine, store, label, palm=palm)
+            assert enroll_palm(engine, store, label, palm=palm)["duplicates"] == []
     assert [s["label"] for s in store.list()] == ["alice", "bob", "carol"]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
