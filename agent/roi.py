@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 SIDE_RATIO = 1.25
 GAP_RATIO = 0.25
+_DISC5 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))  # the refinement's opening
 
 
 @dataclass(frozen=True)
@@ -38,11 +39,6 @@ class RoiSquare:
     centre: tuple[float, float]
     side: float
     angle_deg: float
-
-    def axes(self) -> tuple[np.ndarray, np.ndarray]:
-        a = math.radians(self.angle_deg)
-        u = np.array([math.cos(a), math.sin(a)])
-        return u, np.array([-u[1], u[0]])  # n: u rotated +90 degrees on screen (into the palm)
 
     def corners(self) -> np.ndarray:
         # in Python floats: numpy's per-call cost on 2-vectors is most of this otherwise, and
@@ -70,9 +66,9 @@ class RoiSquare:
 
 
 def square_from_valleys(
-    v_a: np.ndarray,
-    v_b: np.ndarray,
-    palm_point: np.ndarray,
+    v_a: np.ndarray | tuple[float, float],
+    v_b: np.ndarray | tuple[float, float],
+    palm_point: np.ndarray | tuple[float, float],
     side_ratio: float = SIDE_RATIO,
     gap_ratio: float = GAP_RATIO,
 ) -> RoiSquare:
@@ -192,32 +188,36 @@ def find_valleys(
     deep = sorted((f, s, e, depth / 256) for s, e, f, depth in d.tolist())
     if len(deep) < 3:
         return None
-    best, best_score = None, math.inf
+    # (x, y, depth) per defect in Python floats, fetched at once: the window scores below are
+    # scalar arithmetic, where a numpy lookup per point would cost more than the score
+    xy = pts[[t[0] for t in deep]].tolist()
+    far = [(x, y, t[3]) for (x, y), t in zip(xy, deep, strict=True)]
+    best, best_score = 0, math.inf
     m = len(deep)
     for i in range(m if m > 3 else 1):
-        tri = [deep[(i + k) % m] for k in range(3)]
-        (x1, y1), (x2, y2), (x3, y3) = (pts[t[0]].tolist() for t in tri)
+        (x1, y1, d1), (x2, y2, d2), (x3, y3, d3) = (far[(i + k) % m] for k in range(3))
         span = math.hypot(x3 - x1, y3 - y1)
         g1, g2 = math.hypot(x2 - x1, y2 - y1), math.hypot(x3 - x2, y3 - y2)
         if min(g1, g2) <= 0 or span <= 0:
             continue
         cross = (x3 - x1) * (y2 - y1) - (y3 - y1) * (x2 - x1)
         dev = abs(cross) / span
-        depths = [t[3] for t in tri]
-        score = max(g1, g2) / min(g1, g2) + 2 * dev / span + max(depths) / min(depths) - 1
+        score = max(g1, g2) / min(g1, g2) + 2 * dev / span + max(d1, d2, d3) / min(d1, d2, d3) - 1
         if score < best_score:
-            neighbours = [deep[(i - 1) % m], deep[(i + 3) % m]] if m > 3 else []
-            best, best_score = (tri, neighbours), score
-    if best is None or best_score > 3.0:
+            best, best_score = i, score
+    if best_score > 3.0:  # also when no window had a score
         return None
-    tri, neighbours = best
+    tri = [deep[(best + k) % m] for k in range(3)]
+    neighbours = [deep[(best - 1) % m], deep[(best + 3) % m]] if m > 3 else []
     tip = pts[tri[1][1]]
     v_a, v_b = pts[tri[0][0]], pts[tri[2][0]]
     # The defect point is the farthest from the fingertip chord, which slides along the web when
     # neighbouring fingers differ in length. The valley is the web's deepest point into the palm.
+    webs = [_arc(pts, t[1], t[2]) for t in (tri[0], tri[2])]
     for _ in range(2):
-        n = _into_palm(v_a, v_b, tip)
-        v_a, v_b = (_deepest(pts, t[1], t[2], n) for t in (tri[0], tri[2]))
+        nx, ny = _into_palm(v_a, v_b, tip)
+        h = math.hypot(nx, ny)
+        v_a, v_b = (_bottom(web, np.array([nx / h, ny / h])) for web in webs)
     # the thumb-index web: the deeper of the defects next to the window in contour order (a
     # notch at the wrist, when there is one, is shallower)
     thumb = pts[max(neighbours, key=lambda t: t[3])[0]] if neighbours else None
@@ -233,51 +233,56 @@ def _refine(
     strip around the valley line at full resolution (a few percent of the frame) puts the
     web's bottom back to within a frame pixel, as a full-resolution search would.
     """
-    d = float(np.hypot(*(v_b - v_a)))
+    # the crop's bounds in Python floats: numpy's per-call cost on 2-vectors is most of this
+    (ax, ay), (bx, by) = v_a.tolist(), v_b.tolist()
+    d = float(np.hypot(bx - ax, by - ay))
     r = max(4.0, 0.15 * d)  # how far a valley may move; well short of the palm's sides
     h, w = frame.shape[:2]
-    x0, y0 = np.maximum(np.floor(np.minimum(v_a, v_b) - r - 5), 0).astype(int)
-    x1, y1 = np.ceil(np.maximum(v_a, v_b) + r + 6).astype(int)
+    x0, y0 = max(math.floor(min(ax, bx) - r - 5), 0), max(math.floor(min(ay, by) - r - 5), 0)
+    x1, y1 = math.ceil(max(ax, bx) + r + 6), math.ceil(max(ay, by) + r + 6)
     crop = frame[y0 : min(y1, h), x0 : min(x1, w)]
     grey = crop if crop.ndim == 2 else cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
     _, mask = cv2.threshold(cv2.GaussianBlur(grey, (5, 5), 0), level, 255, cv2.THRESH_BINARY)
-    mask = cv2.morphologyEx(
-        mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
-    )
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _DISC5)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE, offset=(x0, y0))
     if not contours:
         return v_a, v_b
-    pts = np.concatenate(contours).reshape(-1, 2).astype(float) + np.array([x0, y0])
-    near = [pts[np.hypot(*(pts - v).T) <= r] for v in (v_a, v_b)]
+    pts = np.concatenate(contours, dtype=float).reshape(-1, 2)
+    near = [pts[np.hypot(pts[:, 0] - x, pts[:, 1] - y) <= r] for x, y in ((ax, ay), (bx, by))]
     if min(len(p) for p in near) == 0:
         return v_a, v_b
     for _ in range(2):
-        n = _into_palm(v_a, v_b, tip)
-        n = n / np.hypot(*n)
-        v_a, v_b = (_bottom(p, n) for p in near)
+        nx, ny = _into_palm(v_a, v_b, tip)
+        # libm's hypot (np.hypot): math.hypot may round the last bit differently, which would move
+        # the refined valleys by as much
+        h = np.hypot(nx, ny)
+        v_a, v_b = (_bottom(p, np.array([nx / h, ny / h])) for p in near)
     return v_a, v_b
 
 
-def _into_palm(v_a: np.ndarray, v_b: np.ndarray, tip: np.ndarray) -> np.ndarray:
-    """A normal of the valley line (not unit length) pointing away from the fingertip."""
-    line = v_b - v_a
-    n = np.array([-line[1], line[0]])
-    return -n if np.dot(tip - (v_a + v_b) / 2, n) > 0 else n
+def _into_palm(v_a: np.ndarray, v_b: np.ndarray, tip: np.ndarray) -> tuple[float, float]:
+    """A normal of the valley line (not unit length) pointing away from the fingertip, in Python
+    floats: it runs four times a search, and numpy's per-call cost on 2-vectors would be most of
+    it."""
+    (ax, ay), (bx, by), (tx, ty) = v_a.tolist(), v_b.tolist(), tip.tolist()
+    nx, ny = -(by - ay), bx - ax
+    if (tx - (ax + bx) / 2) * nx + (ty - (ay + by) / 2) * ny > 0:
+        return -nx, -ny
+    return nx, ny
 
 
-def _deepest(pts: np.ndarray, start: int, end: int, direction: np.ndarray) -> np.ndarray:
-    """The bottom of the contour between two hull points, deepest along unit ``direction``.
-
-    The mean of the points within a pixel of the deepest one: a web's bottom is flat for a few
-    pixels, and a single argmax would wander along it with the noise.
-    """
-    seg = pts[start : end + 1] if start <= end else np.concatenate([pts[start:], pts[: end + 1]])
-    return _bottom(seg, direction / math.hypot(*direction))
+def _arc(pts: np.ndarray, start: int, end: int) -> np.ndarray:
+    """The contour from index ``start`` to ``end``, across the contour's first point if need be."""
+    return pts[start : end + 1] if start <= end else np.concatenate([pts[start:], pts[: end + 1]])
 
 
 def _bottom(pts: np.ndarray, unit: np.ndarray) -> np.ndarray:
-    """Mean of the points within a pixel of the deepest along ``unit``; sum / count is what
-    ``mean`` computes, without its Python-level bookkeeping, on arrays of a few hundred points."""
+    """The bottom of a web: the mean of the points within a pixel of the deepest along ``unit``.
+
+    A web's bottom is flat for a few pixels, and a single argmax would wander along it with the
+    noise. Sum / count is what ``mean`` computes, without its Python-level bookkeeping, on
+    arrays of a few hundred points.
+    """
     depth = pts @ unit
     sel = pts[depth >= depth.max() - 1.0]
     return sel.sum(axis=0) / len(sel)
@@ -309,14 +314,17 @@ def extract(frame: np.ndarray, config: RoiConfig = RoiConfig()) -> RoiResult:
     v_a, v_b, tip, thumb = (search.to_frame(p) if p is not None else None for p in found)
     if search.scale.min() < 1:
         v_a, v_b = _refine(frame, v_a, v_b, tip, level)
-    mid = (v_a + v_b) / 2
-    palm_point = mid - (tip - mid)  # the palm lies opposite the fingertips
-    sq = square_from_valleys(v_a, v_b, palm_point, config.side_ratio, config.gap_ratio)
-    result.square, result.valleys = sq, np.stack([v_a, v_b])
+    # in Python floats from here: numpy's per-call cost on 2-vectors is most of this otherwise
+    (ax, ay), (bx, by), (tx, ty) = v_a.tolist(), v_b.tolist(), tip.tolist()
+    mx, my = (ax + bx) / 2, (ay + by) / 2
+    palm_point = (mx - (tx - mx), my - (ty - my))  # the palm lies opposite the fingertips
+    sq = square_from_valleys((ax, ay), (bx, by), palm_point, config.side_ratio, config.gap_ratio)
+    result.square, result.valleys = sq, np.array([v_a, v_b])
     if thumb is not None:
-        u, _ = sq.axes()
-        # palm towards the camera, fingers up: a right hand has its thumb on the right
-        result.hand = "right" if np.dot(thumb - np.asarray(sq.centre), u) > 0 else "left"
+        (hx, hy), (cx, cy), a = thumb.tolist(), sq.centre, math.radians(sq.angle_deg)
+        # palm towards the camera, fingers up: a right hand has its thumb on the right of u,
+        # the ROI's x axis (cos a, sin a)
+        result.hand = "right" if (hx - cx) * math.cos(a) + (hy - cy) * math.sin(a) > 0 else "left"
     result.roi = _cut_oriented(frame, result, config)
     return result
 
