@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -64,13 +65,15 @@ def bench_backbone(name: str, bits: int, runs: int, modalities: list[str], tmp: 
             ("tflite", "fp32"): d / "fp32.tflite",
             ("tflite", "int8"): d / "int8.tflite",
         }
-        convert_onnx.export_fp32(net, 3, 128, files["onnx", "fp32"])
-        convert_onnx.quantize_int8(files["onnx", "fp32"], files["onnx", "int8"], calib)
-        convert_onnx.quantize_int8(
-            files["onnx", "fp32"], files["onnx", "int8, int8 weights"], calib, weights="int8"
-        )
-        convert_tflite.export_fp32(net, 3, 128, files["tflite", "fp32"])
-        convert_tflite.export_int8(net, calib, files["tflite", "int8"])
+        # litert-torch prints notes ("Relu partition ...") on stdout, which carries the JSON
+        with contextlib.redirect_stdout(sys.stderr):
+            convert_onnx.export_fp32(net, 3, 128, files["onnx", "fp32"])
+            convert_onnx.quantize_int8(files["onnx", "fp32"], files["onnx", "int8"], calib)
+            convert_onnx.quantize_int8(
+                files["onnx", "fp32"], files["onnx", "int8, int8 weights"], calib, weights="int8"
+            )
+            convert_tflite.export_fp32(net, 3, 128, files["tflite", "fp32"])
+            convert_tflite.export_int8(net, calib, files["tflite", "int8"])
         with contextlib.ExitStack() as stack:
             backends = [stack.enter_context(open_backend(p, threads=1)) for p in files.values()]
             stats = _latencies(backends, x, runs)
@@ -102,18 +105,19 @@ def parity_rows(checkpoint: str, calib: int, tmp: Path, onnx_weights: str) -> No
 
     model, ckpt = load_checkpoint(checkpoint)
     train, test = load_split(ckpt, "train"), load_split(ckpt, "test")
-    report = export_bundle(
-        model,
-        ckpt,
-        train,
-        test,
-        tmp / "bundle",
-        ["onnx", "tflite"],
-        ["fp32", "int8"],
-        calib,
-        allow_degraded=True,
-        onnx_weights=onnx_weights,
-    )
+    with contextlib.redirect_stdout(sys.stderr):  # the converters' notes, as above
+        report = export_bundle(
+            model,
+            ckpt,
+            train,
+            test,
+            tmp / "bundle",
+            ["onnx", "tflite"],
+            ["fp32", "int8"],
+            calib,
+            allow_degraded=True,
+            onnx_weights=onnx_weights,
+        )
     for row in report["files"]:
         print(
             json.dumps(

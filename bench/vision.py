@@ -23,9 +23,11 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"  # before numpy/torch load their thread pools
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import platform  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -131,7 +133,9 @@ def main() -> None:
             print(json.dumps({"roi_accuracy": acc, "search": name, "level": args.level}))
         rois = [r.roi for r in found if r.roi is not None]
         tensors = [preprocess(r) for r in rois]
-        paths = build_models(args.backbone, args.bits, np.stack(tensors), tmp_path)
+        # litert-torch prints notes ("Relu partition ...") on stdout, which carries the JSON
+        with contextlib.redirect_stdout(sys.stderr):
+            paths = build_models(args.backbone, args.bits, np.stack(tensors), tmp_path)
 
         rows: list[dict] = []
 

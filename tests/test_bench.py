@@ -1,0 +1,53 @@
+"""The benchmarks keep stdout to JSON, so that their output can be piped to a file or ``jq``
+and read back: progress, logs and the converters' notes go to stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench(name: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / name), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def json_lines(out: subprocess.CompletedProcess) -> list[dict]:
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [ln for ln in out.stdout.splitlines() if ln.strip()]
+    not_json = []
+    for ln in lines:
+        try:
+            json.loads(ln)
+        except ValueError:
+            not_json.append(ln)
+    assert not_json == [], f"stdout lines that are not JSON: {not_json[:5]}"
+    assert lines, "no JSON on stdout"
+    return [json.loads(ln) for ln in lines]
+
+
+@pytest.mark.slow
+def test_vision_stdout_is_json_lines():
+    rows = json_lines(bench("vision.py", "--frames", "1", "--repeats", "1"))
+    assert rows[-1]["summary"] is True
+
+
+@pytest.mark.slow
+def test_infer_stdout_is_json_lines():
+    args = ["--backbones", "light", "--modalities", "print", "--runs", "1"]
+    rows = json_lines(bench("infer.py", *args))
+    assert {r["format"] for r in rows if "format" in r} == {"onnx", "tflite"}
