@@ -48,6 +48,7 @@ an otherwise idle device; the models-alone timing is still taken back to back, s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -231,7 +232,8 @@ def run_one(out: Path, bundle: Path, broker: Broker, runtime: str, precision: st
     ctl = Controller(broker.port, DEVICE)
     t0 = time.monotonic()
     log = out / "device" / f"agent-{runtime}-{precision}.log"
-    proc = start_agent(config, log, env={"NOTIFY_SOCKET": str(sock_path)})
+    with contextlib.redirect_stdout(sys.stderr):  # its "$ palm-agent run" line
+        proc = start_agent(config, log, env={"NOTIFY_SOCKET": str(sock_path)})
     ready_s = None
     try:
         while ready_s is None:
@@ -394,7 +396,10 @@ def main() -> int:
     a = p.parse_args()
     out = a.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    bundle = (a.bundle or build_bundle(out, a.fresh, a.model, a.onnx_weights)).resolve()
+    # the palm-export commands that build the bundle echo themselves and their tables; stdout
+    # carries the JSON lines
+    with contextlib.redirect_stdout(sys.stderr):
+        bundle = (a.bundle or build_bundle(out, a.fresh, a.model, a.onnx_weights)).resolve()
     manifest = load_bundle(bundle, allow_degraded=True).manifest
     combos = sorted({(e.format, e.precision) for e in manifest.models})
     if a.only:

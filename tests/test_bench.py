@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.agent.conftest import make_bundle
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -38,6 +40,23 @@ def json_lines(out: subprocess.CompletedProcess) -> list[dict]:
     assert not_json == [], f"stdout lines that are not JSON: {not_json[:5]}"
     assert lines, "no JSON on stdout"
     return [json.loads(ln) for ln in lines]
+
+
+def test_e2e_stdout_is_json_lines(tmp_path):
+    bundle = make_bundle(tmp_path / "bundle")
+    args = ["--bundle", str(bundle), "--out", str(tmp_path / "out"), "--seconds", "1"]
+    args += ["--warmup", "0.2", "--runs", "2", "--cooldown", "0", "--page-cache", "as-is"]
+    rows = json_lines(bench("e2e.py", *args))
+    assert [r["bench"] for r in rows] == ["e2e", "e2e_summary"]
+    assert rows[0]["decisions"] > 0
+
+
+@pytest.mark.slow
+def test_e2e_stdout_is_json_lines_while_it_builds_its_bundle(tmp_path):
+    args = ["--out", str(tmp_path / "out"), "--only", "tflite:int8", "--seconds", "1"]
+    args += ["--warmup", "0.2", "--runs", "2", "--cooldown", "0", "--page-cache", "as-is"]
+    rows = json_lines(bench("e2e.py", *args))
+    assert [r["bench"] for r in rows] == ["e2e", "e2e_summary"]
 
 
 @pytest.mark.slow
