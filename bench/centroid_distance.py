@@ -9,6 +9,7 @@ That search is reproduced here (seeded) next to export.centroids.make_centroids.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -35,6 +36,7 @@ def reference_search(n: int, bits: int, seed: int, tries: int = 20) -> np.ndarra
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     bits = 32
     for n in (200, 500, 600):
         t = time.perf_counter()

@@ -1,5 +1,5 @@
-"""The benchmarks keep stdout to JSON, so that their output can be piped to a file or ``jq``
-and read back: progress, logs and the converters' notes go to stderr."""
+"""The benchmarks answer --help, and keep stdout to JSON so that their output can be piped to a
+file or ``jq`` and read back: progress, logs and the converters' notes go to stderr."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 from tests.agent.conftest import make_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCHES = sorted(p.name for p in (ROOT / "bench").glob("*.py") if p.name != "procfs.py")
 
 
 def bench(name: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -40,6 +41,13 @@ def json_lines(out: subprocess.CompletedProcess) -> list[dict]:
     assert not_json == [], f"stdout lines that are not JSON: {not_json[:5]}"
     assert lines, "no JSON on stdout"
     return [json.loads(ln) for ln in lines]
+
+
+@pytest.mark.parametrize("name", BENCHES)
+def test_help_answers_without_running_the_bench(name):
+    out = bench(name, "--help", timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("usage:"), out.stdout[:300]
 
 
 def test_e2e_stdout_is_json_lines(tmp_path):
