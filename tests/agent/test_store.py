@@ -238,3 +238,39 @@ def test_a_handle_left_on_the_old_key_cannot_write_after_another_rekeyed(tmp_pat
     probe = fresh.protector.protect(majority(raw, 32)[None])
     assert labels == ["alice"] and int(codes.hamming(gallery, probe)[0]) == 0
     fresh.close()
+
+
+def _on_disk(path) -> bytes:
+    """Every byte SQLite keeps for the store: the database file and its write-ahead log."""
+    files = (path, path.with_name(path.name + "-wal"))
+    return b"".join(p.read_bytes() for p in files if p.exists())
+
+
+@pytest.mark.parametrize("change", ["revoke", "rekey"])
+def test_what_a_revoke_or_rekey_replaces_is_gone_from_the_files(tmp_path, change):
+    """A revoke (a person leaves, or asks to be erased) or a rekey (after a leak) deleted or
+    replaced the protected templates, but SQLite kept their bytes in the freed space of the
+    database's pages and in the write-ahead log: a copy of the card taken afterwards still held
+    them."""
+    bits = max(codes.SUPPORTED_BITS)  # long codes: a match in the file cannot be chance
+    rng = np.random.default_rng(5)
+    path = tmp_path / "t.db"
+    store = TemplateStore(path, Protector(DeviceKey.generate(), bits))
+    store.enroll("alice", print_codes=_codes(rng, 5, bits), vein_codes=_codes(rng, 5, bits))
+    store.enroll("bob", print_codes=_codes(rng, 5, bits))
+    blobs = [
+        bytes(r[0])
+        for r in store.db.execute(
+            "SELECT code FROM templates t JOIN subjects s ON s.id = t.subject WHERE s.label = ?",
+            ("alice",),
+        )
+    ]
+    assert len(blobs) == 12 and all(b in _on_disk(path) for b in blobs)
+    if change == "revoke":
+        store.revoke("alice")
+    else:
+        store.rekey(Protector(DeviceKey.generate(), bits))
+    left = [b for b in blobs if b in _on_disk(path)]
+    assert left == [], f"{len(left)} of {len(blobs)} replaced templates still on disk"
+    assert len(store.gallery("print")[0]) == (1 if change == "revoke" else 2)
+    store.close()
