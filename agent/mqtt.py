@@ -41,6 +41,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties, VariableByteIntegers, writeInt32, writeUTF
 
 from agent.config import MqttConfig
+from agent.homeassistant import decision_entity
 from agent.outbox import Outbox
 from agent.reporter import CommandSink, Reporter
 
@@ -55,7 +56,6 @@ SILENT_ATTEMPTS = 2  # MQTT 5 attempts in a row without a CONNACK before falling
 STABLE_S = 300.0
 FLAPS = 3
 SESSION_TAKEN_OVER = 142  # MQTT 5 DISCONNECT reason: another client connected with this id
-EVENT_TYPES = ["granted", "denied", "unknown", "error"]
 
 
 class DecisionProperties(Properties):
@@ -529,32 +529,13 @@ class MqttReporter(Reporter):
             client.publish(topic, payload, qos=1, retain=False, properties=properties)
 
     def _publish_discovery(self, client: mqtt.Client) -> None:
-        ha = self.cfg.homeassistant
-        doc = {
-            "name": "Palm decision",
-            "unique_id": f"{self.device_id}_decision",
-            "object_id": f"{self.device_id}_decision",
-            "state_topic": self.topics["decision"],
-            "event_types": EVENT_TYPES,
-            "value_template": (
-                "{{ {'event_type': value_json.decision, 'subject': value_json.subject, "
-                "'mode': value_json.mode} | tojson }}"
-            ),
-            "availability": [
-                {
-                    "topic": self.topics["availability"],
-                    "value_template": "{{ 'online' if value == 'online' else 'offline' }}",
-                }
-            ],
-            "device": {
-                "identifiers": [f"palm-agent-{self.device_id}"],
-                "name": self.device_name,
-                "manufacturer": "palm-cohash",
-                "model": "palm-agent",
-                "sw_version": self.version,
-            },
-        }
-        topic = f"{ha.discovery_prefix}/event/{self.device_id}/decision/config"
+        topic, doc = decision_entity(
+            self.cfg.homeassistant.discovery_prefix,
+            self.device_id,
+            self.device_name,
+            self.version,
+            self.topics,
+        )
         client.publish(topic, json.dumps(doc).encode(), qos=1, retain=True)
         logger.info("mqtt home assistant discovery published topic=%s", topic)
 
