@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -335,6 +336,7 @@ class SilentLink:
 
     def __init__(self, port: int) -> None:
         self.port_to, self.dead = port, threading.Event()
+        self.clients: list[socket.socket] = []
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -346,6 +348,7 @@ class SilentLink:
             except OSError:
                 return
             far = socket.create_connection(("127.0.0.1", self.port_to))
+            self.clients.append(near)
             for a, b in ((near, far), (far, near)):
                 threading.Thread(target=self._relay, args=(a, b), daemon=True).start()
 
@@ -358,6 +361,17 @@ class SilentLink:
             pass
         for x in (a, b):
             x.close()
+
+    def take_over(self) -> None:
+        """End the client's connection as a broker does when another client connects with its
+        client id: an MQTT 5 DISCONNECT, reason 0x8E "session taken over" (mosquitto 2.0.11,
+        the tests' broker, closes the socket without it; later versions and other brokers send
+        it)."""
+        for near in self.clients:
+            with contextlib.suppress(OSError):
+                near.sendall(bytes([0xE0, 2, 0x8E, 0]))
+                near.close()
+        self.clients.clear()
 
     def close(self) -> None:
         self.listener.close()
@@ -585,3 +599,33 @@ def test_a_full_disk_does_not_lose_the_decision(running_broker, subscribe, tmp_p
         assert len(failed) == unstored and "full" in failed[0].getMessage()
     finally:
         r.stop(timeout=1)
+
+
+def test_a_session_taken_over_is_named_at_once_and_backs_off(running_broker, tmp_path, caplog):
+    """A broker that says why it closed the connection (MQTT 5 reason 0x8E) needs no streak of
+    short connections to know another client has this client id."""
+    caplog.set_level(logging.INFO, logger="agent.mqtt")
+    errors: list[dict] = []
+    seen = ctl_client(running_broker)
+    seen.on_message = lambda c, u, m: errors.append(json.loads(m.payload))
+    seen.subscribe("palm/dev27/error", qos=1)
+    link = SilentLink(running_broker.port)
+    r = reporter(running_broker, "dev27", tmp_path, port=link.port, protocol="5",
+                 reconnect_min=0.5, reconnect_max=30.0)  # fmt: skip
+    try:
+        r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
+        assert wait_until(r._connected.is_set)
+        link.take_over()
+        t0 = time.monotonic()
+        assert wait_until(lambda: not r._connected.is_set())
+        assert wait_until(r._connected.is_set, timeout=10)
+        assert time.monotonic() - t0 > 0.9  # twice the minimum, from the first one
+        flapping = [
+            x.getMessage() for x in caplog.records if "connection_flapping" in x.getMessage()
+        ]
+        assert len(flapping) == 1 and "session taken over by another client" in flapping[0]
+        assert wait_until(lambda: [e["event"] for e in errors] == ["connection_flapping"])
+    finally:
+        r.stop(timeout=1)
+        link.close()
+        seen.loop_stop()
