@@ -42,7 +42,7 @@ from paho.mqtt.properties import Properties, VariableByteIntegers, writeInt32, w
 
 from agent.config import MqttConfig
 from agent.homeassistant import decision_entity
-from agent.outbox import Outbox
+from agent.outbox import Outbox, since_boot
 from agent.reporter import CommandSink, Reporter
 
 logger = logging.getLogger(__name__)
@@ -125,7 +125,11 @@ class MqttReporter(Reporter):
         self._threads: list[threading.Thread] = []
         self._unstored = 0  # decisions the outbox could not take since start, sent from memory
         # replies and error events made while the link is down, sent by the pump once it is up
-        self._held: collections.deque[tuple[str, bytes, Any]] = collections.deque(maxlen=HELD)
+        # (topic, payload, QoS, properties, boot-clock time of a decision the outbox could not
+        # take, else None)
+        self._held: collections.deque[tuple[str, bytes, int, Any, float | None]] = (
+            collections.deque(maxlen=HELD)
+        )
 
     # -- Reporter ---------------------------------------------------------------------------
     def start(self, on_command: CommandSink) -> None:
@@ -144,14 +148,18 @@ class MqttReporter(Reporter):
             # a full or failing SD card: the decision still goes out, from memory; raising here
             # lost it and skipped the capture loop's own actions on it (the door, the LEDs)
             self._unstored += 1
+            down = self.cfg.qos == 0 and not self._connected.is_set()
             logger.error(
-                "outbox add_failed error=%s unstored=%d: the decision is sent from memory and "
-                "lost if the device restarts before the broker has it; free space on the disk "
-                "that holds outbox.path",
+                "outbox add_failed error=%s unstored=%d: %s; free space on the disk that holds "
+                "outbox.path",
                 e, self._unstored,
+                "the decision is dropped (QoS 0 and no connection)" if down else "the decision "
+                "is sent from memory, and lost if the device restarts before the broker has it",
             )  # fmt: skip
-            self._publish(self.topics["decision"], payload, self.cfg.qos)
-            return
+            if not down:
+                # through the pump, which drops it past mqtt.decision_expiry as it does rows
+                held = (self.topics["decision"], payload, self.cfg.qos, None, since_boot())
+                self._held.append(held)
         self._wake.set()
 
     def stats(self, doc: dict[str, Any]) -> None:
@@ -303,8 +311,10 @@ class MqttReporter(Reporter):
 
     def _back_off(self) -> float:
         """The wait before the next connect: the configured minimum, doubled for each
-        connection past the FLAPS-th in a row that the broker closed soon after it opened."""
-        extra = max(0, self._flaps - FLAPS + 1)
+        connection from the FLAPS-th in a row that the broker closed soon after it opened, up
+        to the configured maximum (the doublings are capped: a streak of a day at the maximum
+        overflowed a float and ended paho's thread)."""
+        extra = min(max(0, self._flaps - FLAPS + 1), 32)
         return min(self.cfg.reconnect_min * 2.0**extra, self.cfg.reconnect_max)
 
     def _count_flap(self, client: mqtt.Client, reason_code: Any) -> None:
@@ -517,7 +527,7 @@ class MqttReporter(Reporter):
         client = self._client
         if client is None or not self._connected.is_set():
             if qos > 0:  # a reply to a command run across an outage still goes out (stats not)
-                self._held.append((topic, payload, properties))
+                self._held.append((topic, payload, qos, properties, None))
                 self._wake.set()
             return
         client.publish(topic, payload, qos=qos, retain=False, properties=properties)
@@ -525,8 +535,18 @@ class MqttReporter(Reporter):
     def _send_held(self) -> None:
         client = self._client
         while self._held and client is not None and self._connected.is_set():
-            topic, payload, properties = self._held.popleft()
-            client.publish(topic, payload, qos=1, retain=False, properties=properties)
+            topic, payload, qos, properties, added = self._held.popleft()
+            if added is not None:  # a decision from memory: the outbox's expiry and properties
+                age = since_boot() - added
+                remaining = int(self.cfg.decision_expiry - age)
+                if remaining <= 0:
+                    logger.warning(
+                        "mqtt unstored decision dropped age_s=%.0f: past mqtt.decision_expiry", age
+                    )
+                    continue
+                if self._v5:
+                    properties = DecisionProperties(remaining, f"{age * 1e3:.2f}")
+            client.publish(topic, payload, qos=qos, retain=False, properties=properties)
 
     def _publish_discovery(self, client: mqtt.Client) -> None:
         topic, doc = decision_entity(

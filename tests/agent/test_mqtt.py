@@ -489,7 +489,7 @@ def test_two_devices_with_one_client_id_back_off_and_say_why(running_broker, tmp
     assert "device.id" in flapping[0].getMessage()
     # at a 0.1 s minimum the pair reconnected 60 times in 6 s (13 now); backing off to 2 s, the
     # streak's first waits (0.2, 0.4, 0.8, 1.6 s) leave room for about a dozen
-    assert connects <= 14, connects
+    assert connects <= 20, connects
     # the operator hears of it on the error topic, once per streak and device
     assert 1 <= [e["event"] for e in errors].count("connection_flapping") <= 2
     assert all(e["client_id"] == "dev1" for e in errors)
@@ -500,7 +500,7 @@ def test_a_connection_stable_for_long_ends_the_streak(running_broker, tmp_path, 
     # many short connections came before it
     import agent.mqtt as transport
 
-    monkeypatch.setattr(transport, "STABLE_S", 1.5)
+    monkeypatch.setattr(transport, "STABLE_S", 3.0)
     r = reporter(running_broker, "dev1", tmp_path, reconnect_min=0.2, reconnect_max=30.0)
     r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
 
@@ -521,9 +521,13 @@ def test_a_connection_stable_for_long_ends_the_streak(running_broker, tmp_path, 
     for _ in range(transport.FLAPS):
         kick()
     assert kick() > 0.6  # in a streak: 0.2 s doubled twice (0.8 s)
-    time.sleep(2.0)  # longer than STABLE_S
+    time.sleep(3.5)  # longer than STABLE_S
     assert kick() < 0.6  # the streak is over: back to the minimum (0.2 s)
     r.stop(timeout=1)
+    # a streak of two cloned cards throwing each other off for a day, at the maximum: the
+    # doublings overflowed a float (OverflowError in paho's thread, which then ended)
+    r._flaps = 5000
+    assert r._back_off() == r.cfg.reconnect_max
 
 
 def test_a_stop_logs_its_disconnect_as_info_and_a_lost_link_as_a_warning(
@@ -597,6 +601,31 @@ def test_a_full_disk_does_not_lose_the_decision(running_broker, subscribe, tmp_p
         assert 0 < unstored < 12
         failed = [x for x in caplog.records if "outbox add_failed" in x.getMessage()]
         assert len(failed) == unstored and "full" in failed[0].getMessage()
+    finally:
+        r.stop(timeout=1)
+
+
+def test_a_decision_the_full_disk_kept_in_memory_expires_as_a_row_would(
+    running_broker, subscribe, tmp_path, caplog
+):
+    """Held in memory across an outage, it went out when the link came back however old, with no
+    message expiry: an hour-old "granted" could still open a door."""
+    caplog.set_level(logging.INFO, logger="agent.mqtt")
+    sub = subscribe("palm/dev1/decision")
+    box = Outbox(tmp_path / "outbox.sqlite")
+    box._db.execute(f"PRAGMA max_page_count={box._db.execute('PRAGMA page_count').fetchone()[0]}")
+    r = reporter(running_broker, "dev1", tmp_path, outbox=box, decision_expiry=2)
+    r.decision({"seq": 0, "pad": "x" * 5000})  # no connection yet: held, and then too old
+    time.sleep(2.2)
+    r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
+    try:
+        assert wait_until(r._connected.is_set)
+        r.decision({"seq": 1, "pad": "x" * 5000})
+        got = sub.wait(lambda m: True, count=1)
+        time.sleep(0.5)
+        assert [json.loads(m[3])["seq"] for m in sub.messages] == [1], got
+        assert r.counters()["outbox_unstored"] == 2
+        assert any("unstored decision dropped" in x.getMessage() for x in caplog.records)
     finally:
         r.stop(timeout=1)
 

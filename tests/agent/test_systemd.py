@@ -223,3 +223,36 @@ def test_palm_agent_is_on_the_path(installed):
     and sudo answered "palm-agent: command not found"."""
     link = installed / "usr/local/bin/palm-agent"
     assert link.is_symlink() and os.readlink(link) == f"{VENV}/bin/palm-agent"
+
+
+def _syscalls(names: list[str]) -> set[str]:
+    """System calls named or in the @groups named, as systemd-analyze expands the groups."""
+    out: set[str] = set()
+    for name in names:
+        if not name.startswith("@"):
+            out.add(name)
+            continue
+        listing = subprocess.run(
+            ["systemd-analyze", "syscall-filter", name], capture_output=True, text=True, check=True
+        ).stdout
+        for line in listing.splitlines()[1:]:
+            word = line.strip()
+            if word and not word.startswith("#"):
+                out |= _syscalls([word]) if word.startswith("@") else {word}
+    return out
+
+
+def test_the_service_may_read_the_clocks_ntp_state_and_not_set_the_clock():
+    """ProtectClock and a denied @clock made adjtimex fail with EPERM even to read: every decision
+    said clock_synced null under the unit, never false after a power cut."""
+    assert _values("ProtectClock") in ([], ["no"])
+    usable: set[str] = set()
+    for line in _values("SystemCallFilter"):  # in order: an allow list, then each line edits it
+        names = line.split()
+        if line.startswith("~"):
+            usable -= _syscalls([names[0][1:], *names[1:]])
+        else:
+            usable |= _syscalls(names)
+    assert "adjtimex" in usable
+    assert not usable & {"settimeofday", "clock_settime", "clock_adjtime"}
+    assert _values("CapabilityBoundingSet") == [""]  # no CAP_SYS_TIME: adjtimex only reads
