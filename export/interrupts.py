@@ -46,8 +46,10 @@ class WholeSteps:
         self._held = None
 
     def _receive(self, signum: int, frame: FrameType | None) -> None:
-        if self._in_step:
-            self._held = self._held or (signum, frame)
+        # a second signal during one step is delivered at once: a step that hangs (a stuck
+        # collective, a device that stopped answering) can still be interrupted
+        if self._in_step and self._held is None:
+            self._held = (signum, frame)
         else:
             self._saved[signum](signum, frame)
 

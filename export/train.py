@@ -160,6 +160,15 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
         optimizer.load_state_dict(ckpt["optimizer"])
         start = ckpt["train"]["epoch"]
         progress = ckpt["train"].get("in_epoch", progress)
+        if progress["steps"] and progress.get("world", world) != world:
+            # the epoch's order was split among the processes: another count cannot tell which
+            # samples the interrupted run trained on
+            logger.warning(
+                "resuming with %d training processes, the interrupted run had %d: epoch %d runs "
+                "again from its start (its %d finished steps are already in the weights)",
+                world, progress["world"], start + 1, progress["steps"],
+            )  # fmt: skip
+            progress = {"samples": 0, "steps": 0, "sums": {}}
         meta["eval"], meta["best_mean_eer"] = ckpt["eval"], ckpt["best_mean_eer"]
         logger.info("resumed checkpoint=%s epoch=%d step=%d", path, start, progress["steps"])
         if start >= args.epochs:
@@ -251,6 +260,7 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
                             "samples": progress["samples"] + len(item[-1]) * world,
                             "steps": progress["steps"] + 1,
                             "sums": {k: sums.get(k, 0.0) + v for k, v in terms.items()},
+                            "world": world,
                         }
                         mean = progress["sums"]["loss"] / progress["steps"]
                         bar.set_postfix(loss=f"{mean:.4f}", refresh=False)

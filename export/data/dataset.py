@@ -9,6 +9,7 @@ same per-grey-level table.
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 from collections.abc import Iterator
 
@@ -95,8 +96,10 @@ def epoch_seed(seed: int, epoch: int) -> int:
 def step_seed(seed: int, epoch: int, step: int) -> int:
     """The torch seed of one training step's cross-modal shuffle: drawn from one generator for
     the whole epoch, a run resumed in the middle of it could not draw what the rest would
-    have."""
-    return epoch_seed(seed, epoch) * 1_000_003 + step
+    have. Hashed into torch's seed range (below 2**63): ``epoch_seed * 1_000_003 + step``
+    passed it for seeds from about 1.8e7 (a date such as 20240101)."""
+    key = f"{seed}/{epoch}/{step}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
 
 
 class EpochSampler(Sampler):

@@ -12,6 +12,7 @@ from export.data import (
     network_input,
     reference_split,
     split_record,
+    step_seed,
 )
 from export.synth import generate_arrays, write_dataset
 
@@ -227,3 +228,13 @@ def test_uint8_items_normalised_after_the_loader_are_the_float_items(synth_array
     colour = np.random.default_rng(0).integers(0, 256, (2, 128, 128, 3), dtype=np.uint8)
     expected = np.stack([preprocess(c) for c in colour])
     assert torch.equal(network_input(torch.from_numpy(colour)), torch.from_numpy(expected))
+
+
+def test_a_steps_seed_fits_torch_for_any_seed_a_user_gives():
+    """A date as --seed (20240101) made the step seed pass torch's 64-bit limit: the run
+    stopped at its first step with "Overflow when unpacking long long"."""
+    seeds = [step_seed(s, e, k) for s in (0, 20240101, 2**40) for e in (0, 3999) for k in (0, 7)]
+    for v in seeds:
+        torch.Generator().manual_seed(v)  # raises past its range
+    assert len(set(seeds)) == len(seeds)  # every step its own draws
+    assert step_seed(20240101, 3, 7) == step_seed(20240101, 3, 7)  # and the same on resume

@@ -229,6 +229,38 @@ def test_an_interrupt_within_an_epoch_resumes_at_the_next_step(tmp_path):
     assert "in_epoch" not in load_checkpoint(tmp_path / "b" / "last.pt")[1]["train"]
 
 
+def test_a_resume_with_another_process_count_runs_the_interrupted_epoch_again(tmp_path, caplog):
+    """The samples an interrupted epoch trained on are those of its processes' shares: with
+    another count the resumed run cannot tell which, so it says so and runs the epoch again."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    arrays, meta = _synth(6, 4)  # 3 steps of 4 an epoch
+    args = [*FAST, "-b", "4", "--eval-every", "1", "--epoch", "1", "--out", str(tmp_path)]
+    steps = []
+
+    def interrupt_at_the_second(optimizer, hook_args, kwargs):
+        steps.append(1)
+        if len(steps) == 2:
+            signal.raise_signal(signal.SIGINT)
+
+    handle = register_optimizer_step_post_hook(interrupt_at_the_second)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit(parse_args(args), arrays, meta)
+        ckpt = torch.load(tmp_path / "last.pt", weights_only=False)
+        assert ckpt["train"]["in_epoch"]["world"] == 1
+        ckpt["train"]["in_epoch"]["world"] = 2  # as if interrupted under torchrun with 2
+        torch.save(ckpt, tmp_path / "last.pt")
+        with caplog.at_level("WARNING", logger="export.train"):
+            fit(parse_args([*args, "--resume"]), arrays, meta)
+    finally:
+        handle.remove()
+        signal.signal(signal.SIGINT, previous)
+    assert len(steps) == 2 + 3  # the whole epoch again, not its last step only
+    assert any("the interrupted run had 2" in r.getMessage() for r in caplog.records)
+
+
 def test_print_only_data_trains_the_print_path(tmp_path):
     p, _ = generate_arrays(4, 4, "easy", 0)
     arrays = from_synth(p, None)
