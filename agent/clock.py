@@ -11,7 +11,6 @@ set the clock, and the kernel answers ``TIME_ERROR`` while it is set.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from collections.abc import Callable
 from typing import Any
 
@@ -53,8 +52,8 @@ class Timex(ctypes.Structure):
 
 def _adjtimex() -> Callable[[Any], int] | None:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return libc.adjtimex
+        # the process's own symbols, libc's among them: find_library would run ldconfig
+        return ctypes.CDLL(None, use_errno=True).adjtimex
     except (OSError, AttributeError):  # not Linux/glibc: the state is unknown
         return None
 

@@ -84,9 +84,12 @@ class Outbox:
         self._db.executescript(_SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
         if "boot" not in columns:
-            # an outbox written before rows carried their boot: its rows age by the wall clock
-            self._db.execute("ALTER TABLE outbox ADD COLUMN boot TEXT")
-            self._db.execute("ALTER TABLE outbox ADD COLUMN since_boot REAL")
+            # an outbox written before rows carried their boot: its rows age by the wall clock.
+            # One transaction: a crash between the two left a table every add then failed on
+            self._db.executescript(
+                "BEGIN; ALTER TABLE outbox ADD COLUMN boot TEXT; "
+                "ALTER TABLE outbox ADD COLUMN since_boot REAL; COMMIT;"
+            )
         self._wal = Path(f"{path}-wal")
         self._wal_fd: int | None = None
         self._added = 0  # adds committed since open

@@ -270,7 +270,8 @@ class TemplateStore:
         person's templates, or the ones a leaked key protected, are then gone from the files."""
         busy, log, done = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         if busy or log != done:
-            # a reader in another process holds an older snapshot past the busy timeout
+            # a reader (another connection, in this process or another) holds an older
+            # snapshot past the busy timeout
             logger.warning(
                 "store wal_not_truncated path=%s frames=%d copied=%d: the replaced templates stay "
                 "in %s-wal until the next revoke, rekey or clean close",
