@@ -137,7 +137,8 @@ def test_a_reopen_after_a_stuck_read_opens_afresh_and_the_old_capture_goes_later
 def test_closing_a_picamera2_whose_capture_waits_for_a_frame_does_not_wait_with_it(monkeypatch):
     """picamera2 runs ``stop`` behind the pending capture on its event loop: close() stopped
     the camera straight away and so waited as long as the capture did. Now the stop and close
-    run once that capture returns, and a fresh camera opens meanwhile."""
+    run once that capture returns. (The stand-in then opens a second camera at once; libcamera
+    refuses to acquire a camera still held, so on a Pi the reopen backs off until then.)"""
     monkeypatch.setattr(base, "CLOSE_WAIT_S", 0.2)
     frame_comes, cams = threading.Event(), []
 
