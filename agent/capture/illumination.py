@@ -69,12 +69,18 @@ class SwitchedLight:
         self.source, self.light = source, light
         self.controls = controls or {}
         self.drop_after_switch = drop_after_switch
+        self._controls_of: str | None = None  # the light whose controls the camera has
 
     def capture(self, modality: str, timeout: float = 1.0) -> Frame:
         changed = self.light.select(modality)
+        # by what the camera has, not by the switch: after a set_controls that failed, the
+        # light stayed switched and its frames kept the other light's exposure and gain
+        wanted = self.controls.get(modality)
+        if wanted and self._controls_of != modality and hasattr(self.source, "set_controls"):
+            self._controls_of = None
+            self.source.set_controls(wanted)
+            self._controls_of = modality
         if changed:
-            if modality in self.controls and hasattr(self.source, "set_controls"):
-                self.source.set_controls(self.controls[modality])
             for _ in range(self.drop_after_switch):
                 self.source.read(timeout)
         frame = self.source.read(timeout)

@@ -152,11 +152,9 @@ def test_an_idle_reader_looks_under_the_light_already_on_and_reads_ahead_once_a_
         Device.pin_factory = None
 
 
-def test_each_light_gets_its_exposure_and_gain_before_its_frame(monkeypatch):
-    """camera.controls through the daemon's capture rig: at each switch the camera gets that
-    light's exposure and gain, and the frame handed over was taken with them (libcamera applies
-    them two frames late). Before, the controls never reached the camera: the rig was built
-    without them, and the reopen wrapper had no set_controls for the switch to call."""
+def _lit_rig(monkeypatch, fail_vein_once: bool = False):
+    """The daemon's capture rig over a picamera2 stand-in whose frames are as bright as
+    exposure x gain (print 8000 us x 1.5 -> 24, vein 20000 us x 4.0 -> 160), under mock pins."""
     import numpy as np
     from gpiozero import Device
     from gpiozero.pins.mock import MockFactory
@@ -169,11 +167,16 @@ def test_each_light_gets_its_exposure_and_gain_before_its_frame(monkeypatch):
     cams = []
 
     class LitPicamera2(FakePicamera2):
-        """A sensor whose frames are as bright as exposure x gain."""
-
         def __init__(self, n):
             super().__init__(n)
             cams.append(self)
+            self.failures = 1 if fail_vein_once else 0
+
+        def set_controls(self, controls):
+            if controls.get("ExposureTime") == 20000 and self.failures:
+                self.failures -= 1
+                raise RuntimeError("Failed to set controls")  # a transient libcamera error
+            super().set_controls(controls)
 
         def _array(self):
             meta = self.metadata()
@@ -192,7 +195,44 @@ def test_each_light_gets_its_exposure_and_gain_before_its_frame(monkeypatch):
                     }}},
         env={}, check_files=False,
     )  # fmt: skip
-    camera = Camera(cfg.camera)
+    return Camera(cfg.camera), cams
+
+
+def _close_rig(camera) -> None:
+    from gpiozero import Device
+
+    camera.close()
+    Device.pin_factory.close()
+    Device.pin_factory = None
+
+
+def test_a_light_whose_controls_failed_to_apply_gets_them_at_its_next_frame(monkeypatch):
+    """set_controls failing once at a switch left that light on with the other light's exposure
+    and gain: the next capture found the light already on and never set them again."""
+    from agent.capture.camera import FrameLost
+
+    camera, _ = _lit_rig(monkeypatch, fail_vein_once=True)
+    try:
+        first = camera.read(("print", "vein"))
+        assert first is not None
+        with pytest.raises(FrameLost, match="set_controls failed"):  # its second frame is lost
+            first.images["vein"]  # waits for the frame taken ahead
+        capture = camera.read(("print", "vein"))
+        assert capture is not None
+        assert {m: int(image.mean()) for m, image in capture.images.items()} == {
+            "print": 24,
+            "vein": 160,
+        }
+    finally:
+        _close_rig(camera)
+
+
+def test_each_light_gets_its_exposure_and_gain_before_its_frame(monkeypatch):
+    """camera.controls through the daemon's capture rig: at each switch the camera gets that
+    light's exposure and gain, and the frame handed over was taken with them (libcamera applies
+    them two frames late). Before, the controls never reached the camera: the rig was built
+    without them, and the reopen wrapper had no set_controls for the switch to call."""
+    camera, cams = _lit_rig(monkeypatch)
     try:
         levels = []
         for _ in range(3):
@@ -205,6 +245,4 @@ def test_each_light_gets_its_exposure_and_gain_before_its_frame(monkeypatch):
         (cam,) = cams
         assert cam.config["controls"]["FrameDurationLimits"] == (66667, 66667)
     finally:
-        camera.close()
-        Device.pin_factory.close()
-        Device.pin_factory = None
+        _close_rig(camera)
