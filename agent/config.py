@@ -143,6 +143,9 @@ class IlluminationConfig(_Model):
 
 
 _Gain = Annotated[float, Field(ge=0.0, le=32.0)]  # libcamera's range for a colour gain
+# frames a read may drop after a switch of exposure or gain until its metadata shows them
+# (libcamera delays a sensor control by two or three frames; agent.capture.picamera2_source)
+CONTROL_SETTLE_FRAMES = 6
 
 
 class LightControls(_Model):
@@ -252,6 +255,17 @@ class CameraConfig(_Model):
                 f"{sorted(lights['vein']) or 'none'}; one camera keeps a control one light set "
                 "when the other light comes on, so set the same controls for both"
             )
+        if self.layout == "switched" and any(lights.values()):
+            # a read after a switch takes the frames libcamera needs to apply the new controls
+            # (at most CONTROL_SETTLE_FRAMES dropped) and the frame itself: a timeout shorter
+            # than that failed every switch, and three in a row closed the camera
+            need = (CONTROL_SETTLE_FRAMES + 1) / self.fps
+            if self.read_timeout <= need:
+                raise ValueError(
+                    f"read_timeout {self.read_timeout} s is too short for camera.controls at "
+                    f"{self.fps} fps: a light switch may wait {CONTROL_SETTLE_FRAMES + 1} frames "
+                    f"({need:.3g} s) for its controls; raise read_timeout or fps"
+                )
         frame_us = 1e6 / self.fps
         for light, controls in lights.items():
             exposure = controls.get("ExposureTime")

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from agent.capture.base import CaptureError, Frame, Source, TimedCalls, to_grey
+from agent.config import CONTROL_SETTLE_FRAMES
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +37,9 @@ FORMATS = ("YUV420", "RGB888", "BGR888")
 # a sensor timestamp further back than this, or ahead of now, is on another clock (a suspend
 # between boot and now, a driver without it): the frame is then timed when it arrived
 MAX_FRAME_AGE_S = 5.0
-# frames a switch of exposure or gain may take to show in the metadata (libcamera delays a
-# sensor control by two or three frames); past that the frame is handed over with a warning
-SETTLE_FRAMES = 6
+# frames a switch of exposure or gain may take to show in the metadata; past that the frame is
+# handed over with a warning (the config checks read_timeout against it)
+SETTLE_FRAMES = CONTROL_SETTLE_FRAMES
 # the sensor rounds exposure to whole lines and gain to its gain codes: within this is applied
 SETTLE_TOLERANCE = 0.05
 

@@ -186,6 +186,18 @@ def test_a_bad_camera_control_is_refused_in_one_line(tmp_path, lights, refused):
     assert refused in str(err.value) and "\n" not in str(err.value), str(err.value)
 
 
+def test_a_read_timeout_too_short_for_a_control_switch_is_refused(tmp_path):
+    """A switch may drop up to 6 frames until libcamera applies the controls: at 5 fps that is
+    1.4 s, and the default 1 s read_timeout failed every switch (three closed the camera)."""
+    lights = "    print: {ExposureTime: 8000}\n    vein: {ExposureTime: 20000}\n"
+    path = tmp_path / "agent.yaml"
+    path.write_text(PI_CAMERA.replace("fps: 15", "fps: 5") + lights)
+    with pytest.raises(ConfigError, match=r"read_timeout 1.0 s is too short .* \(1.4 s\)"):
+        load_config(path, env={}, check_files=False)
+    path.write_text(PI_CAMERA.replace("fps: 15", "fps: 5\n  read_timeout: 1.5") + lights)
+    assert load_config(path, env={}, check_files=False).camera.read_timeout == 1.5
+
+
 def test_camera_controls_reach_picamera2_as_libcamera_takes_them(tmp_path, caplog):
     lights = ("    print: {AeEnable: false, ExposureTime: 8000, AnalogueGain: 1, "
               "ColourGains: [1.5, 2]}\n"
