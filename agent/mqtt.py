@@ -521,9 +521,7 @@ class MqttReporter(Reporter):
         self._send(topic, reply, qos=1, properties=props)
 
     def _send(self, topic: str, doc: dict[str, Any], qos: int, properties=None) -> None:
-        self._publish(topic, json.dumps(doc, separators=(",", ":")).encode(), qos, properties)
-
-    def _publish(self, topic: str, payload: bytes, qos: int, properties=None) -> None:
+        payload = json.dumps(doc, separators=(",", ":")).encode()
         client = self._client
         if client is None or not self._connected.is_set():
             if qos > 0:  # a reply to a command run across an outage still goes out (stats not)

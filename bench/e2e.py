@@ -336,24 +336,25 @@ def _overhead(latency: float | None, inference: float | None) -> tuple[float | N
     return round(latency - inference, 2), round((latency - inference) / inference, 3)
 
 
+def _within(row: dict, key: str) -> bool:
+    """The row's overhead ratio ``key`` within the goal (a missing one is not)."""
+    return (row[key] or 9) <= GOALS["overhead_ratio_max"]
+
+
 def _overhead_ok(rows: list[dict], key: str, cooldowns: list[float]) -> dict[str, bool]:
-    limit = GOALS["overhead_ratio_max"]
-    return {
-        str(c): all((r[key] or 9) <= limit for r in rows if r["cooldown_s"] == c) for c in cooldowns
-    }
+    return {str(c): all(_within(r, key) for r in rows if r["cooldown_s"] == c) for c in cooldowns}
 
 
 def _forms_within(rows: list[dict], cooldowns: list[float]) -> dict[str, list[str]]:
     """Per cooldown, the forms (runtime:precision) within the overhead goal by both measures:
     a ratio to the models' own time favours a slow model, so which forms meet it says more than
     whether all do."""
-    limit = GOALS["overhead_ratio_max"]
     keys = ("overhead_ratio", "overhead_ratio_in_daemon")
     return {
         str(c): [
             f"{r['runtime']}:{r['precision']}"
             for r in rows
-            if r["cooldown_s"] == c and all((r[k] or 9) <= limit for k in keys)
+            if r["cooldown_s"] == c and all(_within(r, k) for k in keys)
         ]
         for c in cooldowns
     }

@@ -6,7 +6,8 @@ and the exposure and gain set so far (a reopened camera keeps the last light's),
 hold from the first frame; fixed exposure and gain per modality through ``set_controls`` (auto
 exposure would undo the contrast the NIR light gives the veins). libcamera applies a control a
 few frames after it was set, so after a switch the frames whose metadata does not yet show the
-new ``ExposureTime`` / ``AnalogueGain`` are dropped (at most :data:`SETTLE_FRAMES`).
+new ``ExposureTime`` / ``AnalogueGain`` are dropped (at most
+:data:`agent.config.CONTROL_SETTLE_FRAMES`).
 ``capture_request`` for frames: the array and the request's ``SensorTimestamp`` (when the sensor
 sent the frame, in ns on the clock ``time.monotonic`` reads), so that a decision's latency
 starts at the frame itself, also when picamera2 hands over one that waited in its buffers.
@@ -37,9 +38,6 @@ FORMATS = ("YUV420", "RGB888", "BGR888")
 # a sensor timestamp further back than this, or ahead of now, is on another clock (a suspend
 # between boot and now, a driver without it): the frame is then timed when it arrived
 MAX_FRAME_AGE_S = 5.0
-# frames a switch of exposure or gain may take to show in the metadata; past that the frame is
-# handed over with a warning (the config checks read_timeout against it)
-SETTLE_FRAMES = CONTROL_SETTLE_FRAMES
 # the sensor rounds exposure to whole lines and gain to its gain codes: within this is applied
 SETTLE_TOLERANCE = 0.05
 
@@ -181,7 +179,7 @@ class Picamera2Source(Source):
             try:
                 metadata = request.get_metadata()
                 applied = _applied(metadata, expect)
-                if applied or dropped == SETTLE_FRAMES:
+                if applied or dropped == CONTROL_SETTLE_FRAMES:
                     if not applied:
                         logger.warning(
                             "capture controls_not_applied source=%s wanted=%s got=%s frames=%d",

@@ -370,7 +370,7 @@ def test_picamera2_hands_over_the_first_frame_taken_with_new_controls():
 def test_picamera2_controls_that_never_show_are_given_up_on(caplog):
     """A sensor that never reports what was set (an exposure it cannot take) costs a bounded
     number of frames and says so, rather than blocking every read."""
-    from agent.capture.picamera2_source import SETTLE_FRAMES
+    from agent.config import CONTROL_SETTLE_FRAMES as SETTLE_FRAMES
 
     cams = []
 
