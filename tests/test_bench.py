@@ -83,3 +83,21 @@ def test_infer_stdout_is_json_lines():
     args = ["--backbones", "light", "--modalities", "print", "--runs", "1"]
     rows = json_lines(bench("infer.py", *args))
     assert {r["format"] for r in rows if "format" in r} == {"onnx", "tflite"}
+
+
+@pytest.mark.slow
+def test_train_resume_finds_a_resumed_cpu_run_equal_to_an_uninterrupted_one(tmp_path):
+    from export.synth import write_dataset
+
+    data = tmp_path / "data"
+    write_dataset("casiam", data, ids=12, samples=6, level="easy", seed=0)
+    args = ["--data-root", str(data), "--model", "tiny", "--epoch", "30", "-b", "8"]
+    args += ["--workers", "0", "--device", "cpu", "--interrupt-at", "6", "--out", str(tmp_path)]
+    args += ["--", "--optimizer", "adam", "--lr", "1e-3", "--threads", "1", "--eval-every", "10"]
+    *runs, compared = json_lines(bench("train_resume.py", *args))
+    assert [r["run"] for r in runs] == ["a", "b", "c"]
+    assert all(r["epochs"] == 30 for r in runs)
+    (stop,) = runs[2]["interrupts"]
+    assert stop["exit"] == 130 and 0 < stop["resumed_epochs_done"] < 30, stop
+    assert compared["resumed_vs_uninterrupted"]["equal"], compared
+    assert compared["uninterrupted_vs_uninterrupted"]["equal"], compared
