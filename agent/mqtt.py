@@ -47,8 +47,14 @@ from agent.reporter import CommandSink, Reporter
 
 logger = logging.getLogger(__name__)
 
+# a message waiting in memory: topic, payload, QoS, MQTT 5 properties, and for a decision the
+# outbox could not take the boot-clock time it was made (else None)
+Held = tuple[str, bytes, int, Any, float | None]
+
 WINDOW = 20  # rows handed to paho and not yet acknowledged (paho's own in-flight default)
-HELD = 256  # replies and error events kept while the link is down; the oldest go first
+HELD = 256  # replies and error events kept while the link is down; past it the oldest go
+# decisions the outbox could not take (a full disk), kept apart: replies never push one out
+HELD_DECISIONS = 1024
 _UNSUPPORTED_PROTOCOL = (1, 132)  # 3.1.1 CONNACK code 1 / MQTT 5 reason 132
 SILENT_ATTEMPTS = 2  # MQTT 5 attempts in a row without a CONNACK before falling back to 3.1.1
 # A connection the broker closes sooner than STABLE_S after it opened counts towards a streak;
@@ -124,12 +130,12 @@ class MqttReporter(Reporter):
         self._retry_at = 0.0  # monotonic time before which the pump starts no fresh client
         self._threads: list[threading.Thread] = []
         self._unstored = 0  # decisions the outbox could not take since start, sent from memory
-        # replies and error events made while the link is down, sent by the pump once it is up
-        # (topic, payload, QoS, properties, boot-clock time of a decision the outbox could not
-        # take, else None)
-        self._held: collections.deque[tuple[str, bytes, int, Any, float | None]] = (
-            collections.deque(maxlen=HELD)
-        )
+        # what waits in memory for the pump: replies and error events made while the link is
+        # down, and decisions the outbox could not take
+        self._held: collections.deque[Held] = collections.deque(maxlen=HELD)
+        self._held_decisions: collections.deque[Held] = collections.deque(maxlen=HELD_DECISIONS)
+        self._held_lock = threading.Lock()
+        self._held_dropped = 0  # messages a full memory buffer lost since start
 
     # -- Reporter ---------------------------------------------------------------------------
     def start(self, on_command: CommandSink) -> None:
@@ -159,7 +165,7 @@ class MqttReporter(Reporter):
             if not down:
                 # through the pump, which drops it past mqtt.decision_expiry as it does rows
                 held = (self.topics["decision"], payload, self.cfg.qos, None, since_boot())
-                self._held.append(held)
+                self._hold(self._held_decisions, held)
         self._wake.set()
 
     def stats(self, doc: dict[str, Any]) -> None:
@@ -177,11 +183,16 @@ class MqttReporter(Reporter):
             "outbox_expired": self.outbox.counter("expired"),
             "outbox_refused": self.outbox.counter("refused"),
             "outbox_unstored": self._unstored,
+            "held_dropped": self._held_dropped,
         }
 
     def stop(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while self._connected.is_set() and self.outbox.depth() and time.monotonic() < deadline:
+        while (
+            self._connected.is_set()
+            and (self.outbox.depth() or self._held or self._held_decisions)
+            and time.monotonic() < deadline
+        ):
             self._wake.set()
             time.sleep(0.02)
         self._stop.set()
@@ -525,15 +536,38 @@ class MqttReporter(Reporter):
         client = self._client
         if client is None or not self._connected.is_set():
             if qos > 0:  # a reply to a command run across an outage still goes out (stats not)
-                self._held.append((topic, payload, qos, properties, None))
+                self._hold(self._held, (topic, payload, qos, properties, None))
                 self._wake.set()
             return
         client.publish(topic, payload, qos=qos, retain=False, properties=properties)
 
+    def _hold(self, held: collections.deque[Held], item: Held) -> None:
+        """Keeps ``item`` for the pump; a full buffer loses its oldest, which is said and
+        counted (``held_dropped``), as the outbox does with its rows."""
+        with self._held_lock:
+            lost = held[0] if len(held) == held.maxlen else None
+            held.append(item)
+            if lost is not None:
+                self._held_dropped += 1
+        if lost is not None:
+            logger.warning(
+                "mqtt held_dropped topic=%s dropped=%d: %d messages wait in memory for the link; "
+                "the oldest went",
+                lost[0], self._held_dropped, held.maxlen,
+            )  # fmt: skip
+
     def _send_held(self) -> None:
+        """Decisions first: a door or an alarm waits on them, a command's sender can ask again."""
+        for held in (self._held_decisions, self._held):
+            self._send_from(held)
+
+    def _send_from(self, held: collections.deque[Held]) -> None:
         client = self._client
-        while self._held and client is not None and self._connected.is_set():
-            topic, payload, qos, properties, added = self._held.popleft()
+        while client is not None and self._connected.is_set():
+            with self._held_lock:
+                if not held:
+                    return
+                topic, payload, qos, properties, added = held.popleft()
             if added is not None:  # a decision from memory: the outbox's expiry and properties
                 age = since_boot() - added
                 remaining = int(self.cfg.decision_expiry - age)

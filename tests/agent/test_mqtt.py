@@ -630,6 +630,37 @@ def test_a_decision_the_full_disk_kept_in_memory_expires_as_a_row_would(
         r.stop(timeout=1)
 
 
+def test_replies_made_during_an_outage_never_push_out_a_decision_held_in_memory(
+    running_broker, subscribe, tmp_path, caplog
+):
+    """Decisions a full disk kept in memory shared one 256-entry buffer with replies and error
+    events: 300 error events during an outage pushed them out without a word. They are now
+    kept apart, and what a full buffer loses is logged and counted."""
+    from agent.mqtt import HELD
+
+    caplog.set_level(logging.INFO, logger="agent.mqtt")
+    decisions, errors = subscribe("palm/dev1/decision"), subscribe("palm/dev1/error")
+    box = Outbox(tmp_path / "outbox.sqlite")
+    box._db.execute(f"PRAGMA max_page_count={box._db.execute('PRAGMA page_count').fetchone()[0]}")
+    r = reporter(running_broker, "dev1", tmp_path, outbox=box)
+    for i in range(3):  # no connection yet, and no room on the disk
+        r.decision({"seq": i, "pad": "x" * 5000})
+    extra = 44
+    for i in range(HELD + extra):
+        r.error({"seq": i})
+    r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
+    try:
+        got = decisions.wait(lambda m: True, count=3)
+        assert sorted(json.loads(m[3])["seq"] for m in got) == [0, 1, 2]
+        got = errors.wait(lambda m: True, count=HELD)
+        assert sorted(json.loads(m[3])["seq"] for m in got) == list(range(extra, HELD + extra))
+        assert r.counters()["held_dropped"] == extra
+        dropped = [x for x in caplog.records if "mqtt held_dropped" in x.getMessage()]
+        assert len(dropped) == extra and dropped[0].levelname == "WARNING"
+    finally:
+        r.stop(timeout=1)
+
+
 def test_a_session_taken_over_is_named_at_once_and_backs_off(running_broker, tmp_path, caplog):
     """A broker that says why it closed the connection (MQTT 5 reason 0x8E) needs no streak of
     short connections to know another client has this client id."""
