@@ -24,7 +24,6 @@ replies on ``reply`` rather than a response topic.
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import queue
@@ -40,16 +39,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties, VariableByteIntegers, writeInt32, writeUTF
 
+from agent import flapping
 from agent.config import MqttConfig
+from agent.held import Held, HeldQueue
 from agent.homeassistant import decision_entity
 from agent.outbox import Outbox, since_boot
 from agent.reporter import CommandSink, Reporter
 
 logger = logging.getLogger(__name__)
-
-# a message waiting in memory: topic, payload, QoS, MQTT 5 properties, and for a decision the
-# outbox could not take the boot-clock time it was made (else None)
-Held = tuple[str, bytes, int, Any, float | None]
 
 WINDOW = 20  # rows handed to paho and not yet acknowledged (paho's own in-flight default)
 HELD = 256  # replies and error events kept while the link is down; past it the oldest go
@@ -57,11 +54,6 @@ HELD = 256  # replies and error events kept while the link is down; past it the 
 HELD_DECISIONS = 1024
 _UNSUPPORTED_PROTOCOL = (1, 132)  # 3.1.1 CONNACK code 1 / MQTT 5 reason 132
 SILENT_ATTEMPTS = 2  # MQTT 5 attempts in a row without a CONNACK before falling back to 3.1.1
-# A connection the broker closes sooner than STABLE_S after it opened counts towards a streak;
-# from FLAPS in a row on, reconnects back off and the likely cause is reported
-STABLE_S = 300.0
-FLAPS = 3
-SESSION_TAKEN_OVER = 142  # MQTT 5 DISCONNECT reason: another client connected with this id
 
 
 class DecisionProperties(Properties):
@@ -125,17 +117,15 @@ class MqttReporter(Reporter):
         self._fallback = False
         self._answered = True  # the current attempt got a CONNACK (paho's thread only)
         self._silent = 0  # attempts in a row that ended without a CONNACK (paho's thread only)
-        self._connected_at = 0.0  # monotonic time of the last CONNACK (paho's thread only)
-        self._flaps = 0  # connections in a row closed before STABLE_S (paho's thread only)
+        self._streak = flapping.Streak(cfg.reconnect_min, cfg.reconnect_max)
         self._retry_at = 0.0  # monotonic time before which the pump starts no fresh client
         self._threads: list[threading.Thread] = []
         self._unstored = 0  # decisions the outbox could not take since start, sent from memory
         # what waits in memory for the pump: replies and error events made while the link is
         # down, and decisions the outbox could not take
-        self._held: collections.deque[Held] = collections.deque(maxlen=HELD)
-        self._held_decisions: collections.deque[Held] = collections.deque(maxlen=HELD_DECISIONS)
-        self._held_lock = threading.Lock()
-        self._held_dropped = 0  # messages a full memory buffer lost since start
+        self._held = HeldQueue(HELD)
+        self._held_decisions = HeldQueue(HELD_DECISIONS)
+        self._held_dropped = 0  # messages a full queue lost since start
 
     # -- Reporter ---------------------------------------------------------------------------
     def start(self, on_command: CommandSink) -> None:
@@ -237,7 +227,7 @@ class MqttReporter(Reporter):
             )
             client.tls_insecure_set(cfg.tls_insecure)
         client.will_set(self.topics["availability"], b"offline", qos=1, retain=True)
-        client.reconnect_delay_set(self._back_off(), cfg.reconnect_max)  # type: ignore[arg-type]
+        client.reconnect_delay_set(self._streak.back_off(), cfg.reconnect_max)  # type: ignore[arg-type]
         client.on_socket_open = self._on_socket_open
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -280,7 +270,7 @@ class MqttReporter(Reporter):
                 self._wake.set()
             return
         logger.info("mqtt connected session_present=%s", flags.session_present)
-        self._connected_at = time.monotonic()
+        self._streak.connected()
         # subscribe first: "online" promises that commands are being listened to
         client.subscribe(self.topics["cmd"], qos=1)
         client.publish(self.topics["availability"], b"online", qos=1, retain=True)
@@ -320,47 +310,30 @@ class MqttReporter(Reporter):
                 self._fallback = True
                 self._wake.set()
 
-    def _back_off(self) -> float:
-        """The wait before the next connect: the configured minimum, doubled for each
-        connection from the FLAPS-th in a row that the broker closed soon after it opened, up
-        to the configured maximum (the doublings are capped: a streak of a day at the maximum
-        overflowed a float and ended paho's thread)."""
-        extra = min(max(0, self._flaps - FLAPS + 1), 32)
-        return min(self.cfg.reconnect_min * 2.0**extra, self.cfg.reconnect_max)
-
     def _count_flap(self, client: mqtt.Client, reason_code: Any) -> None:
-        """A broker that closes each connection soon after accepting it most often has another
-        client connecting with this client id: a second device with the same ``device.id``
-        (an SD card cloned from the first) or the same ``mqtt.client_id``. The two throw each
-        other off at once, forever, each time announcing the device offline then online, and
-        resending what was in flight. Reconnecting later and later lets one of them work in
-        between, and the operator is told what to look at."""
-        taken = getattr(reason_code, "value", None) == SESSION_TAKEN_OVER
-        if taken:  # the broker said so: no need to wait for a streak
-            self._flaps = max(self._flaps + 1, FLAPS)
-        elif time.monotonic() - self._connected_at < STABLE_S:
-            self._flaps += 1
-        else:
-            self._flaps = 0
-        if self._flaps < FLAPS:
+        """Another client with this client id throws the device off as often as it connects
+        (agent.flapping): reconnect later and later, and say what to look at."""
+        code = getattr(reason_code, "value", None)
+        delay = self._streak.closed(code)
+        if delay is None:
             client.reconnect_delay_set(self.cfg.reconnect_min, self.cfg.reconnect_max)
             return
-        delay = self._back_off()
         self._retry_at = time.monotonic() + delay
         # paho starts each reconnect's wait from this minimum again after every CONNACK
         client.reconnect_delay_set(delay, max(delay, self.cfg.reconnect_max))  # type: ignore[arg-type]
         client_id = self.cfg.client_id or self.device_id
+        taken = code == flapping.SESSION_TAKEN_OVER
         cause = "session taken over by another client" if taken else "closed by the broker"
         logger.error(
             "mqtt connection_flapping client_id=%s closed=%d retry_in_s=%.1f: %s each time "
             "within %.0f s of connecting; another client most likely uses client id %s (two "
             "devices with one device.id, an SD card cloned from another device, or the same "
             "mqtt.client_id): give each device its own",
-            client_id, self._flaps, delay, cause, STABLE_S, client_id,
+            client_id, self._streak.count, delay, cause, flapping.STABLE_S, client_id,
         )  # fmt: skip
-        if self._flaps == FLAPS:  # once per streak: the log has every one
+        if self._streak.count == flapping.FLAPS:  # once per streak: the log has every one
             event = {"event": "connection_flapping", "client_id": client_id}
-            self.error({**event, "closed": self._flaps, "retry_in_s": round(delay, 1)})
+            self.error({**event, "closed": self._streak.count, "retry_in_s": round(delay, 1)})
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         # called on paho's thread, possibly before publish() returned: hand over, do not touch state
@@ -541,19 +514,16 @@ class MqttReporter(Reporter):
             return
         client.publish(topic, payload, qos=qos, retain=False, properties=properties)
 
-    def _hold(self, held: collections.deque[Held], item: Held) -> None:
-        """Keeps ``item`` for the pump; a full buffer loses its oldest, which is said and
+    def _hold(self, held: HeldQueue, item: Held) -> None:
+        """Keeps ``item`` for the pump; a full queue loses its oldest, which is said and
         counted (``held_dropped``), as the outbox does with its rows."""
-        with self._held_lock:
-            lost = held[0] if len(held) == held.maxlen else None
-            held.append(item)
-            if lost is not None:
-                self._held_dropped += 1
+        lost = held.put(item)
         if lost is not None:
+            self._held_dropped += 1  # from the capture loop's or the command worker's thread
             logger.warning(
                 "mqtt held_dropped topic=%s dropped=%d: %d messages wait in memory for the link; "
                 "the oldest went",
-                lost[0], self._held_dropped, held.maxlen,
+                lost[0], self._held_dropped, held.limit,
             )  # fmt: skip
 
     def _send_held(self) -> None:
@@ -561,13 +531,13 @@ class MqttReporter(Reporter):
         for held in (self._held_decisions, self._held):
             self._send_from(held)
 
-    def _send_from(self, held: collections.deque[Held]) -> None:
+    def _send_from(self, held: HeldQueue) -> None:
         client = self._client
         while client is not None and self._connected.is_set():
-            with self._held_lock:
-                if not held:
-                    return
-                topic, payload, qos, properties, added = held.popleft()
+            item = held.get()
+            if item is None:
+                return
+            topic, payload, qos, properties, added = item
             if added is not None:  # a decision from memory: the outbox's expiry and properties
                 age = since_boot() - added
                 remaining = int(self.cfg.decision_expiry - age)

@@ -498,9 +498,9 @@ def test_two_devices_with_one_client_id_back_off_and_say_why(running_broker, tmp
 def test_a_connection_stable_for_long_ends_the_streak(running_broker, tmp_path, monkeypatch):
     # an outage after a long stable connection reconnects at the configured minimum, however
     # many short connections came before it
-    import agent.mqtt as transport
+    from agent import flapping
 
-    monkeypatch.setattr(transport, "STABLE_S", 3.0)
+    monkeypatch.setattr(flapping, "STABLE_S", 3.0)
     r = reporter(running_broker, "dev1", tmp_path, reconnect_min=0.2, reconnect_max=30.0)
     r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
 
@@ -518,7 +518,7 @@ def test_a_connection_stable_for_long_ends_the_streak(running_broker, tmp_path, 
         assert wait_until(r._connected.is_set, timeout=20)
         return time.monotonic() - t0
 
-    for _ in range(transport.FLAPS):
+    for _ in range(flapping.FLAPS):
         kick()
     assert kick() > 0.6  # in a streak: 0.2 s doubled twice (0.8 s)
     time.sleep(3.5)  # longer than STABLE_S
@@ -526,8 +526,8 @@ def test_a_connection_stable_for_long_ends_the_streak(running_broker, tmp_path, 
     r.stop(timeout=1)
     # a streak of two cloned cards throwing each other off for a day, at the maximum: the
     # doublings overflowed a float (OverflowError in paho's thread, which then ended)
-    r._flaps = 5000
-    assert r._back_off() == r.cfg.reconnect_max
+    r._streak.count = 5000
+    assert r._streak.back_off() == r.cfg.reconnect_max
 
 
 def test_a_stop_logs_its_disconnect_as_info_and_a_lost_link_as_a_warning(
