@@ -17,6 +17,9 @@ import time
 STABLE_S = 300.0
 FLAPS = 3
 SESSION_TAKEN_OVER = 142  # MQTT 5 DISCONNECT reason: another client connected with this id
+# what paho reports when the broker stopped answering pings: a link gone silent (Wi-Fi out of
+# range, a router restarting), never a broker that closed the connection
+KEEP_ALIVE_TIMEOUT = 141
 
 
 class Streak:
@@ -34,8 +37,12 @@ class Streak:
 
     def closed(self, reason_code: int | None) -> float | None:
         """Counts a connection the broker closed (``reason_code``: its MQTT 5 reason, if
-        any); returns the wait before the next connect once in a streak, else None."""
-        if reason_code == SESSION_TAKEN_OVER:  # the broker said so: no need to wait for more
+        any); returns the wait before the next connect once in a streak, else None. A link that
+        went silent neither adds to a streak nor ends one: on flaky Wi-Fi each drop counted, and
+        the device backed off and blamed a second client with its id."""
+        if reason_code == KEEP_ALIVE_TIMEOUT:
+            pass
+        elif reason_code == SESSION_TAKEN_OVER:  # the broker said so: no need to wait for more
             self.count = max(self.count + 1, FLAPS)
         elif time.monotonic() - self._connected_at < STABLE_S:
             self.count += 1

@@ -661,6 +661,36 @@ def test_replies_made_during_an_outage_never_push_out_a_decision_held_in_memory(
         r.stop(timeout=1)
 
 
+def test_a_link_that_goes_silent_is_not_taken_for_a_second_client(
+    running_broker, tmp_path, caplog, monkeypatch
+):
+    """Flaky Wi-Fi: the broker stops answering pings and the device drops the connection soon
+    after it opened. Each such drop counted towards a flapping streak, so the device backed off
+    and blamed another client with its id. A keepalive timeout no longer counts (here a streak
+    is one connection, so that one drop would be enough)."""
+    from agent import flapping
+
+    monkeypatch.setattr(flapping, "FLAPS", 1)
+    caplog.set_level(logging.INFO, logger="agent.mqtt")
+    link = SilentLink(running_broker.port)
+    r = reporter(running_broker, "dev28", tmp_path, port=link.port, protocol="5", keepalive=5,
+                 reconnect_min=0.2, reconnect_max=30.0)  # fmt: skip
+    try:
+        r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
+        assert wait_until(r._connected.is_set)
+        link.dead.set()
+        assert wait_until(lambda: not r._connected.is_set(), timeout=15)  # 1.5 keepalives
+        link.dead.clear()
+        assert wait_until(r._connected.is_set, timeout=10)
+        lost = [x.getMessage() for x in caplog.records if "mqtt disconnected" in x.getMessage()]
+        assert lost and "Keep alive timeout" in lost[0], lost
+        assert not [x for x in caplog.records if "connection_flapping" in x.getMessage()]
+        assert r._streak.count == 0
+    finally:
+        r.stop(timeout=1)
+        link.close()
+
+
 def test_a_session_taken_over_is_named_at_once_and_backs_off(running_broker, tmp_path, caplog):
     """A broker that says why it closed the connection (MQTT 5 reason 0x8E) needs no streak of
     short connections to know another client has this client id."""
