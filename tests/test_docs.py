@@ -9,6 +9,7 @@ defaults; the MQTT contract's topics, fields, commands and error codes are the c
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import re
 import time
@@ -23,6 +24,7 @@ from agent.config import Config, parse_config
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 PROFILES = sorted((ROOT / "firmware_config").glob("*.yaml"))
+UNITS = sorted((ROOT / "systemd").iterdir())
 # fenced blocks and inline code spans (which may wrap a line)
 CODE = re.compile(r"```[^\n]*\n(.*?)```|`([^`]+)`", re.S)
 
@@ -73,6 +75,67 @@ def test_relative_links_and_anchors_resolve(doc):
         elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
             bad.append(f"{target}: no heading with that anchor in {dest.name}")
     assert not bad, bad
+
+
+# a file of the repository named by its path, a module or one of its names by its dotted name
+REPO_PATH = re.compile(
+    r"(?<![\w./-])((?:agent|export|tests|bench|scripts|systemd|firmware_config|docs)/[\w./-]*\w)"
+)
+DOTTED = re.compile(r"(?<![\w./-])((?:agent|export)(?:\.\w+)+)")
+# agent.yaml, export.md: files, not modules
+FILE_SUFFIXES = {"md", "yaml", "py", "c", "json", "sqlite", "key", "tar", "pem", "pub"}
+
+
+def _bound(node: ast.stmt) -> set[str]:
+    """The names a statement binds: a def, a class, an assignment, an import."""
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return {node.name}
+    if isinstance(node, ast.Assign | ast.AnnAssign):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        return {t.id for t in targets if isinstance(t, ast.Name)}
+    if isinstance(node, ast.Import | ast.ImportFrom):
+        return {a.asname or a.name for a in node.names}
+    return set()
+
+
+def _defines(tree: ast.AST, name: str) -> ast.stmt | None:
+    """The statement of ``tree``'s body that binds ``name``, if any."""
+    return next((n for n in getattr(tree, "body", []) if name in _bound(n)), None)
+
+
+def _resolves(dotted: str) -> bool:
+    """``agent.match.Thresholds.from_table`` names a module of this repository and, inside it,
+    a name (a class's member too), read from the source: no import, so no torch."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        base = ROOT.joinpath(*parts[:i])
+        source = next(
+            (f for f in (base.with_suffix(".py"), base / "__init__.py") if f.exists()), None
+        )
+        if source is not None:
+            break
+    else:
+        return False
+    node: ast.AST | None = ast.parse(source.read_text(encoding="utf-8"))
+    for k, name in enumerate(parts[i:], start=i):
+        node = _defines(node, name)
+        if isinstance(node, ast.ImportFrom) and node.module:  # re-exported: where it comes from
+            return _resolves(f"{node.module}.{'.'.join(parts[k:])}")
+        if node is None:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("doc", DOCS + PROFILES + UNITS, ids=_ids)
+def test_files_and_modules_named_exist(doc):
+    text = doc.read_text(encoding="utf-8")
+    missing = [p for p in REPO_PATH.findall(text) if not (ROOT / p.rstrip(".")).exists()]
+    missing += [
+        d
+        for d in DOTTED.findall(text)
+        if not _resolves(d) and d.rsplit(".", 1)[-1] not in FILE_SUFFIXES
+    ]
+    assert missing == []
 
 
 def _known_key(key: str) -> bool:
