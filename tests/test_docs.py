@@ -138,6 +138,58 @@ def test_files_and_modules_named_exist(doc):
     assert missing == []
 
 
+def _log_formats() -> list[str]:
+    """The format strings of every logging call in agent/ and export/."""
+    levels = {"debug", "info", "warning", "error", "exception", "critical", "log"}
+    found = []
+    for path in [*(ROOT / "agent").rglob("*.py"), *(ROOT / "export").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "logger"
+                and node.func.attr in levels
+            ):
+                found += [
+                    a.value
+                    for a in node.args
+                    if isinstance(a, ast.Constant) and isinstance(a.value, str)
+                ][:1]
+    return found
+
+
+# a quoted log line: its first words, then key=value fields, perhaps "...", perhaps "; more text"
+LOG_LINE = re.compile(r"([a-z_]+(?: [a-z_]+)*)((?: \w+=[^ ;]*)*)(?: \.\.\.| …)?(?:; (.*))?")
+
+
+def test_log_lines_quoted_are_the_codes():
+    formats = _log_formats()
+    first_words = {f.split(" ", 1)[0] for f in formats}
+    quoted = {
+        m.group(2)
+        for doc in DOCS + PROFILES
+        for m in CODE.finditer(doc.read_text(encoding="utf-8"))
+        if m.group(2) is not None
+    }
+    bad = []
+    for span in sorted(quoted):
+        line = LOG_LINE.fullmatch(span.replace("\n", " "))
+        if not line or line.group(1).split()[0] not in first_words:
+            continue
+        head, fields, tail = line.group(1), re.findall(r"(\w+)=", line.group(2)), line.group(3)
+        if len(head.split()) == 1 and not fields:
+            continue  # a word, not a line
+        if not any(
+            re.match(re.escape(head) + r"\b", f)
+            and all(f"{k}=" in f for k in fields)
+            and (tail or "") in f
+            for f in formats
+        ):
+            bad.append(span)
+    assert bad == []
+
+
 def _known_key(key: str) -> bool:
     """``section.key[.sub]`` (``*`` a wildcard part) names a field of :class:`Config`."""
     model: type | None = Config
