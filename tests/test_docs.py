@@ -35,14 +35,29 @@ def _ids(p: Path) -> str:
 
 def _code(path: Path) -> list[str]:
     """Fenced blocks without their comments, inline spans on one line (markdown joins a wrapped
-    one)."""
+    one); a systemd unit's ``Exec*=`` command lines."""
     text = path.read_text(encoding="utf-8")
+    if path.parent.name == "systemd":
+        return re.findall(r"^Exec\w*=(.*)$", text, re.M)
     return [
         re.sub(r"(^|\s)#.*", r"\1", m.group(1), flags=re.M)
         if m.group(1) is not None
         else m.group(2).replace("\n", " ")
         for m in CODE.finditer(text)
     ]
+
+
+def _commented_flags(path: Path) -> list[str]:
+    """A fenced command line whose comment names more flags (``palm-export eval CKPT  # --part
+    train, --out``), as the command with those flags: they must be the command's too."""
+    lines = []
+    for block in re.findall(r"```[^\n]*\n(.*?)```", path.read_text(encoding="utf-8"), re.S):
+        for line in block.splitlines():
+            command, sep, comment = line.partition(" #")
+            flags = re.findall(r"(?<![\w-])--[\w-]+", comment)
+            if sep and command.strip() and flags:
+                lines.append(" ".join([command.strip(), *flags]))
+    return lines
 
 
 def _slug(heading: str) -> str:
@@ -226,33 +241,48 @@ def _subcommands(p: argparse.ArgumentParser) -> dict | None:
     return None
 
 
-@pytest.mark.parametrize("doc", DOCS + PROFILES, ids=_ids)
+# programs whose flags are checked against their source: a flag must appear there as written
+_FLAGS_IN_SOURCE = {
+    "demo.sh": ("export/demo/args.py", '"{}"'),
+    "install.sh": ("scripts/install.sh", "{})"),  # a case pattern: --venv) or -h|--help)
+}
+
+
+@pytest.mark.parametrize("doc", DOCS + PROFILES + UNITS, ids=_ids)
 def test_command_lines_name_real_subcommands_and_flags(doc):
     from agent.cli import build_parser as agent_parser
     from export.cli import build_parser as export_parser
+    from export.train_args import add_arguments as train_arguments
 
-    parsers = {"palm-agent": agent_parser(), "palm-export": export_parser()}
-    # a command and its words up to the end of the line, a comment or a pipe; `\` continues
+    train = argparse.ArgumentParser(prog="main.py")
+    train_arguments(train)
+    parsers = {"palm-agent": agent_parser(), "palm-export": export_parser(), "main.py": train}
+    # a command (perhaps by its absolute path: /opt/palm-agent/venv/bin/palm-agent) and its
+    # words up to the end of the line, a comment or a pipe; `\` continues
     command = re.compile(
-        r"(?<![\w/-])(palm-agent|palm-export|python bench/\w+\.py)"
+        r"(?<![\w.-])(?:(?:/[\w.-]+)+/)?"
+        r"(palm-agent|palm-export|main\.py|python bench/\w+\.py|(?:\./)?(?:scripts/)?"
+        r"(?:demo|install)\.sh)"
         r"((?:[ \t]+(?:\\\n[ \t]*)?[^\s`|#)]+)*)"
     )
     bad = []
-    for code in _code(doc):
+    for code in _code(doc) + _commented_flags(doc):
         for m in command.finditer(code):
             before = code[: m.start()].rsplit("\n", 1)[-1]
             if "systemctl" in before or "journalctl" in before:
                 continue  # the unit palm-agent, not the program
             words = m.group(2).replace("\\\n", " ").split()
-            if m.group(1).startswith("python "):
-                source = (ROOT / m.group(1).split()[1]).read_text(encoding="utf-8")
+            program = m.group(1).rsplit("/", 1)[-1]
+            if m.group(1).startswith("python ") or program in _FLAGS_IN_SOURCE:
+                path, form = _FLAGS_IN_SOURCE.get(program) or (m.group(1).split()[1], '"{}"')
+                source = (ROOT / path).read_text(encoding="utf-8")
                 bad += [
                     f"{m.group(0)}: {w}"
                     for w in words
-                    if w.startswith("--") and f'"{w.split("=")[0]}"' not in source
+                    if w.startswith("--") and form.format(w.split("=")[0]) not in source
                 ]
                 continue
-            p, used = parsers[m.group(1)], [m.group(1)]
+            p, used = parsers[program], [program]
             while words and (choices := _subcommands(p)) and words[0] in choices:
                 used.append(words[0])
                 p = choices[words.pop(0)]
