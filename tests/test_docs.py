@@ -388,3 +388,41 @@ def test_mqtt_reasons_commands_and_error_codes_are_the_codes():
     codes = set(re.findall(r'_error\(\s*"(\w+)"', (ROOT / "agent/commands.py").read_text()))
     codes |= set(re.findall(r'"code": "(\w+)"', (ROOT / "agent/mqtt.py").read_text()))
     assert _first_column(errors) == codes
+
+
+def test_training_flags_table_gives_the_parsers_defaults_and_choices():
+    """training.md's table of ``palm-export train`` flags lists each one with the parser's
+    default and every choice it takes."""
+    from export.train_args import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    by_flag = {o: a for a in parser._actions for o in a.option_strings}
+    text = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    table = _section(text, "## Flags (`palm-export train --help`)")
+    rows = re.findall(r"^\| (`-.*?) \|\s*(.*?)\s*\|\s*(.*?)\s*\|$", table, re.M)
+    listed = {by_flag[f] for cell, _, _ in rows for f in re.findall(r"`(-[\w-]+)", cell)}
+    assert [a.option_strings for a in parser._actions if a not in listed] == [["-h", "--help"]]
+    bad = []
+    for flags_cell, defaults_cell, what in rows:
+        actions = list(dict.fromkeys(by_flag[f] for f in re.findall(r"`(-[\w-]+)", flags_cell)))
+        defaults = defaults_cell.split(", ") if defaults_cell else [""] * len(actions)
+        for action, stated in zip(actions, defaults, strict=True):
+            word = stated.split(" ", 1)[0]
+            if re.fullmatch(r"[\d.e+-]+", word):  # a number
+                ok = action.default is not None and float(word) == float(action.default)
+            elif re.fullmatch(r"\w+", word):  # a name (a choice, "cuda if present")
+                ok = word == action.default or (action.default is None and "if" in stated)
+            elif word == "":  # none, or a switch's off
+                switch = action.nargs == 0 and action.const is not None
+                ok = switch or action.default in (None, "")
+            else:  # `$PALM_DATA` or `./data`: said in words
+                continue
+            if not ok:
+                bad.append(f"{action.option_strings[-1]}: {stated!r}, parser {action.default!r}")
+            bad += [
+                f"{action.option_strings[-1]}: choice {c} not listed"
+                for c in action.choices or ()
+                if str(c) not in what
+            ]
+    assert bad == []
