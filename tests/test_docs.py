@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from agent.config import Config, parse_config
+from agent.config import Config, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -425,4 +425,57 @@ def test_training_flags_table_gives_the_parsers_defaults_and_choices():
                 for c in action.choices or ()
                 if str(c) not in what
             ]
+    assert bad == []
+
+
+def _value(cfg: Config, key: str) -> object:
+    node: object = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=_ids)
+def test_config_values_stated_are_the_schemas_and_profiles(doc):
+    """A default given beside a key (``outbox.max_messages (10,000)``, ``bundle.threads (4 in
+    the profile, 2 by default)``) is the schema's; a deployment page's table of profile values
+    is its profile's."""
+    text = doc.read_text(encoding="utf-8")
+    defaults, bad = Config(), []
+    page = doc.name.removeprefix("deploy-").removesuffix(".md")
+    name = {"pi": "raspberry-pi"}.get(page, page)
+    profile = ROOT / "firmware_config" / f"{name}.yaml"
+    cfg = (
+        load_config(profile, env={}, check_files=False, unused=("mqtt",))
+        if profile.exists()
+        else None
+    )
+
+    def differs(key: str, stated: str, where: Config) -> bool:
+        value = _value(where, key)
+        if isinstance(value, bool) or not re.fullmatch(r"[\d,.]+", stated):
+            return str(value).lower() != stated.lower()
+        return _number(stated) != value
+
+    key, flat = r"`([a-z_]+(?:\.[a-z_]+)+)`", text.replace("\n", " ")
+    for m in re.finditer(key + r"(?: [a-z]+)? \((\d[\d,]*(?:\.\d+)?)\)", flat):
+        if differs(m.group(1), m.group(2), defaults):
+            bad.append(f"{m.group(0)}: default {_value(defaults, m.group(1))}")
+    for m in re.finditer(key + r" \(([\d.]+) in the profile, ([\d.]+) by default\)", flat):
+        if differs(m.group(1), m.group(3), defaults) or (
+            cfg and differs(m.group(1), m.group(2), cfg)
+        ):
+            bad.append(m.group(0))
+    table = re.search(r"\| key \| profile value \| what \|\n\|---.*?\n((?:\|.*\n)+)", text)
+    if table:
+        assert cfg is not None, f"no profile {profile.name} for {doc.name}"
+        for keys, values in re.findall(r"^\| (.*?) \| (.*?) \|", table.group(1), re.M):
+            stated = re.sub(r" \(.*\)", "", values).split(" / ")
+            for key_name, value in zip(re.findall(r"`([\w.]+)`", keys), stated, strict=True):
+                if differs(key_name, value.strip(), cfg):
+                    bad.append(f"{key_name}: {value} here, {_value(cfg, key_name)} in {name}")
     assert bad == []
