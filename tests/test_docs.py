@@ -327,6 +327,33 @@ def test_mqtt_topics_are_the_reporters(tmp_path):
     assert documented == set(reporter.topics)
 
 
+def test_mqtt_acl_example_lets_the_device_use_each_of_its_topics(tmp_path):
+    """A broker set up from mqtt.md's ACL must let the device publish every topic it publishes
+    and read its commands and Home Assistant's status; a topic it lacks is refused silently."""
+    from agent.homeassistant import decision_entity
+    from agent.mqtt import MqttReporter
+    from agent.outbox import Outbox
+
+    cfg = parse_config({}, env={}, check_files=False)
+    reporter = MqttReporter(cfg.mqtt, "palm-01", Outbox(tmp_path / "outbox.sqlite"))
+    ha = cfg.mqtt.homeassistant.discovery_prefix
+    acl = _section(_mqtt_md(), "## Broker ACL")
+    rules = re.findall(r"^topic (read|write)\s+(\S+)$", acl, re.M)
+    assert rules and re.search(r"^user palm-01$", acl, re.M)
+    wanted = [("read" if name == "cmd" else "write", t) for name, t in reporter.topics.items()]
+    wanted += [("write", decision_entity(ha, "palm-01", "", "", reporter.topics)[0])]
+    wanted += [("read", f"{ha}/status")]
+    missing = [
+        (access, topic)
+        for access, topic in wanted
+        if not any(
+            a == access and (r == topic or (r.endswith("/#") and topic.startswith(r[:-1])))
+            for a, r in rules
+        )
+    ]
+    assert missing == []
+
+
 def _first_column(table: str) -> set[str]:
     """The backticked names in the first cell of each table row (``| `a` / `b` | ...``), the
     header rows left out."""
