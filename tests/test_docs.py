@@ -1,9 +1,14 @@
-"""What the README, docs/*.md and the profiles' comments tell a user to type exists in the code.
+"""What the README, docs/*.md, the profiles' comments and the systemd files tell a user to type
+exists in the code.
 
-Links and anchors resolve; every config key named exists in agent.config and every YAML config
-block validates; every ``palm-agent`` / ``palm-export`` subcommand and flag, and every flag of a
-``python bench/X.py`` line, is one the program takes; default.yaml's values are the schema's
-defaults; the MQTT contract's topics, fields, commands and error codes are the code's.
+Links and anchors resolve; every repository path and agent./export. name mentioned exists; every
+log line quoted is one the code logs; every config key named exists in agent.config, every YAML
+config block validates, and a default or profile value given beside a key is the schema's or the
+profile's; every ``palm-agent`` / ``palm-export`` / ``main.py`` subcommand and flag (by an
+absolute path too, or in a command's trailing comment) is one the program takes, and so is every
+flag of a ``python bench/X.py``, ``scripts/install.sh`` or ``scripts/demo.sh`` line; the training
+flags table gives the parser's defaults; default.yaml's values are the schema's defaults; the MQTT
+contract's topics, fields, commands, error codes and ACL example are the code's.
 """
 
 from __future__ import annotations
@@ -143,6 +148,7 @@ def _resolves(dotted: str) -> bool:
 
 @pytest.mark.parametrize("doc", DOCS + PROFILES + UNITS, ids=_ids)
 def test_files_and_modules_named_exist(doc):
+    """A path or a dotted name that no longer exists sends a reader to look for nothing."""
     text = doc.read_text(encoding="utf-8")
     missing = [p for p in REPO_PATH.findall(text) if not (ROOT / p.rstrip(".")).exists()]
     missing += [
@@ -179,6 +185,10 @@ LOG_LINE = re.compile(r"([a-z_]+(?: [a-z_]+)*)((?: \w+=[^ ;]*)*)(?: \.\.\.| …)
 
 
 def test_log_lines_quoted_are_the_codes():
+    """A log line the docs tell a user to look for (``mqtt held_dropped``, ``enroll
+    duplicate_allowed subject=… matches=…``) begins a logging call's format string that has
+    each of its ``key=`` fields: a renamed event would leave ``journalctl | grep`` finding
+    nothing."""
     formats = _log_formats()
     first_words = {f.split(" ", 1)[0] for f in formats}
     quoted = {
