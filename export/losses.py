@@ -1,4 +1,4 @@
-"""The co-learning objective of PalmCohashNet (DESIGN §2).
+"""The co-learning objective of PalmCohashNet, as the paper and its reference code define it.
 
 Per modality, central similarity quantization: BCE between (tanh(u)+1)/2 and the identity's
 centroid mapped to {0, 1}, plus λ·mean((|tanh u| − 1)²) pulling every output towards ±1.

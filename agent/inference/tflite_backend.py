@@ -1,4 +1,7 @@
-"""TFLite backend: ai-edge-litert (the default, see DESIGN §6), else tflite-runtime.
+"""TFLite backend: ai-edge-litert (the default), else tflite-runtime.
+
+tflite-runtime has no aarch64 wheel for Python 3.11 and later, and needs numpy < 2; it is used
+where it is importable and LiteRT is not.
 
 TFLite tensors carry their own scale and zero point, so an int8 model describes itself.
 """

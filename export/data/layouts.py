@@ -1,6 +1,7 @@
 """Where each data set keeps its images: one scanner per layout, all giving the same records.
 
-The layouts are the reference code's (DESIGN §2), which the synthetic generator also writes.
+The layouts are the reference code's (docs/training.md#the-data-sets-and-where-their-files-go),
+which the synthetic generator also writes.
 Files are found by scanning and parsing names rather than by formatting expected names, so a
 data set with fewer identities or samples than the published one (a subset, a synthetic set)
 loads as it is. Anything missing gives one :class:`LayoutError` that names the layout expected,

@@ -1,4 +1,6 @@
-"""Where each ROI of a synthetic set goes, in the layouts of the real data sets (DESIGN.md §2).
+"""Where each ROI of a synthetic set goes, in the layouts of the real data sets.
+
+The layouts are those of docs/training.md#the-data-sets-and-where-their-files-go.
 
 Identities ``i`` and samples ``j`` are 1-based in every file name, as in the real sets; the
 in-memory API counts from 0, and ``i = identity_index + 1``, ``j = sample_index + 1``.

@@ -10,7 +10,8 @@ from export.data.layouts import scan
 from export.synth import write_dataset
 from export.synth.layouts import LAYOUTS, expected_files
 
-# a few names written out by hand from DESIGN.md §2 (identity 3, sample 4; tjppv sample 12)
+# a few names written out by hand from docs/training.md's layout table (identity 3, sample 4;
+# tjppv sample 12)
 KNOWN = {
     "polyu": ["MS_PolyU/Red_ind/0003_0004.jpg", "MS_PolyU/NIR_ind/0003_0004.jpg"],
     "casiam": ["Casia_M/casia_700/003_04.jpg", "Casia_M/casia_850/003_04.jpg"],
