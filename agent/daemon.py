@@ -191,7 +191,9 @@ class Daemon:
         wait = self._next_frame - time.monotonic()
         if wait > 0 and explicit:  # a button press or a command waits out the cooldown,
             end = time.monotonic() + wait  # pinging the watchdog: it may be longer than that
-            while (left := end - time.monotonic()) > 0:
+            # a SIGTERM meanwhile ends the wait (sleeps, not the stop event's wait: its handler
+            # sets the event, and would wait for the event's own lock if it landed in there)
+            while (left := end - time.monotonic()) > 0 and not self._stop.is_set():
                 time.sleep(min(left, 1.0))
                 self._tick()
         elif wait > 0:  # the loop: back to its jobs meanwhile
@@ -321,6 +323,12 @@ class Daemon:
         modalities = tuple(m for m in wanted if m in have) or wanted
 
         def grab() -> Probe:
+            if self._stop.is_set():
+                # SIGTERM: systemd kills the service TimeoutStopSec= (20 s) after it, sooner
+                # than an enrollment with nobody at the reader gives up (enroll.timeout, 30 s)
+                raise EnrollError(
+                    "the daemon is stopping; nothing was enrolled: enroll again once it runs"
+                )
             # waits out the cooldown of the decision before: no frame is then the camera's
             probe, _ = self._grab(explicit=True)
             return probe if probe is not None else Probe(rejected="no_frame")

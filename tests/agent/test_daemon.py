@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import cv2
+import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
@@ -689,3 +690,55 @@ def test_waiting_out_a_long_cooldown_keeps_the_watchdog_fed(running_broker, palm
     finally:
         daemon.close()
         sock.close()
+
+
+def write_dark_replay(d: Path) -> Path:
+    """Captures with nobody in front of the reader: every frame fails the quality gate."""
+    for m in ("print", "vein"):
+        (d / m).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(d / m / "00000.png"), np.zeros((128, 128), np.uint8))
+    return d
+
+
+def test_sigterm_during_an_enrollment_stops_at_once_and_answers_it(
+    running_broker, palm_bundle, tmp_path
+):
+    """An enrollment with nobody at the reader runs until enroll.timeout (30 s by default);
+    SIGTERM meanwhile waited for it, past systemd's TimeoutStopSec= (20 s), which then killed
+    the service. It now ends the enrollment, whose sender is told why, and the daemon stops."""
+    cfg = agent_config(
+        tmp_path, running_broker, "dev31", palm_bundle, write_dark_replay(tmp_path / "r"),
+        trigger={"kind": "command"}, enroll={"timeout": 30},
+    )  # fmt: skip
+    agent = Agent(cfg)
+    ctl = Controller(running_broker, "dev31")
+    try:
+        assert wait_until(lambda: "daemon running" in agent.text(), timeout=30), agent.text()
+        corr = ctl.send(json.dumps({"cmd": "enroll", "args": {"subject": "dave"}}).encode())
+        time.sleep(1.5)  # the enrollment is looking at the empty reader
+        t0 = time.monotonic()
+        assert agent.terminate(timeout=15) == 0
+        assert time.monotonic() - t0 < 5, agent.text()
+        (reply,) = ctl.wait([corr], timeout=5)
+        assert not reply["ok"] and reply["error"]["code"] == "failed", reply
+        assert "the daemon is stopping" in reply["error"]["message"], reply
+    finally:
+        ctl.close()
+        agent.kill()
+
+
+def test_a_stop_ends_the_wait_for_a_cooldown(running_broker, palm_bundle, tmp_path):
+    """A capture command or an enrollment waits out trigger.cooldown on the main loop; a
+    SIGTERM meanwhile waited for the rest of it."""
+    from agent.run_cli import build
+
+    cfg = agent_config(tmp_path, running_broker, "dev21", palm_bundle, write_replay(tmp_path, [2]))
+    daemon = build(cfg, with_reporter=False)
+    try:
+        daemon._next_frame = time.monotonic() + 30  # a decision's cooldown has begun
+        threading.Timer(0.3, daemon.stop).start()
+        t0 = time.monotonic()
+        daemon._grab(explicit=True)
+        assert time.monotonic() - t0 < 3
+    finally:
+        daemon.close()
