@@ -83,6 +83,13 @@ class Daemon:
         m = cfg.match
         self.settings = Settings(m.mode, m.identify, m.subject)
         self.engine = load_engine(self._per_capture(m.mode))
+        lacks = self._cannot_serve(self.engine, m.mode)
+        if lacks:
+            self.engine.close()
+            raise ValueError(
+                f"match.mode: {lacks} ({cfg.bundle.path}); set match.mode to a mode it serves, "
+                "or use a bundle with those models"
+            )
         self.agreement = Agreement(m.agreement.k, m.agreement.n)
         self._stop = threading.Event()
         self._reload_asked = False
@@ -185,6 +192,25 @@ class Daemon:
         """The modalities a capture hashes in ``mode``: the engine gives each model its share
         of the inference threads from them."""
         return tuple(m for m in MODE_MODALITIES[mode] if m in self.source.modalities)
+
+    def _cannot_serve(self, engine: Engine, mode: str) -> str | None:
+        """Why ``engine`` cannot decide in ``mode`` from this camera's frames, or None.
+
+        A bundle exported from a print-only data set has no vein model: in a mode that needs
+        vein codes every capture was dropped (or answered ``error``) without a word of why."""
+        has = engine.modalities
+        lacks = mode_lacks(mode, has)
+        if lacks:
+            return (
+                f"mode {mode} needs {' and '.join(lacks)} models, which the bundle does not "
+                f"have (it has {', '.join(has) or 'none'})"
+            )
+        if not any(m in has for m in self._per_capture(mode)):
+            return (
+                f"mode {mode} needs a model for the camera's {' or '.join(self.source.modalities)}"
+                f" frames, and the bundle has {', '.join(has) or 'none'}"
+            )
+        return None
 
     # -- the pipeline -----------------------------------------------------------------------
     def _grab(self, explicit: bool = False) -> tuple[Probe | None, float]:
@@ -378,11 +404,14 @@ class Daemon:
                     f"mode {new.mode} needs {' and '.join(lacks)} frames, which this camera "
                     f"does not give (it gives {', '.join(self.source.modalities)})"
                 )
+            lacks = self._cannot_serve(self.engine, new.mode)
+            if lacks:
+                raise CommandError(lacks)
             wanted = self._per_capture(new.mode)
             if not self.engine.suits(wanted):
                 # one model per capture instead of two, or the reverse: load the models again
                 # with the threads that suit the new mode (res18: 0.04-0.16 s on a 2-core x86)
-                self._reload(wanted)
+                self._reload(wanted, new.mode)
             self.settings = new
             self.agreement.reset()
             logger.info("mode changed %s", self._status())
@@ -394,11 +423,20 @@ class Daemon:
     def reload(self) -> dict[str, Any]:
         return self._on_main(self._reload)
 
-    def _reload(self, per_capture: tuple[str, ...] | None = None) -> dict[str, Any]:
+    def _reload(
+        self, per_capture: tuple[str, ...] | None = None, mode: str | None = None
+    ) -> dict[str, Any]:
+        """Load the bundle again, for ``mode`` (the current one if None); one that cannot
+        decide in it is refused and the running one kept."""
+        mode = mode or self.settings.mode
         try:
-            fresh = self._load_engine(per_capture or self._per_capture(self.settings.mode))
+            fresh = self._load_engine(per_capture or self._per_capture(mode))
         except Exception as err:
             raise CommandError(f"reload failed, keeping the current bundle: {err}") from err
+        lacks = self._cannot_serve(fresh, mode)
+        if lacks:
+            fresh.close()
+            raise CommandError(f"reload failed, keeping the current bundle: {lacks}")
         old, self.engine = self.engine, fresh
         old.close()
         logger.info("bundle reloaded model_hash=%s", fresh.model_hash)

@@ -393,7 +393,7 @@ def test_mqtt_decision_and_stats_documents_have_the_documented_fields(tmp_path):
 
     cfg = parse_config({}, env={}, check_files=False)
     reporter = MqttReporter(cfg.mqtt, "palm-01", Outbox(tmp_path / "outbox.sqlite"))
-    engine = SimpleNamespace(model_hash="0" * 64)
+    engine = SimpleNamespace(model_hash="0" * 64, modalities=("print", "vein"))
     daemon = Daemon(
         cfg,
         reporter,

@@ -179,7 +179,9 @@ def tiny_onnx(path: Path, seed: int) -> None:
     onnx.save(model, str(path))
 
 
-def make_bundle(root: Path) -> Path:
+def make_bundle(root: Path, modalities: tuple[str, ...] = ("print", "vein")) -> Path:
+    """An unsigned bundle of tiny models; ``modalities``: the ones it has models for (an
+    export from a print-only data set has print alone)."""
     import numpy as np
 
     from agent import codes
@@ -190,6 +192,8 @@ def make_bundle(root: Path) -> Path:
     root.mkdir(parents=True)
     models = []
     for i, modality in enumerate(("print", "vein")):
+        if modality not in modalities:
+            continue
         name = f"{modality}.fp32.onnx"
         tiny_onnx(root / name, seed=i)
         e = file_entry(root, name)
@@ -201,7 +205,7 @@ def make_bundle(root: Path) -> Path:
         bits=BITS,
         bit_order=codes.BIT_ORDER,
         input_size=128,
-        modalities={m: Modality(DEFAULT_SPEC.to_dict(), ["grey"] * 3) for m in ("print", "vein")},
+        modalities={m: Modality(DEFAULT_SPEC.to_dict(), ["grey"] * 3) for m in modalities},
         models=models,
         centroids=write_centroids(root, centroids, [f"id{i}" for i in range(4)]),
         thresholds={m: dict(row) for m in ("print", "vein", "multi", "cross", "centroid")},
