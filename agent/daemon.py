@@ -94,6 +94,10 @@ class Daemon:
         self._stop = threading.Event()
         self._reload_asked = False
         self._jobs: queue.Queue[tuple[Callable[[], Any], Future]] = queue.Queue()
+        # set once the stopping loop has answered the queued commands: a later one is answered
+        # at once (the lock orders the two; no signal handler takes it)
+        self._jobs_closed = False
+        self._jobs_lock = threading.Lock()
         self._started = time.monotonic()
         self._decisions: Counter[str] = Counter()
         self._rejected: Counter[str] = Counter()
@@ -289,7 +293,12 @@ class Daemon:
         """
         wait = self.command_wait_s if timeout is None else timeout
         fut: Future = Future()
-        self._jobs.put((fn, fut))
+        with self._jobs_lock:
+            if self._jobs_closed:
+                # nobody would take it up: its sender waited 30 s, and the MQTT client was gone
+                # by then, so no reply ever came
+                raise CommandError("the daemon is stopping; nothing was done")
+            self._jobs.put((fn, fut))
         try:
             return fut.result(timeout=wait)
         except FutureTimeout:
@@ -320,6 +329,8 @@ class Daemon:
                 return
 
     def _fail_pending_jobs(self) -> None:
+        with self._jobs_lock:
+            self._jobs_closed = True
         while True:
             try:
                 _, fut = self._jobs.get_nowait()

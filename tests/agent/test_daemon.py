@@ -800,3 +800,35 @@ def test_a_bundle_without_the_models_a_mode_needs_is_refused(running_broker, tmp
         assert on_main(lambda: daemon.set_mode("cross", None, None))["mode"] == "cross"
     finally:
         daemon.close()
+
+
+def test_a_command_that_comes_while_the_daemon_stops_is_answered(
+    running_broker, palm_bundle, tmp_path
+):
+    """Between the loop's end and the MQTT client's (the camera closing, the outbox flushing)
+    commands still arrive; one was queued for a loop that had ended, its sender waited 30 s,
+    and the client was gone by then: no reply ever came."""
+    from agent.run_cli import build
+
+    cfg = agent_config(
+        tmp_path, running_broker, "dev22", palm_bundle, write_replay(tmp_path / "r", [2]),
+        trigger={"kind": "command"},
+    )  # fmt: skip
+    daemon = build(cfg)
+    ctl = Controller(running_broker, "dev22")
+    sent: list[bytes] = []
+    close = daemon.source.close
+
+    def slow_close() -> None:  # a camera that takes its time to close (picamera2: ~1 s)
+        sent.append(ctl.send(json.dumps({"cmd": "list"}).encode()))
+        time.sleep(1.0)
+        close()
+
+    daemon.source.close = slow_close
+    try:
+        run_beside(daemon, lambda: wait_until(lambda: daemon.reporter.counters()["connected"]))
+        (reply,) = ctl.wait(sent, timeout=5)
+        assert not reply["ok"] and reply["error"]["code"] == "failed", reply
+        assert reply["error"]["message"] == "the daemon is stopping; nothing was done", reply
+    finally:
+        ctl.close()
