@@ -91,7 +91,10 @@ class Reopening(Source):
         except Exception as e:  # a driver may raise anything; the daemon must not die of it
             self._fail(e)
             raise CaptureError(f"{self.name}: {e}") from e
-        self._timeouts = 0
+        # a frame, not an open, ends the back-off: a camera that opens and then fails every
+        # read (a USB camera that enumerates but streams nothing) was reopened at the shortest
+        # delay for ever, two error events each time
+        self.delay, self.failures, self._timeouts = self.backoff_min, 0, 0
         return frame
 
     def _try_open(self, deadline: float) -> bool:
@@ -117,7 +120,7 @@ class Reopening(Source):
         if self.failures:
             logger.info("capture reopened source=%s after_failures=%d", self.name, self.failures)
             self.report("reopened", {"source": self.name, "failures": self.failures})
-        self.delay, self.failures, self._timeouts = self.backoff_min, 0, 0
+        self._timeouts = 0
         return True
 
     def _fail(self, error: BaseException) -> None:
@@ -126,6 +129,7 @@ class Reopening(Source):
         self.report("capture_failed", {"source": self.name, "error": str(error)})
         self._close_quietly()
         self.next_attempt = time.monotonic() + self.delay
+        self.delay = min(self.delay * 2, self.backoff_max)
 
     def _close_quietly(self) -> None:
         try:

@@ -685,3 +685,35 @@ def test_a_call_stuck_in_the_driver_never_has_a_second_beside_it():
     assert calls.call(lambda: read(False), 1.0) == "frame"
     assert most[0] == 1
     calls.close(lambda: None)
+
+
+def test_a_camera_that_opens_but_gives_no_frame_is_retried_with_back_off(tmp_path):
+    """Only a frame ends the back-off: a camera that opened and then failed every read (a USB
+    camera that enumerates but streams nothing; here an unreadable image) was reopened at the
+    shortest delay for ever, with a capture_failed and a reopened event each time (81 events in
+    2 s at a 0.05 s minimum; 4 a second with the defaults)."""
+    cam = tmp_path / "cam"
+    cam.mkdir()
+    (cam / "00000.png").write_bytes(b"not a png")
+    events: list[tuple[str, float]] = []
+    src = Reopening(
+        ReplaySource(cam, loop=True, cache_mb=0),
+        report=lambda e, f: events.append((e, time.monotonic())),
+        backoff_s=(0.05, 0.2),
+    )
+    src.open()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 1.0:
+        with pytest.raises(CaptureError):
+            src.read(timeout=0.5)
+    failed = [t for e, t in events if e == "capture_failed"]
+    assert len(failed) <= 8, len(failed)  # 0.05, 0.1, 0.2, 0.2, ... s apart
+    gaps = np.diff(failed)
+    assert all(g >= min(0.05 * 2**i, 0.2) * 0.9 for i, g in enumerate(gaps)), gaps
+    # the camera gives frames again: a frame ends the back-off, the next failure retries soon
+    cv2.imwrite(str(cam / "00000.png"), np.full((64, 64), 128, np.uint8))
+    assert src.read(timeout=0.5).image.shape == (64, 64)
+    (cam / "00000.png").write_bytes(b"not a png")
+    with pytest.raises(CaptureError):
+        src.read(timeout=0.5)
+    assert src.next_attempt - time.monotonic() <= 0.05
