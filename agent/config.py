@@ -371,6 +371,19 @@ _MUST_EXIST = (
 )
 
 
+# keys whose value names a file or folder the daemon keeps or reads: a relative one was taken
+# from the working directory, which for the service is /run/palm-agent, emptied at every stop (a
+# store, key and outbox there were lost, and a fresh empty store with a new key made, at each
+# restart), and for a command by hand whatever folder it was started in
+_ABSOLUTE = (
+    ("store", "path"),
+    ("store", "key_path"),
+    ("outbox", "path"),
+    ("bundle", "path"),
+    *_MUST_EXIST,
+)
+
+
 def _substitute(node: Any, path: str, env: dict[str, str], unused: tuple[str, ...] = ()) -> Any:
     """Replace ``${PALM_*}`` references in string values; an unset or foreign name is an error,
     except that an unset one is left as written in the sections ``unused`` (a command that never
@@ -440,12 +453,28 @@ def parse_config(
     except ValidationError as e:
         lines = [_describe(err) for err in e.errors()]
         raise ConfigError("; ".join(lines)) from None
+    for section, key in _ABSOLUTE:
+        value = getattr(getattr(cfg, section), key)
+        if value is not None and section not in unused and not Path(value).is_absolute():
+            raise ConfigError(
+                f"{section}.{key}: {value!r} is a relative path; give the absolute one (such as "
+                f"{_example(cfg, section, key)}): the service runs in /run/palm-agent, which is "
+                "emptied at every stop, and a command by hand in the folder it was started from"
+            )
     if check_files:
         for section, key in _MUST_EXIST:
             value = getattr(getattr(cfg, section), key)
             if value is not None and section not in unused:
                 _check_readable(f"{section}.{key}", Path(value))
     return cfg
+
+
+def _example(cfg: Config, section: str, key: str) -> str:
+    """An absolute path for ``section.key``: its default, or the file's name in the config's
+    folder."""
+    default = getattr(Config.model_fields[section].default, key)
+    given = getattr(getattr(cfg, section), key)
+    return default if default is not None else f"/etc/palm-agent/{Path(given).name}"
 
 
 def _check_readable(key: str, path: Path) -> None:

@@ -306,3 +306,28 @@ def test_profiles_hand_private_files_over_as_credentials(profile):
             key,
             value,
         )
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [("store", "path"), ("store", "key_path"), ("outbox", "path"), ("bundle", "path"),
+     ("mqtt", "tls_ca_certs")],
+)  # fmt: skip
+def test_a_relative_path_is_refused_naming_the_key(tmp_path, monkeypatch, section, key):
+    """A relative store path was taken from the working directory: the service's is
+    /run/palm-agent, emptied at every stop, so each restart began an empty store under a new key
+    (every enrollment gone), and a command by hand used a store of its own folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ca.crt").write_text("ca")  # found from here, as a command by hand finds it
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, {section: {key: "ca.crt"}}), env={})
+    said = str(e.value)
+    assert said.startswith(f"{section}.{key}: 'ca.crt' is a relative path"), said
+    assert "/run/palm-agent" in said
+
+
+def test_a_relative_path_in_a_section_the_command_does_not_use_is_left_alone(tmp_path):
+    """``palm-agent enroll`` never reads the broker's files, as it never reads their variables."""
+    doc = {"mqtt": {"tls_ca_certs": "${PALM_CA}", "password_file": "broker.pw"}}
+    cfg = load_config(write(tmp_path, doc), env={}, unused=("mqtt",))
+    assert cfg.mqtt.password_file == "broker.pw"
