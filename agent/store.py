@@ -75,6 +75,8 @@ def majority(samples: np.ndarray, bits: int) -> np.ndarray:
 def _unusable(path: Path, error: sqlite3.Error) -> str:
     """What SQLite said about a store it could not use, and the likely cause."""
     why = str(error)
+    if "malformed" in why:
+        return _damaged(path, why)
     if "not a database" in why:
         return f"{path} is not a template database ({why})"
     if "unable to open" in why or "readonly" in why:
@@ -83,6 +85,14 @@ def _unusable(path: Path, error: sqlite3.Error) -> str:
             f"(uid {os.geteuid()}): it belongs to the service's user (run as root, or over MQTT)"
         )
     return f"{path}: {why}"
+
+
+def _damaged(path: Path, detail: str) -> str:
+    return (
+        f"{path} is damaged ({detail}), as a power cut on a failing SD card or a copy cut short "
+        f"leaves it: restore it from a backup, or move it and its -wal and -shm files aside to "
+        "start an empty store, and enroll again"
+    )
 
 
 class TemplateStore:
@@ -101,6 +111,7 @@ class TemplateStore:
             # a deleted or replaced template's bytes are overwritten with zeros, not left in
             # the page's free space for a copy of the card to read (see _scrub)
             self.db.execute("PRAGMA secure_delete=ON")
+            self._check_intact()
             self._migrate()
             self.bits = self._check_key(protector)
         except sqlite3.Error as e:
@@ -157,6 +168,15 @@ class TemplateStore:
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+
+    def _check_intact(self) -> None:
+        """A damaged file is refused when it is opened: it opened, and then every gallery read
+        failed, so the daemon started and logged a traceback at each capture, and ``palm-agent
+        gallery list`` ended in one. ``quick_check`` reads every page once: 6 ms for a
+        thousand subjects (0.8 MB) on a 2-core x86."""
+        found = [row[0] for row in self.db.execute("PRAGMA quick_check(3)").fetchall()]
+        if found != ["ok"]:
+            raise StoreError(_damaged(self.path, "; ".join(found)))
 
     def _migrate(self) -> None:
         current = self.db.execute("PRAGMA user_version").fetchone()[0]

@@ -121,3 +121,26 @@ def test_rekey_by_root_leaves_the_key_to_its_owner(tmp_path):
     assert out.returncode == 0, out.stderr
     st = key_path.stat()
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (service, service, 0o600)
+
+
+def test_a_damaged_store_is_refused_when_opened_in_one_line(tmp_path):
+    """A store damaged past its first page (a power cut on a failing SD card) opened: then every
+    gallery read failed, so the daemon started and logged a traceback at each capture, and
+    ``gallery list`` ended in a sqlite3 traceback."""
+    from agent.store import StoreError
+
+    db, key_path = tmp_path / "t.db", tmp_path / "device.key"
+    key = DeviceKey.load_or_create(key_path)
+    rng = np.random.default_rng(0)
+    with TemplateStore(db, Protector(key, 32)) as store:
+        for i in range(50):
+            store.enroll(f"s{i}", rng.integers(0, 2**32, (5, 1), dtype=np.uint32))
+    with open(db, "r+b") as f:  # the second and third pages overwritten
+        f.seek(4096)
+        f.write(b"\xa5" * 3000)
+    out = _cli("gallery", "list", "--db", db, "--key", key_path)
+    said = out.stderr.strip()
+    assert out.returncode == 2 and "Traceback" not in said, said
+    assert f"{db} is damaged" in said and "restore it from a backup" in said, said
+    with pytest.raises(StoreError, match="is damaged"):
+        TemplateStore(db, Protector(key, 32))
