@@ -16,6 +16,7 @@ import base64
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tarfile
 import tempfile
@@ -247,10 +248,13 @@ def load_bundle(
     what it wrote).
     """
     path = Path(path)
-    if not path.exists():
-        raise BundleError(f"{path}: no such bundle directory or archive")
-    if path.is_dir():
-        return _verified(path, public_key, allow_degraded, only)
+    try:
+        if not path.exists():
+            raise BundleError(f"{path}: no such bundle directory or archive")
+        if path.is_dir():
+            return _verified(path, public_key, allow_degraded, only)
+    except OSError as exc:
+        raise BundleError(_unreadable(exc)) from None
     # an archive is unpacked into a folder of its own, removed with the bundle (a reload or a
     # change of mode loads it again: each left a copy of the models behind)
     owned = None if extract_to is not None else Path(tempfile.mkdtemp(prefix="palm-bundle-"))
@@ -265,6 +269,19 @@ def load_bundle(
     if owned is not None:
         weakref.finalize(bundle, shutil.rmtree, owned, ignore_errors=True)
     return bundle
+
+
+def _unreadable(exc: OSError) -> str:
+    """A bundle folder's file this process cannot read (copied in with mode 0600, say): it
+    stopped a start with a bare PermissionError traceback, exit 1, where a bundle error is one
+    line and exit 2."""
+    what = f"{exc.filename}: cannot be read by this process (uid {os.geteuid()}): {exc.strerror}"
+    if isinstance(exc, PermissionError):
+        what += (
+            "; the service's user must be able to read the whole bundle: chmod -R a+rX on its "
+            "folder, or deploy it as one .tar (docs/deploy-pi.md#the-bundle)"
+        )
+    return what
 
 
 def _verified(

@@ -232,3 +232,31 @@ def test_version():
 
     out = _cli("--version")
     assert out.returncode == 0 and out.stdout.strip() == f"palm-agent {__version__}", out
+
+
+def test_a_bundle_file_the_process_cannot_read_is_one_line(palm_bundle, tmp_path):
+    """A bundle folder copied in with a model only its owner could read stopped the start with
+    a PermissionError traceback and exit code 1; a bundle error is one line and exit code 2."""
+    import shutil
+
+    from .conftest import unprivileged
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(palm_bundle, bundle)
+    model = bundle / "print.fp32.onnx"
+    model.chmod(0)
+    replay = write_replay(tmp_path / "r", [0])
+
+    class NoBroker:
+        def mqtt_section(self, device: str) -> dict:
+            return {"host": "broker.lan"}
+
+    cfg = agent_config(tmp_path, NoBroker(), "dev29", bundle, replay)
+    out = unprivileged(
+        f"import sys\nfrom agent.cli import main\nsys.exit(main(['enroll', 'erin', '--config', "
+        f"{str(cfg)!r}]))\n"
+    )
+    said = out.stderr.strip()
+    assert out.returncode == 2 and "Traceback" not in said, said
+    assert said.splitlines()[-1].startswith(f"palm-agent: {model}: cannot be read"), said
+    assert "chmod -R a+rX" in said, said
