@@ -129,9 +129,16 @@ class TemplateStore:
     @staticmethod
     def stored_bits(path: str | Path) -> int | None:
         """Code length of an existing store (None if it has none yet), without needing a key."""
-        if not Path(path).exists():
+        try:  # without sudo, the service's state folder cannot even be looked into
+            exists, folder = Path(path).exists(), Path(path).is_dir()
+        except OSError as e:
+            raise StoreError(
+                f"{path}: {e.strerror}; its folder is not readable by this process (uid "
+                f"{os.geteuid()}): it belongs to the service's user (run as root, or over MQTT)"
+            ) from None
+        if not exists:
             raise StoreError(f"no template database at {path}")
-        if Path(path).is_dir():
+        if folder:
             raise StoreError(f"{path} is a folder, not a template database")
         try:
             with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:

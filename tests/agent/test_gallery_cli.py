@@ -144,3 +144,26 @@ def test_a_damaged_store_is_refused_when_opened_in_one_line(tmp_path):
     assert f"{db} is damaged" in said and "restore it from a backup" in said, said
     with pytest.raises(StoreError, match="is damaged"):
         TemplateStore(db, Protector(key, 32))
+
+
+def test_gallery_without_the_right_to_the_state_folder_says_so(tmp_path):
+    """``palm-agent gallery list`` without sudo, on the service's state folder (mode 0700, the
+    service's user's), ended in a PermissionError traceback."""
+    from .conftest import unprivileged
+
+    state = tmp_path / "state"
+    state.mkdir()
+    db, key_path = state / "templates.sqlite", tmp_path / "device.key"
+    with TemplateStore(db, Protector(DeviceKey.load_or_create(key_path), 32)):
+        pass
+    state.chmod(0)
+    try:
+        out = unprivileged(
+            "import sys\nfrom agent.cli import main\nsys.exit(main(['gallery', 'list', '--db', "
+            f"{str(db)!r}, '--key', {str(key_path)!r}]))\n"
+        )
+    finally:
+        state.chmod(0o700)
+    said = out.stderr.strip()
+    assert out.returncode == 2 and "Traceback" not in said, said
+    assert f"error={db}: Permission denied" in said and "run as root" in said, said
