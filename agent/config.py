@@ -420,7 +420,18 @@ def _describe(err: dict[str, Any]) -> str:
         return f"{key}: unknown key (check the spelling against firmware_config/default.yaml)"
     given = _masked(err.get("input"))
     shown = "" if err["type"] == "missing" or "password" in key else f" (got {given!r})"
+    if _unquoted(err):
+        # "Input should be '0.01', '0.001' ... (got 0.001)": YAML reads 0.001 and 5 as numbers
+        shown += f'; YAML reads it as a number: quote it, {key.split(".")[-1]}: "{given}"'
     return f"{key}: {err['msg']}{shown}"
+
+
+def _unquoted(err: dict[str, Any]) -> bool:
+    """Whether a choice among strings was given as the number one of them spells."""
+    given = err.get("input")
+    if err["type"] != "literal_error" or isinstance(given, bool):
+        return False
+    return isinstance(given, (int, float)) and repr(str(given)) in err["ctx"]["expected"]
 
 
 def _masked(value: Any) -> Any:

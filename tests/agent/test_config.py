@@ -331,3 +331,22 @@ def test_a_relative_path_in_a_section_the_command_does_not_use_is_left_alone(tmp
     doc = {"mqtt": {"tls_ca_certs": "${PALM_CA}", "password_file": "broker.pw"}}
     cfg = load_config(write(tmp_path, doc), env={}, unused=("mqtt",))
     assert cfg.mqtt.password_file == "broker.pw"
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [("match:\n  fmr: 0.001\n", 'match.fmr: Input should be'),
+     ("mqtt:\n  protocol: 5\n", "mqtt.protocol: Input should be")],
+)  # fmt: skip
+def test_a_choice_written_as_a_bare_number_is_told_to_quote_it(tmp_path, text, said):
+    """``fmr: 0.001`` without quotes was refused as "should be '0.001' (got 0.001)", which
+    reads as the value it asks for: YAML made the number, and the message now says so."""
+    path = tmp_path / "agent.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path, env={})
+    key, value = text.split()[1:3]
+    assert str(e.value).startswith(said), e.value
+    assert str(e.value).endswith(f'quote it, {key} "{value}"'), e.value
+    path.write_text(text.replace(value, f'"{value}"'))
+    load_config(path, env={})
