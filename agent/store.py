@@ -222,7 +222,13 @@ class TemplateStore:
                 "use the key file it was enrolled with (a pending rekey leaves it as KEY.new)"
             )
         if int(bits) != protector.bits:
-            raise StoreError(f"{self.path} holds {bits}-bit codes, the protector {protector.bits}")
+            # the daemon's code length is its bundle's: a bundle exported with other bits
+            raise StoreError(
+                f"{self.path} holds {bits}-bit codes, and the bundle in use makes "
+                f"{protector.bits}-bit codes, which cannot be compared with them: deploy a "
+                f"{bits}-bit bundle again, or move the store and its -wal and -shm files aside "
+                "to start an empty one, and enroll everyone again"
+            )
         return int(bits)
 
     def version(self) -> int:

@@ -260,3 +260,25 @@ def test_a_bundle_file_the_process_cannot_read_is_one_line(palm_bundle, tmp_path
     assert out.returncode == 2 and "Traceback" not in said, said
     assert said.splitlines()[-1].startswith(f"palm-agent: {model}: cannot be read"), said
     assert "chmod -R a+rX" in said, said
+
+
+def test_a_bundle_of_another_code_length_than_the_store_says_what_to_do(palm_bundle, tmp_path):
+    """A 32-bit bundle deployed over a store enrolled with 64-bit codes was refused as "holds
+    64-bit codes, the protector 32", which named neither the bundle nor a way out."""
+    from agent.protect import DeviceKey, Protector
+    from agent.store import TemplateStore
+
+    replay = write_replay(tmp_path / "r", [0])
+
+    class NoBroker:
+        def mqtt_section(self, device: str) -> dict:
+            return {"host": "broker.lan"}
+
+    cfg = agent_config(tmp_path, NoBroker(), "dev30", palm_bundle, replay)
+    key = DeviceKey.load_or_create(tmp_path / "device.key")
+    TemplateStore(tmp_path / "templates.sqlite", Protector(key, 64)).close()
+    out = _cli("enroll", "fay", "--config", cfg)
+    said = out.stderr.strip().splitlines()[-1]
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "holds 64-bit codes, and the bundle in use makes 32-bit codes" in said, said
+    assert "deploy a 64-bit bundle again" in said and "enroll everyone again" in said, said
