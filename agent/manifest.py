@@ -140,9 +140,9 @@ class Manifest:
             models=models,
             centroids=centroids,
             thresholds=thresholds,
-            parity=d.get("parity") or {},
-            evaluation=d.get("evaluation") or {},
-            training=d.get("training") or {},
+            parity=_parity(_object(d, "parity", "manifest")),
+            evaluation=_object(d, "evaluation", "manifest"),
+            training=_object(d, "training", "manifest"),
             created=str(d.get("created", "")),
         )
 
@@ -163,6 +163,35 @@ def _get(d: dict, key: str, typ: type, where: str) -> Any:
             f"manifest.json: {where}.{key} must be {typ.__name__}, got {type(value).__name__}"
         )
     return value
+
+
+def _object(d: dict, key: str, where: str) -> dict[str, Any]:
+    """An optional object (absent or null: empty). An edited manifest whose ``parity`` was a
+    list or a string stopped the device's start with an AttributeError traceback."""
+    value = d.get(key)
+    if value is None:
+        return {}
+    _need(
+        isinstance(value, dict),
+        f"manifest.json: {where}.{key} must be an object, got {type(value).__name__}",
+    )
+    return value
+
+
+def _parity(parity: dict[str, Any]) -> dict[str, Any]:
+    """The parts of ``parity`` the device reads at load: the gate, and the rows of its files."""
+    gate = _object(parity, "gate", "parity")
+    files = parity.get("files", [])
+    failures = gate.get("failures", [])
+    _need(
+        isinstance(files, list) and all(isinstance(r, dict) for r in files),
+        "manifest.json: parity.files must be a list of objects",
+    )
+    _need(
+        isinstance(failures, list) and all(isinstance(f, str) for f in failures),
+        "manifest.json: parity.gate.failures must be a list of strings",
+    )
+    return parity
 
 
 def _threshold_row(row: Any, where: str, most: int) -> dict[str, float]:
@@ -208,7 +237,7 @@ def _model_entry(m: Any, where: str, modalities: dict[str, Modality]) -> ModelEn
         output_dtype=str(m.get("output_dtype", "float32")),
         input_quant=_quant(m.get("input_quant"), f"{where}.input_quant"),
         output_quant=_quant(m.get("output_quant"), f"{where}.output_quant"),
-        quantization=dict(m.get("quantization") or {}),
+        quantization=_object(m, "quantization", where),
     )
     _need(
         entry.modality in modalities,

@@ -138,6 +138,18 @@ def test_tampered_manifest_hash_is_refused(bundle_dir: Path):
         (lambda d: d["thresholds"]["print"].update({"0.01": float("nan")}), r"0\.01 is nan"),
         (lambda d: d["thresholds"]["print"].update({"0.001": -2}), r"lies in \[-1, 32\]"),
         (lambda d: d["thresholds"]["print"].update({"0.001": "5 bits"}), "must be a number"),
+        # these stopped a start with an AttributeError or TypeError traceback
+        (lambda d: d.update(parity=["passed"]), r"manifest\.parity must be an object, got list"),
+        (lambda d: d.update(parity={"gate": "passed"}), r"parity\.gate must be an object"),
+        (
+            lambda d: d.update(parity={"gate": {"passed": False, "failures": [1]}}),
+            r"parity\.gate\.failures must be a list of strings",
+        ),
+        (lambda d: d.update(parity={"files": "all"}), r"parity\.files must be a list of objects"),
+        (
+            lambda d: d["models"][0].update(quantization=[1, 2]),
+            r"models\[0\]\.quantization must be an object, got list",
+        ),
     ],
 )
 def test_bad_manifest_fields_are_named(bundle_dir: Path, edit, message: str):
