@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ import shutil
 import tarfile
 import tempfile
 import weakref
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,12 +205,38 @@ def _extract(tar_path: Path, dest: Path) -> Path:
     try:
         with tarfile.open(tar_path) as tar:
             tar.extractall(dest, filter="data")  # refuses absolute paths, links out, devices
-    except (tarfile.TarError, OSError) as exc:
-        raise BundleError(f"{tar_path}: not a readable bundle archive: {exc}") from exc
+            # compressed, the offset counts the data unpacked, and a cut is the decompressor's
+            ended = tar.offset if isinstance(tar.fileobj, io.BufferedReader) else None
+        size = tar_path.stat().st_size
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:  # EOFError: a cut .tar.gz
+        # one line: tarfile lists each compression it tried on a line of its own
+        why = "; ".join(p.strip(" -:") for p in str(exc).splitlines() if p.strip(" -:"))
+        raise BundleError(f"{tar_path}: not a readable bundle archive: {why}") from exc
+    if ended is not None and not _zero_blocks(tar_path, ended, size):
+        # a tar ends in zero blocks; at a header cut short or damaged, tarfile stops as if at
+        # the end, and the members after it were missing without a word about why
+        raise BundleError(
+            f"{tar_path}: the archive is cut short or damaged: its entries stop at byte "
+            f"{ended} of {size}; copy it again, and compare its size and sha256 with the "
+            "exported one"
+        )
     found = list(dest.rglob(MANIFEST))
     if len(found) != 1:
         raise BundleError(f"{tar_path}: expected exactly one {MANIFEST}, found {len(found)}")
     return found[0].parent
+
+
+def _zero_blocks(tar_path: Path, offset: int, size: int) -> bool:
+    """Whether a plain tar holds only its end-of-archive zero blocks (512 bytes at least) after
+    the last entry tarfile read."""
+    if size - offset < 512:
+        return False
+    with open(tar_path, "rb") as f:
+        f.seek(offset)
+        for chunk in iter(lambda: f.read(1 << 16), b""):
+            if chunk.count(0) != len(chunk):
+                return False
+    return True
 
 
 def load_centroids(path: Path, bits: int) -> tuple[np.ndarray, np.ndarray]:

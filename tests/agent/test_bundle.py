@@ -252,6 +252,38 @@ def test_tar_bundle_loads_and_is_verified(tmp_path: Path):
         load_bundle(tmp_path / "junk.tar")
 
 
+def test_a_tar_cut_short_or_damaged_says_so_in_one_line(tmp_path: Path):
+    """A copy cut inside an entry's header (or a header damaged) ended the archive there for
+    tarfile without a word: the device said "expected exactly one manifest.json, found 0", or
+    named a model missing from the bundle. A cut .tar.gz was an EOFError traceback, and a
+    file that is no archive a message over five lines."""
+    import gzip
+    import tarfile
+
+    root = tmp_path / "bundle"
+    _write(root)
+    tar = make_tar(root, tmp_path / "bundle.tar")
+    with tarfile.open(tar) as t:
+        second = t.getmembers()[2].offset  # the header of the entry after the first file
+    data = tar.read_bytes()
+    for name, cut in (("cut.tar", data[: second + 100]), ("damaged.tar", bytearray(data))):
+        if name == "damaged.tar":
+            cut[second + 148 : second + 156] = b"XXXXXXXX"  # its header checksum
+        (tmp_path / name).write_bytes(cut)
+        with pytest.raises(BundleError, match="the archive is cut short or damaged") as e:
+            load_bundle(tmp_path / name)
+        assert f"stop at byte {second} of {len(cut)}" in str(e.value), e.value
+    (tmp_path / "cut.tar.gz").write_bytes(gzip.compress(data)[:-100])
+    with pytest.raises(BundleError, match="not a readable bundle archive: Compressed file ended"):
+        load_bundle(tmp_path / "cut.tar.gz")
+    (tmp_path / "empty.tar").write_bytes(b"")
+    with pytest.raises(BundleError, match="not a readable bundle archive") as e:
+        load_bundle(tmp_path / "empty.tar")
+    assert len(str(e.value).splitlines()) == 1, e.value
+    (tmp_path / "whole.tar.gz").write_bytes(gzip.compress(data))
+    assert load_bundle(tmp_path / "whole.tar.gz").bits == BITS
+
+
 def test_verify_and_inspect_say_in_one_line_why_a_bundle_is_refused(tmp_path: Path, capsys):
     """A tampered bundle, another key, or the private .pem given for the .pub: one line naming
     what is wrong and exit 2, as for a bad data set or checkpoint, not a traceback."""
