@@ -110,6 +110,12 @@ def _gallery_action(args: argparse.Namespace):
     bits = TemplateStore.stored_bits(args.db)
     if bits is None:
         raise StoreError(f"{args.db} is not a template database (no code length recorded)")
+    if args.action == "rekey":
+        # beside a running daemon, its probes stayed under the old key while its gallery
+        # reloaded the templates under the new one: every palm was refused until a restart
+        from agent.run_cli import hold_store
+
+        hold_store(args.db, over_mqtt="rekey")  # held until the command exits
     key = DeviceKey.load(args.key)
     with TemplateStore(args.db, Protector(key, bits)) as store:
         if args.action == "list":

@@ -200,12 +200,13 @@ def _startup_errors() -> tuple[type[BaseException], ...]:
     )  # fmt: skip
 
 
-def hold_store(store_path: str | Path) -> int:
+def hold_store(store_path: str | Path, over_mqtt: str = "enroll") -> int:
     """Take the lock that makes one process the user of a template store, its camera and its
     device id: a second ``palm-agent run`` beside the service fought it for the broker (the same
     client id: each connect closed the other's, once a second), the camera and the outbox, and
     ``palm-agent enroll`` beside it for the camera. Returns the lock's descriptor (held until
-    closed, or the process ends); raises :class:`agent.store.StoreError` naming the holder.
+    closed, or the process ends); raises :class:`agent.store.StoreError` naming the holder and
+    ``over_mqtt``, the command to send the running one instead.
 
     ``flock`` on ``STORE.lock`` beside the store, not on the database itself: closing any other
     descriptor of a SQLite file drops that process's own locks on it.
@@ -235,8 +236,8 @@ def hold_store(store_path: str | Path) -> int:
         who = f"another palm-agent (pid {holder})" if holder.isdigit() else "another palm-agent"
         raise StoreError(
             f"{who} is using the template store {store} (lock {lock}): one process per store "
-            "and camera; stop it first (the service: systemctl stop palm-agent), or enroll over "
-            "MQTT while it runs"
+            "and camera; stop it first (the service: systemctl stop palm-agent), or "
+            f"{over_mqtt} over MQTT while it runs"
         ) from None
     try:
         if os.fstat(fd).st_uid == os.geteuid():

@@ -282,3 +282,32 @@ def test_a_bundle_of_another_code_length_than_the_store_says_what_to_do(palm_bun
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert "holds 64-bit codes, and the bundle in use makes 32-bit codes" in said, said
     assert "deploy a 64-bit bundle again" in said and "enroll everyone again" in said, said
+
+
+def test_an_offline_rekey_beside_the_running_daemon_is_refused(
+    running_broker, palm_bundle, tmp_path
+):
+    """``palm-agent gallery rekey`` beside the service re-protected the templates under a new
+    key while the daemon went on protecting probes with the old one: it reloaded the changed
+    gallery, and every enrolled palm was refused (decision unknown) until a restart."""
+    replay = write_replay(tmp_path / "r", [0] * 4)
+    cfg = agent_config(tmp_path, running_broker, "dev25", palm_bundle, replay)
+    assert _cli("enroll", "alice", "--config", cfg).returncode == 0
+    key_path, db = tmp_path / "device.key", tmp_path / "templates.sqlite"
+    key = key_path.read_bytes()
+    rekey = ("gallery", "rekey", "--db", db, "--key", key_path)
+    first = Agent(cfg)
+    try:
+        assert wait_until(lambda: "daemon running" in first.text(), timeout=30), first.text()
+        out = _cli(*rekey)
+        assert out.returncode == 2, out.stderr[-2000:]
+        said = out.stderr.strip().splitlines()[-1]
+        assert f"another palm-agent (pid {first.proc.pid})" in said, said
+        assert "rekey over MQTT" in said, said
+        assert key_path.read_bytes() == key and not key_path.with_name("device.key.new").exists()
+        assert first.terminate() == 0
+    finally:
+        first.kill()
+    assert "decision=unknown" not in first.text()
+    assert _cli(*rekey).returncode == 0  # the lock went with the daemon
+    assert key_path.read_bytes() != key
