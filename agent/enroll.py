@@ -73,9 +73,18 @@ def enroll(
     while any(len(v) < captures for v in samples.values()):
         if time.monotonic() > deadline:
             got = {m: len(v) for m, v in samples.items()}
+            if set(rejected) == {"no_frame"} and not any(got.values()):
+                # no palm was ever seen: a camera that cannot be opened (not connected, another
+                # process holding it, picamera2 missing) was told to hold the palm still
+                hint = (
+                    "no frame came from the camera: check it is connected and free, and the "
+                    "camera section of the config; the log's capture warnings say why it failed"
+                )
+            else:
+                hint = "hold the palm flat and still, in view"
             raise EnrollError(
                 f"timeout after {timeout:g}s: good captures {got} of {captures}; "
-                f"rejected {dict(rejected) or 'none'} (hold the palm flat and still, in view)"
+                f"rejected {dict(rejected) or 'none'} ({hint})"
             )
         tick()
         probe = grab()

@@ -311,3 +311,22 @@ def test_an_offline_rekey_beside_the_running_daemon_is_refused(
     assert "decision=unknown" not in first.text()
     assert _cli(*rekey).returncode == 0  # the lock went with the daemon
     assert key_path.read_bytes() != key
+
+
+def test_enroll_from_a_camera_that_gives_no_frame_says_it_is_the_camera(palm_bundle, tmp_path):
+    """A camera that could not be opened ran the enrollment to its timeout, which then told
+    the person to hold the palm flat and still."""
+
+    class NoBroker:
+        def mqtt_section(self, device: str) -> dict:
+            return {"host": "broker.lan"}
+
+    cfg = agent_config(
+        tmp_path, NoBroker(), "dev30", palm_bundle, tmp_path / "no-such-replay",
+        enroll={"timeout": 1.5},
+    )  # fmt: skip
+    out = _cli("enroll", "gus", "--config", cfg)
+    said = out.stderr.strip().splitlines()[-1]
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert said.startswith("palm-agent: enrollment failed: timeout after 1.5s"), said
+    assert "no frame came from the camera" in said and "hold the palm" not in said, said
