@@ -106,7 +106,16 @@ def build(config: Path | Config, with_reporter: bool = True) -> Any:
         try:
             outbox = Outbox(cfg.outbox.path, cfg.outbox.max_messages)
         except (sqlite3.Error, OSError) as e:
-            raise StoreError(f"outbox {cfg.outbox.path}: {e}") from None
+            damaged = "malformed" in str(e) or "not a database" in str(e)
+            raise StoreError(
+                f"outbox {cfg.outbox.path}: {e}"
+                + (
+                    "; it holds only decisions not yet sent to the broker: move it and its -wal "
+                    "and -shm files aside, and an empty one is made at the next start"
+                    if damaged
+                    else ""
+                )
+            ) from None
         from agent import __version__ as version
 
         reporter = MqttReporter(cfg.mqtt, cfg.device.id, outbox, cfg.device.name, version)

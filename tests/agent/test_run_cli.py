@@ -125,6 +125,20 @@ def test_an_outbox_that_cannot_be_opened_is_one_line(running_broker, palm_bundle
     assert last.startswith("palm-agent: outbox ") and "Traceback" not in out.stderr, out.stderr
 
 
+def test_a_damaged_outbox_says_what_moving_it_aside_loses(running_broker, palm_bundle, tmp_path):
+    """A damaged outbox stopped the start with SQLite's words alone; beside the template store,
+    whoever met it could not tell that moving it aside loses only unsent decisions."""
+    replay = write_replay(tmp_path / "r", [0])
+    outbox = tmp_path / "outbox.sqlite"
+    outbox.write_bytes(b"SQLite format 3\x00" + b"\xa5" * 8192)
+    cfg = agent_config(tmp_path, running_broker, "dev28", palm_bundle, replay)
+    out = _cli("run", "--config", cfg)
+    assert out.returncode == 2, out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"palm-agent: outbox {outbox}: "), last
+    assert "only decisions not yet sent" in last and "move it" in last, last
+
+
 def test_the_lock_is_taken_after_the_other_user_made_it(tmp_path):
     """The service's user and root (an enrollment by hand) each create the lock in turn: the
     file is left readable, and one opened read-only still locks."""
