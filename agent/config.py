@@ -472,6 +472,17 @@ def parse_config(
                 f"{_example(cfg, section, key)}): the service runs in /run/palm-agent, which is "
                 "emptied at every stop, and a command by hand in the folder it was started from"
             )
+    # one file for two of them: the outbox's tables were made inside the template store, and
+    # a key file that was the store was told to chmod 600, then found to hold the wrong size
+    seen: dict[str, str] = {}
+    for section, key in (("store", "path"), ("store", "key_path"), ("outbox", "path")):
+        path = os.path.normpath(getattr(getattr(cfg, section), key))
+        if path in seen:
+            raise ConfigError(
+                f"{section}.{key}: {path} is also {seen[path]}; each needs a file of its own "
+                "(the defaults: /var/lib/palm-agent/templates.sqlite, device.key, outbox.sqlite)"
+            )
+        seen[path] = f"{section}.{key}"
     if check_files:
         for section, key in _MUST_EXIST:
             value = getattr(getattr(cfg, section), key)

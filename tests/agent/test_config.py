@@ -350,3 +350,15 @@ def test_a_choice_written_as_a_bare_number_is_told_to_quote_it(tmp_path, text, s
     assert str(e.value).endswith(f'quote it, {key} "{value}"'), e.value
     path.write_text(text.replace(value, f'"{value}"'))
     load_config(path, env={})
+
+
+@pytest.mark.parametrize(("section", "key"), [("outbox", "path"), ("store", "key_path")])
+def test_a_state_file_named_twice_is_refused(tmp_path, section, key):
+    """An outbox path pasted from the store's line made the outbox's tables inside the template
+    store; a key path that was the store's was told to chmod 600 the database."""
+    store = "/var/lib/palm-agent/templates.sqlite"
+    doc = {"store": {"path": store}}
+    doc.setdefault(section, {})[key] = "/var/lib/palm-agent/./templates.sqlite"
+    with pytest.raises(ConfigError) as e:
+        parse_config(doc, env={}, check_files=False)
+    assert str(e.value).startswith(f"{section}.{key}: {store} is also store.path"), e.value
