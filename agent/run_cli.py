@@ -233,6 +233,12 @@ def hold_store(store_path: str | Path, over_mqtt: str = "enroll") -> int:
         except PermissionError:  # another user's (the service's or root's): locking needs no write
             fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
+        if isinstance(e, PermissionError):  # a command by hand without sudo
+            raise StoreError(
+                f"{lock}: this process (uid {os.geteuid()}) cannot open the store's lock: "
+                f"{e.strerror}; the state folder is another user's (the service's, or root's): "
+                "run a command by hand as root (sudo)"
+            ) from None
         raise StoreError(f"{lock}: cannot open the store's lock: {e.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -344,3 +344,34 @@ def test_enroll_from_a_camera_that_gives_no_frame_says_it_is_the_camera(palm_bun
     assert out.returncode == 1, out.stderr[-2000:]
     assert said.startswith("palm-agent: enrollment failed: timeout after 1.5s"), said
     assert "no frame came from the camera" in said and "hold the palm" not in said, said
+
+
+def test_enroll_without_the_right_to_the_state_folder_says_to_use_sudo(palm_bundle, tmp_path):
+    """``palm-agent enroll`` without sudo, beside the service's state folder (mode 0700, the
+    service's user's), said only "cannot open the store's lock: Permission denied"."""
+    from .conftest import unprivileged
+
+    replay = write_replay(tmp_path / "r", [0])
+    state = tmp_path / "state"
+    state.mkdir()
+
+    class NoBroker:
+        def mqtt_section(self, device: str) -> dict:
+            return {"host": "broker.lan"}
+
+    cfg = agent_config(
+        tmp_path, NoBroker(), "dev30", palm_bundle, replay,
+        store={"path": str(state / "templates.sqlite"), "key_path": str(state / "device.key")},
+    )  # fmt: skip
+    state.chmod(0)
+    try:
+        out = unprivileged(
+            "import sys\nfrom agent.cli import main\nsys.exit(main(['enroll', 'hal', "
+            f"'--config', {str(cfg)!r}]))\n"
+        )
+    finally:
+        state.chmod(0o700)
+    said = out.stderr.strip()
+    assert out.returncode == 2 and "Traceback" not in said, said
+    assert said.splitlines()[-1].startswith(f"palm-agent: {state}/templates.sqlite.lock: "), said
+    assert "Permission denied" in said and "run a command by hand as root (sudo)" in said, said
