@@ -281,6 +281,8 @@ def load_bundle(
             raise BundleError(f"{path}: no such bundle directory or archive")
         if path.is_dir():
             return _verified(path, public_key, allow_degraded, only)
+        if path.name == MANIFEST:  # was "not a readable bundle archive", over five lines
+            raise BundleError(f"{path}: give the bundle's folder, {path.parent}, not its manifest")
     except OSError as exc:
         raise BundleError(_unreadable(exc)) from None
     # an archive is unpacked into a folder of its own, removed with the bundle (a reload or a

@@ -284,6 +284,12 @@ def test_a_tar_cut_short_or_damaged_says_so_in_one_line(tmp_path: Path):
     assert load_bundle(tmp_path / "whole.tar.gz").bits == BITS
 
 
+def test_a_bundle_path_naming_its_manifest_says_to_give_the_folder(bundle_dir: Path):
+    """bundle.path set to the manifest was tried as an archive: five lines of tarfile's."""
+    with pytest.raises(BundleError, match=r"give the bundle's folder, .*, not its manifest$"):
+        load_bundle(bundle_dir / MANIFEST)
+
+
 def test_verify_and_inspect_say_in_one_line_why_a_bundle_is_refused(tmp_path: Path, capsys):
     """A tampered bundle, another key, or the private .pem given for the .pub: one line naming
     what is wrong and exit 2, as for a bad data set or checkpoint, not a traceback."""
