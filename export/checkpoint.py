@@ -61,7 +61,23 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[PalmCohashNe
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found; train one with `palm-export train`")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
+    try:
+        # on the CPU first: the model and the optimizer state are moved to the device after
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except OSError:
+        raise
+    except Exception as exc:  # torch names no one error: zip, pickle, EOF, tensor errors
+        # a copy cut short, an empty file, another program's file under a .pt name
+        raise CheckpointError(
+            f"{path} cannot be read as a checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}): a copy cut short or "
+            "another kind of file; copy it again, or use best.pt or last.pt of the run"
+        ) from exc
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(
+            f"{path} is not a palm-cohash checkpoint (it holds a {type(ckpt).__name__}, not "
+            "the dict `palm-export train` writes)"
+        )
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path} is not a palm-cohash checkpoint (missing {missing})")

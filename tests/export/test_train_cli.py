@@ -121,3 +121,30 @@ def test_images_changed_under_the_recorded_names_are_reported(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="export.data.split"):
         assert len(load_split(ckpt, "test", root)) == 4  # still loads: a warning, not a refusal
     assert "test images found under the checkpoint's sample names differ" in caplog.text
+
+
+def test_a_checkpoint_cut_short_or_of_another_kind_is_named_in_one_line(tmp_path, capsys):
+    """A .pt copied half-way, an empty file or a bare tensor ended `eval`, `export` and
+    --resume in torch's traceback (zip, pickle and EOF errors) instead of naming the file."""
+    import numpy as np
+    import torch
+
+    from export.checkpoint import save_checkpoint
+    from export.cli import main
+    from export.model import create_model
+
+    meta = {"labels": ["1"], "preprocess": {}, "split": {}, "dataset": {}}
+    good = save_checkpoint(
+        tmp_path / "best.pt", create_model("tiny", 32), np.ones((1, 32), np.int8), meta
+    )
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:1000])
+    (tmp_path / "empty.pt").write_bytes(b"")
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    for name, says in (
+        ("cut.pt", "cannot be read as a checkpoint"),
+        ("empty.pt", "cannot be read as a checkpoint"),
+        ("tensor.pt", "it holds a Tensor"),
+    ):
+        assert main(["eval", str(tmp_path / name)]) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / name}") and says in err[0]
