@@ -19,7 +19,7 @@ import numpy as np
 
 from agent import codes
 from agent.bundle import MANIFEST, SIGNATURE, sha256_file
-from agent.manifest import FileEntry, Manifest
+from agent.manifest import BundleError, FileEntry, Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -64,22 +64,42 @@ def _plain(value: Any) -> Any:
 
 
 def load_private_key(path: str | Path) -> Any:
+    """The Ed25519 private key in ``path``; a file that is missing or holds something else (the
+    .pub half, another kind of key, a key with a password) raises BundleError saying so."""
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    make = "make one with `palm-export keygen --out PREFIX` and pass --sign-key PREFIX.pem"
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise BundleError(f"signing key {path}: {exc.strerror}; {make}") from exc
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        if b"PUBLIC KEY-----" in data:
+            what = "a public key; --sign-key takes the private half of the pair (PREFIX.pem)"
+        else:
+            what = f"no unencrypted PEM private key; {make}"
+        raise BundleError(f"signing key {path}: holds {what}") from exc
     if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{path}: not an Ed25519 private key (make one with palm-export keygen)")
+        raise BundleError(
+            f"signing key {path}: not an Ed25519 private key ({type(key).__name__.lstrip('_')}); "
+            f"{make}"
+        )
     return key
 
 
-def sign(root: Path, private_key: str | Path) -> Path:
-    """Ed25519 signature over manifest.json's exact bytes; the manifest pins every file's hash."""
-    key = load_private_key(private_key)
+def sign(root: Path, private_key: str | Path | Any) -> Path:
+    """Ed25519 signature over manifest.json's exact bytes; the manifest pins every file's hash.
+    ``private_key`` is a key file or a key :func:`load_private_key` returned."""
+    named = isinstance(private_key, (str, Path))
+    key = load_private_key(private_key) if named else private_key
     signature = key.sign((root / MANIFEST).read_bytes())
     path = root / SIGNATURE
     path.write_text(base64.b64encode(signature).decode("ascii") + "\n", encoding="ascii")
-    logger.info("bundle=%s signed key=%s", root, private_key)
+    logger.info("bundle=%s signed key=%s", root, private_key if named else "given")
     return path
 
 

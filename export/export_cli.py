@@ -128,6 +128,9 @@ def export_bundle(
     bits = int(ckpt["arch"]["bits"])
     spec = PreprocessSpec.from_dict(ckpt["preprocess"])
     modalities = ["print"] + ([] if test.vein is None else ["vein"])
+    # the key before any conversion: a wrong --sign-key found at the end left an unsigned
+    # bundle in place of the old one, minutes later
+    key = None if sign_key is None else bundle_writer.load_private_key(sign_key)
     out.mkdir(parents=True, exist_ok=True)
     _clear_bundle(out)
     models, calib_used = [], 0
@@ -177,8 +180,8 @@ def export_bundle(
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
     bundle_writer.write_manifest(out, manifest)
-    if sign_key is not None:
-        bundle_writer.sign(out, sign_key)
+    if key is not None:
+        bundle_writer.sign(out, key)
     load_bundle(out, allow_degraded=True)  # what the device would refuse is never announced
     return report
 

@@ -21,3 +21,51 @@ def test_keygen_writes_prefix_pem_and_pub_into_a_new_folder(tmp_path):
     ]
     assert stat.S_IMODE((keys / "site.2024.pem").stat().st_mode) == 0o600
     assert b"PUBLIC KEY" in (keys / "site.2024.pub").read_bytes()
+
+
+def _untrained_checkpoint(path):
+    """A tiny untrained net on a 3-identity synthetic set: enough for what export checks first."""
+    import numpy as np
+
+    from agent.preprocess import DEFAULT_SPEC
+    from export.centroids import make_centroids
+    from export.checkpoint import save_checkpoint
+    from export.data.arrays import from_synth
+    from export.data.split import reference_split, split_record
+    from export.model import create_model
+    from export.synth import generate_arrays
+
+    arrays = from_synth(*generate_arrays(3, 4, "easy", 0))
+    train, test = reference_split(arrays, 0)
+    meta = {
+        "labels": arrays.identities,
+        "preprocess": DEFAULT_SPEC.to_dict(),
+        "split": {"train": split_record(arrays, train), "test": split_record(arrays, test)},
+        "dataset": {"ds": "synth", "synth": {"ids": 3, "samples": 4, "level": "easy", "seed": 0}},
+    }
+    model = create_model("tiny", 32).eval()
+    return save_checkpoint(path, model, np.asarray(make_centroids(3, 32, 0)), meta)
+
+
+def test_a_wrong_signing_key_is_refused_before_the_old_bundle_is_touched(tmp_path, capsys):
+    """--sign-key naming the .pub half, a missing file or another kind of key ended the export in
+    a traceback after every conversion, leaving an unsigned bundle where the old one was."""
+    ckpt = _untrained_checkpoint(tmp_path / "tiny.pt")
+    assert main(["keygen", "--out", str(tmp_path / "k")]) == 0
+    (tmp_path / "junk.pem").write_text("not a key\n")
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"old": true}\n')
+    capsys.readouterr()
+    for key, says in (
+        ("k.pub", "holds a public key; --sign-key takes the private half"),
+        ("missing.pem", "No such file or directory; make one with `palm-export keygen"),
+        ("junk.pem", "no unencrypted PEM private key"),
+    ):
+        argv = ["export", str(ckpt), "--out", str(out), "--formats", "onnx", "--precision", "fp32"]
+        assert main([*argv, "--sign-key", str(tmp_path / key)]) == 2, key
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: signing key {tmp_path / key}"), err
+        assert says in err[0]
+        assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]
+        assert (out / "manifest.json").read_text() == '{"old": true}\n'
