@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from agent.manifest import (
     FORMATS,
     MODALITIES,
     PRECISIONS,
+    BundleError,
     Manifest,
     Modality,
     ModelEntry,
@@ -91,6 +93,20 @@ def _tar_path(out: Path) -> Path:
     return out.with_name(out.name + ".tar")
 
 
+def _writable(out: Path) -> None:
+    """Make ``out`` and try a file in it, before the conversions: --out naming a file, or a
+    folder this user cannot write, otherwise failed in a traceback after them."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as exc:
+        why = "a file, not a folder" if out.is_file() else exc.strerror
+        raise BundleError(
+            f"output folder {out}: cannot write the bundle there ({why}); name a folder this "
+            "user can write (it is made if missing)"
+        ) from exc
+
+
 def _clear_bundle(out: Path) -> None:
     """Remove what an earlier export left in ``out``: its models would otherwise be reused
     (the int8 quantizer starts from an fp32 ONNX file already there) or shipped in the tar;
@@ -131,7 +147,7 @@ def export_bundle(
     # the key before any conversion: a wrong --sign-key found at the end left an unsigned
     # bundle in place of the old one, minutes later
     key = None if sign_key is None else bundle_writer.load_private_key(sign_key)
-    out.mkdir(parents=True, exist_ok=True)
+    _writable(out)
     _clear_bundle(out)
     models, calib_used = [], 0
     for m in modalities:

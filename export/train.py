@@ -345,10 +345,29 @@ def _terminated(signum: int, frame: object) -> None:
     raise Terminated
 
 
+def _writable(out: Path) -> None:
+    """Make --out and try a file in it before the data set is read: an --out naming a file, or a
+    folder this user cannot write, otherwise failed in a traceback at the first evaluation."""
+    import tempfile
+
+    from export.checkpoint import CheckpointError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as exc:
+        why = "a file, not a folder" if out.is_file() else exc.strerror
+        raise CheckpointError(
+            f"output folder {out}: cannot write checkpoints there ({why}); name a folder this "
+            "user can write (it is made if missing), or another --comment"
+        ) from exc
+
+
 def run(args: argparse.Namespace) -> int:
     from export.data import load_dataset
     from export.evaluate import format_table
 
+    _writable(out_dir(args))
     arrays = load_dataset(args.ds, args.data_root, DEFAULT_SPEC, workers=max(args.workers, 4))
     previous = signal.signal(signal.SIGTERM, _terminated)
     try:

@@ -69,3 +69,14 @@ def test_a_wrong_signing_key_is_refused_before_the_old_bundle_is_touched(tmp_pat
         assert says in err[0]
         assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]
         assert (out / "manifest.json").read_text() == '{"old": true}\n'
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_in_one_line(tmp_path, capsys):
+    ckpt = _untrained_checkpoint(tmp_path / "tiny.pt")
+    (tmp_path / "bundle").write_text("a file\n")
+    for out, says in (("bundle", "a file, not a folder"), ("bundle/sub", "Not a directory")):
+        argv = ["export", str(ckpt), "--formats", "onnx", "--precision", "fp32"]
+        assert main([*argv, "--out", str(tmp_path / out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: output folder {tmp_path / out}")
+        assert says in err[0]

@@ -148,3 +148,15 @@ def test_a_checkpoint_cut_short_or_of_another_kind_is_named_in_one_line(tmp_path
         assert main(["eval", str(tmp_path / name)]) == 2, name
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / name}") and says in err[0]
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_training(tmp_path, capsys):
+    """--out naming a file trained until the first evaluation, then ended in a traceback."""
+    root = _casiam(tmp_path / "data", ids=2, samples=4)
+    (tmp_path / "run").write_text("a file\n")
+    args = [*FAST, "--ds", "casiam", "--data-root", str(root), "-b", "4", "--epoch", "1"]
+    for out in ("run", "run/sub"):
+        assert train_main([*args, "--out", str(tmp_path / out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith(f"error: output folder {tmp_path / out}: cannot write"), err
+    assert "a file, not a folder" in err[-1] or "Not a directory" in err[-1]
