@@ -38,6 +38,18 @@ __all__ = ["DATASETS", "add_arguments", "fit", "main", "out_dir", "parse_args", 
 logger = logging.getLogger(__name__)
 
 
+# the flags a resumed run must share with the run it continues, as (args key, flag)
+RESUME_FLAGS = {
+    "ds": "--ds",
+    "model": "--model",
+    "bits": "--bits",
+    "seed": "--seed",
+    "optimizer": "--optimizer",
+    "lr": "--lr",
+    "weight_decay": "--weight-decay",
+}
+
+
 def _distributed(device: str) -> tuple[int, int, str]:
     """(rank, world size, device) — torchrun sets WORLD_SIZE; a plain run is rank 0 of 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -147,6 +159,20 @@ def fit(args: argparse.Namespace, arrays, dataset: dict) -> dict:
                 "interrupted run's?); leave out --resume to start a new run"
             )
         resumed, ckpt = load_checkpoint(path, device)
+        # flags the run must keep: another --optimizer failed at the first step (its state has
+        # other fields), another --lr or --weight-decay was silently replaced by the run's own
+        # from the optimizer state; --bits, --model, --ds and --seed change the net or the split
+        then = ckpt.get("train", {}).get("args", {})
+        differ = [
+            f"{flag} {then[key]} (this command: {getattr(args, key)})"
+            for key, flag in RESUME_FLAGS.items()
+            if key in then and then[key] != getattr(args, key)
+        ]
+        if differ:
+            raise CheckpointError(
+                f"{path} is a run with {', '.join(differ)}; not resuming: pass the run's own "
+                "flags, or another --out to start a new run"
+            )
         split = meta["split"]
         if "images_sha256" not in ckpt["split"]:  # a run started before images were recorded
             split = {k: v for k, v in split.items() if k != "images_sha256"}

@@ -160,3 +160,21 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_training(tmp_
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith(f"error: output folder {tmp_path / out}: cannot write"), err
     assert "a file, not a folder" in err[-1] or "Not a directory" in err[-1]
+
+
+def test_resume_with_another_optimizer_or_rate_names_the_flags(tmp_path, capsys):
+    """Another --optimizer failed at the first step with a KeyError from torch; another --lr or
+    --weight-decay trained on silently with the run's own, restored from the optimizer state."""
+    root = _casiam(tmp_path / "data", ids=2, samples=4)
+    base = [*FAST, "--ds", "casiam", "--data-root", str(root), "-b", "4", "--eval-every", "5"]
+    base += ["--out", str(tmp_path / "run")]
+    assert train_main([*base, "--epoch", "1"]) == 0
+    capsys.readouterr()
+    for flags, says in (
+        (["--optimizer", "rmsprop"], "--optimizer adam (this command: rmsprop)"),
+        (["--lr", "0.001"], "--lr 1e-05 (this command: 0.001)"),
+        (["--bits", "64"], "--bits 32 (this command: 64)"),
+    ):
+        assert train_main([*base, "--epoch", "2", "--resume", *flags]) == 2, flags
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert says in err and "not resuming: pass the run's own flags" in err, err
