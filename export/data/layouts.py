@@ -77,12 +77,30 @@ def _files(folder: Path, exts: tuple[str, ...]) -> list[Path]:
     return [f for f in folder.iterdir() if f.suffix.lower() in exts and _visible(f) and f.is_file()]
 
 
-def _pairs(folder: Path, ext: str) -> dict[tuple[int, int], Path]:
-    out = {}
-    for f in _files(folder, (ext,)):
+def _pairs(ds: str, root: Path, folder: Path, ext: str, name: str) -> dict[tuple[int, int], Path]:
+    """The captures of one folder by (identity, sample). An image named otherwise (a copy
+    ``001_01 (1).jpg``, another extension) is left out with a warning, and two names for one
+    capture (``001_1.jpg`` beside ``001_01.jpg``) are refused: either one could be taken."""
+    out: dict[tuple[int, int], Path] = {}
+    skipped = []
+    for f in sorted(_files(folder, _IMAGE_EXT)):
         m = _PAIR.match(f.stem)
-        if m:
-            out[(int(m[1]), int(m[2]))] = f
+        if not m or f.suffix.lower() != ext:
+            skipped.append(f.name)
+            continue
+        key = (int(m[1]), int(m[2]))
+        if key in out:
+            raise layout_error(
+                ds, root, f"{out[key].name} and {f.name} in {folder} name the same capture; "
+                "delete or rename one"
+            )  # fmt: skip
+        out[key] = f
+    if skipped:
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        logger.warning(
+            "%d image file(s) in %s are not named %s and are left out: %s%s",
+            len(skipped), folder, name, ", ".join(skipped[:5]), more,
+        )  # fmt: skip
     return out
 
 
@@ -116,15 +134,18 @@ def _banded(
     missing = [str(p) for p in folders.values() if not p.is_dir()]
     if missing:
         raise layout_error(ds, root, f"missing folder(s) {', '.join(missing)}")
-    files = {b: _pairs(folders[b], ext) for b in folders}
-    keys = sorted(files[bands[0]])
-    if not keys:
-        name = f"{'I' * width}_{'S' * len(sample)}{ext}"
+    name = f"{'I' * width}_{'S' * len(sample)}{ext}"
+    files = {b: _pairs(ds, root, folders[b], ext, name) for b in folders}
+    if not files[bands[0]]:
         raise layout_error(ds, root, f"no {name} images in {folders[bands[0]]}")
+    # a capture in any band: one short of the first band was left out without a word
+    keys = sorted(set().union(*files.values()))
     # every gap at once: a download missing a few files is fixed in one go, not one per run
     lost = [(key, b) for key in keys for b in folders if key not in files[b]]
     if lost:
-        shown = ", ".join(f"{b}/{files[bands[0]][key].name}" for key, b in lost[:5])
+        shown = ", ".join(
+            f"{b}/{next(f[key] for f in files.values() if key in f).name}" for key, b in lost[:5]
+        )
         more = f" and {len(lost) - 5} more" if len(lost) > 5 else ""
         raise layout_error(
             ds,
@@ -146,7 +167,7 @@ def _tjppv(root: Path) -> list[Record]:
     for p in (prints, veins):
         if not p.is_dir():
             raise layout_error("tjppv", root, f"missing folder {p}{_where(root, tops)}")
-    files = _pairs(prints, ".jpg")
+    files = _pairs("tjppv", root, prints, ".jpg", "IIII_SSSS.jpg")
     if not files:
         raise layout_error("tjppv", root, f"no IIII_SSSS.jpg images in {prints}")
     sessions = {

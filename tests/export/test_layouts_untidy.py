@@ -144,3 +144,28 @@ def test_a_generic_set_without_its_vein_folder_says_it_trains_print_only(tmp_pat
     with caplog.at_level("WARNING", logger="export.data.layouts"):
         load_dataset("generic", _folders(tmp_path / "both", {"print": ".png", "vein": ".png"}))
     assert "print only" not in caplog.text
+
+
+def test_a_capture_short_of_the_first_band_is_named_not_left_out(tmp_path):
+    """A capture missing from casia_700 (the first band) alone was dropped without a word, while
+    one missing from any other band was named."""
+    root = _casiam(tmp_path / "c")
+    (root / "Casia_M" / "casia_700" / "002_01.jpg").unlink()
+    with pytest.raises(LayoutError, match=r"1 capture\(s\) lack .*\(casia_700/002_01\.jpg\)"):
+        load_dataset("casiam", root)
+
+
+def test_images_off_the_layouts_names_are_named_and_two_names_for_one_capture_refused(
+    tmp_path, caplog
+):
+    root = _casiam(tmp_path / "c")
+    band = root / "Casia_M" / "casia_700"
+    for name in ("001_01 (1).jpg", "001_01.png", "IMG_0001.jpg"):  # a copy, a conversion
+        (band / name).write_bytes((band / "001_01.jpg").read_bytes())
+    with caplog.at_level("WARNING", logger="export.data.layouts"):
+        assert len(load_dataset("casiam", root)) == 6
+    assert f"3 image file(s) in {band} are not named III_SS.jpg and are left out" in caplog.text
+    assert "001_01 (1).jpg, 001_01.png, IMG_0001.jpg" in caplog.text
+    (band / "001_1.jpg").write_bytes((band / "001_01.jpg").read_bytes())
+    with pytest.raises(LayoutError, match=r"001_01\.jpg and 001_1\.jpg in .* the same capture"):
+        load_dataset("casiam", root)
