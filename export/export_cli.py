@@ -49,6 +49,25 @@ def _csv(value: str, allowed: tuple[str, ...], what: str) -> list[str]:
     return items
 
 
+def _count(text: str) -> int:
+    """--calib: 0 failed in a traceback after the old bundle was cleared."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """--min-agreement is a fraction: 99 (a percentage) failed every export's parity gate."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not a fraction from 0 to 1 (0.99 for 99%)")
+    return value
+
+
+_count.__name__, _fraction.__name__ = "int", "float"  # argparse names the type in its messages
+
+
 def _rois(arrays: Any, modality: str) -> np.ndarray:
     return arrays.print if modality == "print" else arrays.vein
 
@@ -345,12 +364,17 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--precision", type=lambda v: _csv(v, PRECISIONS, "precision"), default=list(PRECISIONS)
     )
-    p.add_argument("--calib", type=int, default=200, help="training images for int8 ranges")
+    p.add_argument("--calib", type=_count, default=200, help="training images for int8 ranges")
     p.add_argument("--out", required=True, help="bundle directory")
     p.add_argument("--tar", action="store_true", help="also write OUT.tar")
     p.add_argument("--sign-key", type=Path, help="Ed25519 private key (palm-export keygen)")
     p.add_argument("--data-root", help="data set root, if not where the checkpoint says")
-    p.add_argument("--min-agreement", type=float, default=parity.DEFAULT_MIN_AGREEMENT)
+    p.add_argument(
+        "--min-agreement",
+        type=_fraction,
+        default=parity.DEFAULT_MIN_AGREEMENT,
+        help="bits of each model's codes that must equal torch's, as a fraction (0.99)",
+    )
     p.add_argument(
         "--max-eer-increase",
         type=float,
