@@ -128,7 +128,22 @@ def keygen(private_path: Path, public_path: Path) -> None:
 
 
 def make_tar(root: Path, tar_path: Path) -> Path:
-    """The bundle directory as one archive (members under the directory's name, sorted)."""
+    """The bundle directory as one archive (members under the directory's name, sorted).
+
+    Only the bundle goes in: manifest.json, its signature and the files the manifest lists. A
+    folder also holding other files (an export into the training run's folder, beside best.pt
+    and last.pt; a file of another tool) shipped them all to every device; they are left out,
+    with a warning naming them."""
+    manifest = Manifest.from_dict(json.loads((root / MANIFEST).read_text(encoding="utf-8")))
+    names = {MANIFEST, *(e.file for e in manifest.files())}
+    names |= {SIGNATURE} if (root / SIGNATURE).is_file() else set()
+    others = sorted(p.name for p in root.iterdir() if p.is_file() and p.name not in names)
+    if others:
+        more = f" and {len(others) - 5} more" if len(others) > 5 else ""
+        logger.warning(
+            "%d file(s) in %s are not part of the bundle and are left out of %s: %s%s",
+            len(others), root, tar_path, ", ".join(others[:5]), more,
+        )  # fmt: skip
 
     def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
         info.uid = info.gid = 0
@@ -137,7 +152,6 @@ def make_tar(root: Path, tar_path: Path) -> Path:
 
     with tarfile.open(tar_path, "w") as tar:
         tar.add(root, arcname=root.name, recursive=False, filter=clean)
-        for path in sorted(root.iterdir()):
-            if path.is_file():
-                tar.add(path, arcname=f"{root.name}/{path.name}", filter=clean)
+        for name in sorted(names):
+            tar.add(root / name, arcname=f"{root.name}/{name}", filter=clean)
     return tar_path

@@ -234,6 +234,34 @@ def test_a_tar_bundle_leaves_no_copy_behind(tmp_path: Path, monkeypatch):
     assert copies() == []
 
 
+def test_a_tar_holds_the_bundle_only_not_other_files_of_its_folder(tmp_path: Path, caplog):
+    """An export into the training run's folder put best.pt, last.pt and any other file there
+    into the archive that devices download."""
+    import tarfile
+
+    root = tmp_path / "bundle"
+    _write(root)
+    keygen(tmp_path / "k.pem", tmp_path / "k.pub")
+    sign(root, tmp_path / "k.pem")
+    (root / "best.pt").write_bytes(b"\0" * 100)
+    (root / "notes.txt").write_text("x")
+    with caplog.at_level("WARNING", logger="export.bundle_writer"):
+        tar = make_tar(root, tmp_path / "bundle.tar")
+    with tarfile.open(tar) as t:
+        names = sorted(t.getnames())
+    assert names == [
+        "bundle",
+        "bundle/centroids.npz",
+        f"bundle/{MANIFEST}",
+        f"bundle/{SIGNATURE}",
+        "bundle/print.fp32.onnx",
+        "bundle/vein.fp32.onnx",
+    ]
+    assert "2 file(s) in" in caplog.text and "left out of" in caplog.text
+    assert "best.pt, notes.txt" in caplog.text
+    assert load_bundle(tar, public_key=tmp_path / "k.pub", extract_to=tmp_path / "x").signed
+
+
 def test_tar_bundle_loads_and_is_verified(tmp_path: Path):
     root = tmp_path / "bundle"
     _write(root)
