@@ -372,15 +372,17 @@ def _terminated(signum: int, frame: object) -> None:
 
 
 def _writable(out: Path) -> None:
-    """Make --out and try a file in it before the data set is read: an --out naming a file, or a
-    folder this user cannot write, otherwise failed in a traceback at the first evaluation."""
+    """Try a file in --out before the data set is read: an --out naming a file, or a folder
+    this user cannot write, otherwise failed in a traceback at the first evaluation."""
     import tempfile
 
     from export.checkpoint import CheckpointError
 
+    # tried in the nearest folder there is, not made: a wrong --data-root found next would
+    # leave an empty runs/COMMENT behind
+    there = next((p for p in (out, *out.parents) if p.exists()), Path("."))
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out).close()
+        tempfile.TemporaryFile(dir=there).close()
     except OSError as exc:
         why = "a file, not a folder" if out.is_file() else exc.strerror
         raise CheckpointError(
