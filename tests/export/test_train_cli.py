@@ -160,6 +160,9 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_training(tmp_
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith(f"error: output folder {tmp_path / out}: cannot write"), err
     assert "a file, not a folder" in err[-1] or "Not a directory" in err[-1]
+    # tried, not made: a wrong --data-root leaves no empty run folder behind
+    wrong = [*FAST, "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "new" / "r")]
+    assert train_main(wrong) == 2 and not (tmp_path / "new").exists()
 
 
 def test_resume_with_another_optimizer_or_rate_names_the_flags(tmp_path, capsys):
