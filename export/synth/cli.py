@@ -55,9 +55,12 @@ def run(args: argparse.Namespace) -> int:
     def bar(it):
         return tqdm(it, total=args.ids, unit="id", desc=f"synth {args.layout}")
 
-    root = write_dataset(
-        args.layout, args.out, args.ids, args.samples, args.level, args.seed, args.workers, bar
-    )
+    try:
+        root = write_dataset(
+            args.layout, args.out, args.ids, args.samples, args.level, args.seed, args.workers, bar
+        )
+    except (ValueError, FileExistsError) as e:  # too many samples for tjppv; a real set there
+        raise SystemExit(f"synth: {e}") from None
     print(root)
     if args.hands:
         from export.synth.hands import write_hand_frames

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from export.synth.identity import make_identity
-from export.synth.layouts import get_layout, write_capture
+from export.synth.layouts import expected_files, get_layout, write_capture
 from export.synth.levels import Level, get_level
 from export.synth.render import DEFAULT_BANDS, render_capture
 
@@ -86,6 +86,52 @@ def _identity_files(i: int, root: Path, layout: str, samples: int, level: Level,
     return n
 
 
+def _tops(layout: str) -> set[str]:
+    """The folders a layout writes directly under the root (Casia_M; print and vein)."""
+    return {rel.split("/")[0] for rel, _ in get_layout(layout).files(1, 1)}
+
+
+def _clear_earlier(root: Path, layout: str) -> None:
+    """Delete the files of the synthetic set an earlier run wrote in ``root``, as its
+    ``synth.json`` records them: written over, those of identities and samples beyond the new
+    counts stayed and loaded as part of the new set (a --seed 0 hand among --seed 1 captures of
+    the same name). Any other file in the layout's folders (a real data set?) would mix with the
+    new set the same way: refused, before anything is deleted."""
+    stamp = root / "synth.json"
+    earlier: set[Path] = set()
+    if stamp.is_file():
+        try:
+            meta = json.loads(stamp.read_text())
+            old = meta["layout"]
+            names = expected_files(old, int(meta["ids"]), int(meta["samples"]))
+            earlier = {root / rel for rel in names}
+        except (ValueError, KeyError, TypeError):
+            earlier = set()
+    tops = [
+        root / t for t in sorted(_tops(layout) | {p.relative_to(root).parts[0] for p in earlier})
+    ]
+    others = [
+        f for t in tops if t.is_dir() for f in t.rglob("*") if f.is_file() and f not in earlier
+    ]
+    if others:
+        more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+        raise FileExistsError(
+            f"{root} holds files that no synthetic set written there had "
+            f"({', '.join(map(str, others[:3]))}{more}): a real data set? Written over, they "
+            "would mix with the new set; pass an empty or new --out"
+        )
+    for f in earlier:
+        f.unlink(missing_ok=True)
+    for t in tops:
+        if t.is_dir():
+            for d in sorted((p for p in t.rglob("*") if p.is_dir()), reverse=True):
+                d.rmdir()
+            t.rmdir()
+    if earlier:
+        stamp.unlink()
+        logger.info("synth replaces the synthetic set in %s", root)
+
+
 def write_dataset(
     layout: str,
     out_dir: Path,
@@ -105,6 +151,7 @@ def write_dataset(
     lv = get_level(level)
     get_layout(layout, samples)  # fail before any work on a bad layout or sample count
     root = Path(out_dir)
+    _clear_earlier(root, layout)
     root.mkdir(parents=True, exist_ok=True)
     fn = partial(_identity_files, root=root, layout=layout, samples=samples, level=lv, seed=seed)
     results: Iterable[int] = _map(fn, range(ids), workers)

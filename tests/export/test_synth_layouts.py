@@ -64,3 +64,29 @@ def test_cli_writes_a_set(tmp_path):
     assert len(scan("casiam", out)) == 6
     bad = subprocess.run([*cmd[:-4], "--level", "extreme"], capture_output=True, text=True)
     assert bad.returncode != 0 and "extreme" in bad.stderr
+
+
+def test_a_set_written_over_an_earlier_one_holds_the_new_set_only(tmp_path):
+    """Written over a 4×4 set, a 3×3 one left the earlier identity 4 and every sample 4 in
+    place (of the earlier seed: another hand under the same identity), and loaded as 16."""
+    write_dataset("casiam", tmp_path, 4, 4, "easy", seed=0)
+    write_dataset("casiam", tmp_path, 3, 3, "easy", seed=1)
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert written == sorted([*expected_files("casiam", 3, 3), "synth.json"])
+    write_dataset("generic", tmp_path, 2, 2, "easy", seed=1)  # another layout: the old one goes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["print", "synth.json", "vein"]
+
+
+def test_a_folder_with_other_files_is_refused_before_anything_is_deleted(tmp_path, capsys):
+    from export.cli import main
+
+    write_dataset("generic", tmp_path, 2, 2, "easy", seed=0)
+    (tmp_path / "print" / "0001" / "mine.png").write_bytes(b"x")
+    argv = ["synth", "--layout", "generic", "--ids", "1", "--samples", "2", "--workers", "1"]
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--out", str(tmp_path)])
+    assert "holds files that no synthetic set written there had" in str(e.value)
+    assert "mine.png" in str(e.value) and "pass an empty or new --out" in str(e.value)
+    assert len(list(tmp_path.rglob("*.png"))) == 9 and (tmp_path / "synth.json").is_file()
+    with pytest.raises(SystemExit, match="synth: layout tjppv holds at most 20 samples"):
+        main(["synth", "--layout", "tjppv", "--samples", "21", "--out", str(tmp_path / "t")])
