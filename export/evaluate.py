@@ -198,7 +198,12 @@ def format_table(report: dict) -> str:
 def run(args) -> int:
     from export.checkpoint import load_checkpoint
     from export.data import load_split
+    from export.train_args import device_problem
 
+    problem = device_problem(args.device)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     model, ckpt = load_checkpoint(args.checkpoint, args.device)
     if args.ds and args.ds != ckpt["dataset"]["ds"]:
         ckpt = {**ckpt, "dataset": {**ckpt["dataset"], "ds": args.ds}}

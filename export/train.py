@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.preprocess import DEFAULT_SPEC
-from export.train_args import DATASETS, add_arguments, out_dir, parse_args
+from export.train_args import DATASETS, add_arguments, device_problem, out_dir, parse_args
 
 __all__ = ["DATASETS", "add_arguments", "fit", "main", "out_dir", "parse_args", "run"]
 
@@ -395,6 +395,10 @@ def run(args: argparse.Namespace) -> int:
     from export.data import load_dataset
     from export.evaluate import format_table
 
+    problem = device_problem(args.device)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     _writable(out_dir(args))
     arrays = load_dataset(args.ds, args.data_root, DEFAULT_SPEC, workers=max(args.workers, 4))
     previous = signal.signal(signal.SIGTERM, _terminated)

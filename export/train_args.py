@@ -121,3 +121,23 @@ def out_dir(args: argparse.Namespace) -> Path:
     if args.out:
         return Path(args.out)
     return Path("runs") / (args.comment or f"{args.ds}_{args.model}{args.bits}")
+
+
+def device_problem(device: str | None) -> str | None:
+    """What is wrong with a --device torch cannot use here, or None: `--device cuda` on a
+    machine without a CUDA GPU (or a CPU-only torch) failed in a traceback from torch, after
+    the data set was read."""
+    if device is None:
+        return None
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        return f"--device {device}: not a torch device; use cpu, cuda or cuda:N"
+    if kind == "cuda" and not torch.cuda.is_available():
+        why = "none is visible" if torch.version.cuda else "this torch is built without CUDA"
+        return f"--device {device}: no CUDA GPU ({why}); use --device cpu"
+    if kind not in ("cpu", "cuda"):
+        return f"--device {device}: use cpu, cuda or cuda:N"
+    return None

@@ -181,3 +181,23 @@ def test_resume_with_another_optimizer_or_rate_names_the_flags(tmp_path, capsys)
         assert train_main([*base, "--epoch", "2", "--resume", *flags]) == 2, flags
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert says in err and "not resuming: pass the run's own flags" in err, err
+
+
+def test_a_device_torch_cannot_use_is_refused_before_the_data_set_is_read(tmp_path, capsys):
+    """--device cuda without a CUDA GPU ended train and eval in torch's AssertionError, and
+    eval's free-form --device gpu in a RuntimeError, after the data set was read."""
+    import torch
+
+    from export.cli import main
+
+    assert main(["eval", str(tmp_path / "x.pt"), "--device", "gpu"]) == 2
+    assert "error: --device gpu: not a torch device; use cpu" in capsys.readouterr().err
+    if torch.cuda.is_available():
+        return
+    for argv in (
+        ["eval", str(tmp_path / "x.pt"), "--device", "cuda"],
+        ["train", "--data-root", str(tmp_path / "nowhere"), "--device", "cuda"],
+    ):
+        assert main(argv) == 2
+        assert "error: --device cuda: no CUDA GPU" in capsys.readouterr().err, argv
+    assert not (tmp_path / "nowhere").exists()
