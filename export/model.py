@@ -53,9 +53,23 @@ def load_pretrained(model: PalmCohashNet, path: str | Path) -> list[str]:
     the input has other than 3 channels is averaged over channels instead) are skipped. Returns the
     names that were not loaded, so the caller can log them.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from export.checkpoint import CheckpointError  # export.checkpoint imports this module
+
+    want = "pass a backbone state dict (a torchvision ResNet-18's .pth)"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise CheckpointError(f"--pretrained {path}: {exc.strerror}; {want}") from exc
+    except Exception as exc:  # torch names no one error: zip, pickle, EOF errors
+        # a download cut short, or a file holding more than tensors (a training checkpoint)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(
+            f"--pretrained {path} cannot be read as a state dict ({first}); {want}"
+        ) from exc
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"--pretrained {path} holds a {type(state).__name__}; {want}")
     skipped: list[str] = []
     for net in (model.print_net, model.vein_net):
         own = net.state_dict()
@@ -70,7 +84,7 @@ def load_pretrained(model: PalmCohashNet, path: str | Path) -> list[str]:
         net.load_state_dict(take, strict=False)
         skipped = sorted(set(own) - set(take))
     if not any(k in state for k in model.print_net.state_dict()):
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: no parameter matches the {model.backbone!r} backbone; expected names like "
             "conv1.weight, layer1.0.conv1.weight (a torchvision ResNet-18 state dict)"
         )

@@ -1,5 +1,6 @@
 from collections import Counter
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -119,3 +120,33 @@ def test_checkpoint_of_an_earlier_light_is_refused_with_what_to_do(tmp_path):
     torch.save(ckpt, path)
     with pytest.raises(ValueError, match=r"earlier version of it\); retrain it"):
         load_checkpoint(path)
+
+
+def test_a_pretrained_file_missing_cut_short_or_of_another_kind_is_named(tmp_path, capsys):
+    """--pretrained naming a missing file, a download cut short or a bare tensor ended the
+    training command in a FileNotFoundError, zip or pickle traceback after the data set was
+    read; and one of another network in a ValueError traceback."""
+    from export.train import main
+
+    good = tmp_path / "other.pth"
+    torch.save({"encoder.weight": torch.zeros(3)}, good)
+    (tmp_path / "cut.pth").write_bytes(good.read_bytes()[:100])
+    torch.save(torch.zeros(3), tmp_path / "tensor.pth")
+    root = tmp_path / "data"
+    for i in range(1, 3):
+        (root / "IITD" / f"{i:04d}").mkdir(parents=True)
+        for j in range(1, 5):
+            cv2.imwrite(
+                str(root / "IITD" / f"{i:04d}" / f"{j}.bmp"), np.full((8, 8), 9 * j, np.uint8)
+            )
+    argv = ["--ds", "iitd", "--data-root", str(root), "--model", "tiny", "--device", "cpu"]
+    argv += ["--threads", "1", "--epoch", "1", "-b", "4", "--out", str(tmp_path / "run")]
+    for name, says in (
+        ("missing.pth", "No such file or directory; pass a backbone state dict"),
+        ("cut.pth", "cannot be read as a state dict"),
+        ("tensor.pth", "holds a Tensor; pass a backbone state dict"),
+        ("other.pth", "no parameter matches the 'tiny' backbone"),
+    ):
+        assert main([*argv, "--pretrained", str(tmp_path / name)]) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("error: ") and str(tmp_path / name) in err and says in err, err
