@@ -196,13 +196,27 @@ def _images(folder: Path) -> list[tuple[int, Path]]:
     return [(n + 1, f) for n, f in enumerate(files)]
 
 
+def _warn_empty(ds: str, empty: list[str], where: Path) -> None:
+    """An identity folder without images would otherwise be left out without a word."""
+    if empty:
+        more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
+        logger.warning(
+            "data set %r: %d identity folder(s) in %s hold no %s images and are left out: %s%s",
+            ds, len(empty), where, "/".join(e[1:] for e in _IMAGE_EXT), ", ".join(empty[:5]), more,
+        )  # fmt: skip
+
+
 def _iitd(root: Path) -> list[Record]:
     base = _base(root, "IITD")
     if not base.is_dir():
         raise layout_error("iitd", root, f"missing folder {base}{_where(root, ('IITD',))}")
-    records = []
+    records, empty = [], []
     for d in sorted(p for p in base.iterdir() if p.is_dir() and _visible(p)):
-        records += [Record(d.name, n, (f,), None) for n, f in _images(d)]
+        found = [Record(d.name, n, (f,), None) for n, f in _images(d)]
+        records += found
+        empty += [] if found else [d.name]
+    if records:
+        _warn_empty("iitd", empty, base)
     if not records:
         raise layout_error("iitd", root, f"no identity folders with images in {base}")
     return records
@@ -231,11 +245,26 @@ def _generic(root: Path) -> list[Record]:
             "modes are neither trained nor evaluated%s",
             root, veins, f" (found {', '.join(sorted(others))}: rename it vein)" if others else "",
         )  # fmt: skip
-    records = []
+    records, empty = [], []
     for d in sorted(p for p in prints.iterdir() if p.is_dir() and _visible(p)):
-        for n, f in _images(d):
+        images = _images(d)
+        empty += [] if images else [d.name]
+        for n, f in images:
             v = _vein_for("generic", root, f, veins / d.name) if veins.is_dir() else None
             records.append(Record(d.name, n, (f,), v))
+    if records:
+        _warn_empty("generic", empty, prints)
+    if records and veins.is_dir():
+        named = {r.identity for r in records}
+        alone = sorted(p.name for p in veins.iterdir() if p.is_dir() and _visible(p))
+        alone = [name for name in alone if name not in named and name not in empty]
+        if alone:
+            more = f" and {len(alone) - 5} more" if len(alone) > 5 else ""
+            logger.warning(
+                "data set 'generic': %d identity folder(s) in %s have no print folder with "
+                "images in %s and are left out: %s%s",
+                len(alone), veins, prints, ", ".join(alone[:5]), more,
+            )  # fmt: skip
     if not records:
         raise layout_error("generic", root, f"no identity folders with images in {prints}")
     return records

@@ -169,3 +169,22 @@ def test_images_off_the_layouts_names_are_named_and_two_names_for_one_capture_re
     (band / "001_1.jpg").write_bytes((band / "001_01.jpg").read_bytes())
     with pytest.raises(LayoutError, match=r"001_01\.jpg and 001_1\.jpg in .* the same capture"):
         load_dataset("casiam", root)
+
+
+def test_identity_folders_without_images_are_named_not_left_out_silently(tmp_path, caplog):
+    """An identity folder holding no images (a failed copy, .webp files) or a vein folder with
+    no print folder was left out of the set without a word: fewer identities than meant."""
+    generic = _folders(tmp_path / "g", {"print": ".png", "vein": ".png"})
+    (generic / "print" / "0003").mkdir()
+    (generic / "print" / "0003" / "1.webp").write_bytes(b"x")
+    (generic / "vein" / "0003").mkdir()
+    (generic / "vein" / "0009").mkdir()
+    iitd = _folders(tmp_path / "i", {"IITD": ".bmp"})
+    (iitd / "IITD" / "0007").mkdir()
+    with caplog.at_level("WARNING", logger="export.data.layouts"):
+        assert len(load_dataset("generic", generic).identities) == 2
+        assert len(load_dataset("iitd", iitd).identities) == 2
+    assert f"1 identity folder(s) in {generic / 'print'} hold no png/jpg" in caplog.text
+    assert "are left out: 0003" in caplog.text and "left out: 0007" in caplog.text
+    assert f"1 identity folder(s) in {generic / 'vein'} have no print folder" in caplog.text
+    assert "left out: 0009" in caplog.text
