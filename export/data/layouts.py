@@ -175,14 +175,21 @@ def _tjppv(root: Path) -> list[Record]:
         for s in (1, 2)
         if (veins / f"session{s}").is_dir()
     }
-    records = []
+    records, lost = [], []
     for (i, j), f in sorted(files.items()):
         session, n = (1, j) if j <= 10 else (2, j - 10)
         v = sessions.get(session, {}).get(f"{(i - 1) * 10 + n:05d}")
         if v is None:
-            want = veins / f"session{session}" / f"{(i - 1) * 10 + n:05d}.bmp"
-            raise layout_error("tjppv", root, f"print {f.name} has no vein image {want}")
-        records.append(Record(f"{i:04d}", j, (f,), v))
+            lost.append(f"{f.name}: session{session}/{(i - 1) * 10 + n:05d}.bmp")
+        else:
+            records.append(Record(f"{i:04d}", j, (f,), v))
+    if lost:
+        # every gap at once, as for the banded layouts: not one per run
+        more = f" and {len(lost) - 5} more" if len(lost) > 5 else ""
+        raise layout_error(
+            "tjppv", root, f"{len(lost)} print(s) have no vein image in {veins} "
+            f"({', '.join(lost[:5])}{more}); delete those prints or restore the vein images"
+        )  # fmt: skip
     return records
 
 

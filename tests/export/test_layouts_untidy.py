@@ -188,3 +188,16 @@ def test_identity_folders_without_images_are_named_not_left_out_silently(tmp_pat
     assert "are left out: 0003" in caplog.text and "left out: 0007" in caplog.text
     assert f"1 identity folder(s) in {generic / 'vein'} have no print folder" in caplog.text
     assert "left out: 0009" in caplog.text
+
+
+def test_every_tjppv_print_short_of_its_vein_is_named_at_once(tmp_path):
+    """The first print without its vein image stopped the scan: one gap named per run."""
+    root = _tjppv(tmp_path / "t", ids=2, samples=3)
+    veins = root / "Palmvein_ROI_gray_128x128" / "session1"
+    (veins / "00002.bmp").unlink()
+    (veins / "00013.bmp").unlink()
+    with pytest.raises(LayoutError) as e:
+        load_dataset("tjppv", root)
+    msg = str(e.value)
+    assert "2 print(s) have no vein image" in msg and "delete those prints" in msg
+    assert "0001_0002.jpg: session1/00002.bmp" in msg and "0002_0003.jpg: session1/00013.bmp" in msg
