@@ -229,12 +229,12 @@ def _iitd(root: Path) -> list[Record]:
     return records
 
 
-def _vein_for(ds: str, root: Path, print_file: Path, vein_dir: Path) -> Path:
+def _vein_for(print_file: Path, vein_dir: Path) -> Path | None:
     if vein_dir.is_dir():
         for v in sorted(_files(vein_dir, _IMAGE_EXT)):
             if v.stem == print_file.stem:
                 return v
-    raise layout_error(ds, root, f"print {print_file} has no vein image in {vein_dir}")
+    return None
 
 
 def _generic(root: Path) -> list[Record]:
@@ -252,13 +252,23 @@ def _generic(root: Path) -> list[Record]:
             "modes are neither trained nor evaluated%s",
             root, veins, f" (found {', '.join(sorted(others))}: rename it vein)" if others else "",
         )  # fmt: skip
-    records, empty = [], []
+    records, empty, lost = [], [], []
     for d in sorted(p for p in prints.iterdir() if p.is_dir() and _visible(p)):
         images = _images(d)
         empty += [] if images else [d.name]
         for n, f in images:
-            v = _vein_for("generic", root, f, veins / d.name) if veins.is_dir() else None
+            v = _vein_for(f, veins / d.name) if veins.is_dir() else None
+            if veins.is_dir() and v is None:
+                lost.append(f"{d.name}/{f.name}")
             records.append(Record(d.name, n, (f,), v))
+    if lost:
+        # every gap at once, as for the banded layouts: not one per run
+        more = f" and {len(lost) - 5} more" if len(lost) > 5 else ""
+        raise layout_error(
+            "generic", root, f"{len(lost)} print(s) in {prints} have no vein image of the same "
+            f"name in {veins} ({', '.join(lost[:5])}{more}); delete those prints or restore "
+            "the vein images"
+        )  # fmt: skip
     if records:
         _warn_empty("generic", empty, prints)
     if records and veins.is_dir():

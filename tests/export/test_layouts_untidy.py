@@ -201,3 +201,14 @@ def test_every_tjppv_print_short_of_its_vein_is_named_at_once(tmp_path):
     msg = str(e.value)
     assert "2 print(s) have no vein image" in msg and "delete those prints" in msg
     assert "0001_0002.jpg: session1/00002.bmp" in msg and "0002_0003.jpg: session1/00013.bmp" in msg
+
+
+def test_every_generic_print_short_of_its_vein_is_named_at_once(tmp_path):
+    root = _folders(tmp_path / "g", {"print": ".png", "vein": ".png"}, ids=2, samples=3)
+    (root / "vein" / "0001" / "2.png").unlink()
+    (root / "vein" / "0002" / "3.png").unlink()
+    with pytest.raises(LayoutError) as e:
+        load_dataset("generic", root)
+    msg = str(e.value)
+    assert "2 print(s) in" in msg and "have no vein image of the same name" in msg
+    assert "(0001/2.png, 0002/3.png)" in msg and "delete those prints" in msg
