@@ -59,6 +59,14 @@ def save_checkpoint(
 def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[PalmCohashNet, dict]:
     """(model in eval mode, the checkpoint dict); centroids come back as an int8 numpy array."""
     path = Path(path)
+    if path.is_dir():  # the run's folder, given for the file in it
+        inside = sorted(p.name for p in path.glob("*.pt"))
+        which = (
+            f"pass one of the checkpoints in it: {', '.join(str(path / n) for n in inside)}"
+            if inside
+            else "it holds no .pt file; pass the best.pt or last.pt of a `palm-export train` run"
+        )
+        raise CheckpointError(f"checkpoint {path} is a folder; {which}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found; train one with `palm-export train`")
     try:

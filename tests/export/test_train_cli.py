@@ -141,13 +141,15 @@ def test_a_checkpoint_cut_short_or_of_another_kind_is_named_in_one_line(tmp_path
     (tmp_path / "empty.pt").write_bytes(b"")
     torch.save(torch.zeros(3), tmp_path / "tensor.pt")
     for name, says in (
+        ("", f"is a folder; pass one of the checkpoints in it: {good}"),  # the run's folder
         ("cut.pt", "cannot be read as a checkpoint"),
         ("empty.pt", "cannot be read as a checkpoint"),
         ("tensor.pt", "it holds a Tensor"),
     ):
         assert main(["eval", str(tmp_path / name)]) == 2, name
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / name}") and says in err[0]
+        assert len(err) == 1 and says in err[0], err
+        assert err[0].startswith(f"error: {tmp_path / name}") or err[0].startswith("error: check")
 
 
 def test_an_output_folder_that_cannot_be_written_is_refused_before_training(tmp_path, capsys):
