@@ -275,7 +275,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     )
     if args.checkpoint is None:
         return 0
-    model, _, _, test = _load(args)
+    from export.checkpoint import load_checkpoint
+    from export.data.split import load_split
+
+    model, ckpt = load_checkpoint(args.checkpoint)
+    _exported_from(bundle, ckpt, args.checkpoint)
+    test = load_split(ckpt, "test", args.data_root)
     recorded = {r["file"]: r for r in bundle.parity.get("files", [])}
     reference, files, mismatched = {}, [], []
     for m in bundle.manifest.modalities:
@@ -307,6 +312,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0 if report["gate"]["passed"] and not mismatched else GATE_FAILED
+
+
+def _exported_from(bundle: Any, ckpt: dict, path: str) -> None:
+    """Refuse a checkpoint the bundle was not exported from: its test split has other
+    identities, or no vein images, or its net another code length, and the parity rerun failed
+    in a traceback (a TypeError on the missing vein images) or compared unrelated codes."""
+    arch = bundle.manifest.training.get("arch")
+    labels = [str(x) for x in bundle.centroid_labels]
+    if (arch is None or arch == ckpt["arch"]) and labels == [str(x) for x in ckpt["labels"]]:
+        return
+    have = arch or {"bits": bundle.bits}
+    raise BundleError(
+        f"{path} is not the checkpoint {bundle.root} was exported from (the bundle: "
+        f"{have.get('backbone', '?')} {have['bits']} bits, {len(labels)} identities; the "
+        f"checkpoint: {ckpt['arch']['backbone']} {ckpt['arch']['bits']} bits, "
+        f"{len(ckpt['labels'])} identities); pass that one, or verify without --checkpoint"
+    )
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

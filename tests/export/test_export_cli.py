@@ -25,8 +25,8 @@ def test_keygen_writes_prefix_pem_and_pub_into_a_new_folder(tmp_path):
     assert b"PUBLIC KEY" in (keys / "site.2024.pub").read_bytes()
 
 
-def _untrained_checkpoint(path):
-    """A tiny untrained net on a 3-identity synthetic set: enough for what export checks first."""
+def _untrained_checkpoint(path, ids=3, bits=32):
+    """A tiny untrained net on a small synthetic set: enough for what export checks first."""
     import numpy as np
 
     from agent.preprocess import DEFAULT_SPEC
@@ -37,16 +37,16 @@ def _untrained_checkpoint(path):
     from export.model import create_model
     from export.synth import generate_arrays
 
-    arrays = from_synth(*generate_arrays(3, 4, "easy", 0))
+    arrays = from_synth(*generate_arrays(ids, 4, "easy", 0))
     train, test = reference_split(arrays, 0)
     meta = {
         "labels": arrays.identities,
         "preprocess": DEFAULT_SPEC.to_dict(),
         "split": {"train": split_record(arrays, train), "test": split_record(arrays, test)},
-        "dataset": {"ds": "synth", "synth": {"ids": 3, "samples": 4, "level": "easy", "seed": 0}},
+        "dataset": {"ds": "synth", "synth": {"ids": ids, "samples": 4, "level": "easy", "seed": 0}},
     }
-    model = create_model("tiny", 32).eval()
-    return save_checkpoint(path, model, np.asarray(make_centroids(3, 32, 0)), meta)
+    model = create_model("tiny", bits).eval()
+    return save_checkpoint(path, model, np.asarray(make_centroids(ids, bits, 0)), meta)
 
 
 def test_a_wrong_signing_key_is_refused_before_the_old_bundle_is_touched(tmp_path, capsys):
@@ -98,3 +98,22 @@ def test_export_values_that_cannot_work_are_refused_when_parsed(tmp_path, capsys
     with pytest.raises(SystemExit) as e:
         main(["export", str(tmp_path / "x.pt"), "--out", str(tmp_path / "b"), *flags])
     assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_verify_with_a_checkpoint_the_bundle_was_not_exported_from_says_so(tmp_path, capsys):
+    """verify --checkpoint of another run ran the parity check on its test split and ended in
+    a traceback (codes of another length; vein images the checkpoint's set has not)."""
+    ckpt = _untrained_checkpoint(tmp_path / "a.pt")
+    other = _untrained_checkpoint(tmp_path / "b.pt", ids=4, bits=64)
+    out = tmp_path / "bundle"
+    argv = ["export", str(ckpt), "--out", str(out), "--formats", "onnx", "--precision", "fp32"]
+    main([*argv, "--allow-degraded"])
+    assert main(["verify", str(out), "--checkpoint", str(ckpt)]) in (0, 3)
+    capsys.readouterr()
+    assert main(["verify", str(out), "--checkpoint", str(other)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"error: {other} is not the checkpoint {out} was exported from (the bundle: tiny 32 bits, "
+        "3 identities; the checkpoint: tiny 64 bits, 4 identities); pass that one, or verify "
+        "without --checkpoint"
+    )
