@@ -110,7 +110,11 @@ def keygen(private_path: Path, public_path: Path) -> None:
 
     for p in (private_path, public_path):
         if p.exists():
-            raise FileExistsError(f"{p} exists; refusing to overwrite a key")
+            raise FileExistsError(
+                f"{p} exists; refusing to overwrite a key: choose another --out prefix, or move "
+                "the old pair away first (devices holding its .pub refuse bundles signed with "
+                "a new key)"
+            )
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM,

@@ -370,8 +370,15 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     prefix = Path(args.out)
     # PREFIX.pem, not with_suffix: the prefix site.2024 would have written site.pem
     private, public = (prefix.with_name(prefix.name + ext) for ext in (".pem", ".pub"))
-    private.parent.mkdir(parents=True, exist_ok=True)  # `--out keys/bundle` on a fresh checkout
-    bundle_writer.keygen(private, public)
+    try:
+        private.parent.mkdir(parents=True, exist_ok=True)  # `--out keys/bundle` on a fresh checkout
+        bundle_writer.keygen(private, public)
+    except OSError as exc:  # a key there already; a folder that is a file or not writable
+        where = Path(str(exc.filename))
+        what = "a file, not a folder" if where.is_file() else exc.strerror
+        why = str(exc) if exc.filename is None else f"{where}: {what}"
+        print(f"error: keygen --out {prefix}: {why}", file=sys.stderr)
+        return 2
     print(
         f"private key {private} (keep it on the workstation), "
         f"public key {public} (copy it to devices)"

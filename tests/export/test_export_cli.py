@@ -117,3 +117,19 @@ def test_verify_with_a_checkpoint_the_bundle_was_not_exported_from_says_so(tmp_p
         "3 identities; the checkpoint: tiny 64 bits, 4 identities); pass that one, or verify "
         "without --checkpoint"
     )
+
+
+def test_keygen_over_an_existing_key_or_under_a_file_says_so_in_one_line(tmp_path, capsys):
+    """A second `keygen --out keys/bundle` ended in a FileExistsError traceback."""
+    prefix = str(tmp_path / "keys" / "bundle")
+    assert main(["keygen", "--out", prefix]) == 0
+    pem = (tmp_path / "keys" / "bundle.pem").read_bytes()
+    capsys.readouterr()
+    assert main(["keygen", "--out", prefix]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: keygen --out {prefix}: ")
+    assert "bundle.pem exists; refusing to overwrite a key: choose another --out" in err[0]
+    assert (tmp_path / "keys" / "bundle.pem").read_bytes() == pem
+    (tmp_path / "f").write_text("x")
+    assert main(["keygen", "--out", str(tmp_path / "f" / "k")]) == 2
+    assert f"{tmp_path / 'f'}: a file, not a folder" in capsys.readouterr().err
