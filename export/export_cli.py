@@ -57,15 +57,7 @@ def _count(text: str) -> int:
     return value
 
 
-def _fraction(text: str) -> float:
-    """--min-agreement is a fraction: 99 (a percentage) failed every export's parity gate."""
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value} is not a fraction from 0 to 1 (0.99 for 99%)")
-    return value
-
-
-_count.__name__, _fraction.__name__ = "int", "float"  # argparse names the type in its messages
+_count.__name__ = "int"  # argparse names the type in its messages
 
 
 def _rois(arrays: Any, modality: str) -> np.ndarray:
@@ -398,12 +390,7 @@ def register(sub: Any) -> None:
     p.add_argument("--tar", action="store_true", help="also write OUT.tar")
     p.add_argument("--sign-key", type=Path, help="Ed25519 private key (palm-export keygen)")
     p.add_argument("--data-root", help="data set root, if not where the checkpoint says")
-    p.add_argument(
-        "--min-agreement",
-        type=_fraction,
-        default=parity.DEFAULT_MIN_AGREEMENT,
-        help="bits of each model's codes that must equal torch's, as a fraction (0.99)",
-    )
+    p.add_argument("--min-agreement", type=float, default=parity.DEFAULT_MIN_AGREEMENT)
     p.add_argument(
         "--max-eer-increase",
         type=float,
