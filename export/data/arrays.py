@@ -47,11 +47,22 @@ class PalmArrays:
         )
 
 
+def _jpeg_cut_short(path: Path) -> bool:
+    """A JPEG cut short decodes without an error (libjpeg only prints "Premature end of JPEG
+    file", naming no file), its missing rows a flat grey that trained as if captured. Its
+    image data, after the last start-of-scan marker, then lacks the end-of-image marker: in
+    the coded data a 0xFF byte is never followed by 0xD9 or 0xDA (it is stuffed with 0x00)."""
+    data = path.read_bytes()
+    if not data.startswith(b"\xff\xd8"):
+        return False
+    return data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
+
+
 def _read(path: Path, size: int, spec: PreprocessSpec) -> np.ndarray | None:
     """The ROI as uint8 grey, resized; None where the file is no image OpenCV can decode (an
     empty or cut-short download)."""
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None or img.size == 0:
+    if img is None or img.size == 0 or _jpeg_cut_short(path):
         return None
     if img.ndim == 3:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)

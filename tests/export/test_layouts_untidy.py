@@ -212,3 +212,22 @@ def test_every_generic_print_short_of_its_vein_is_named_at_once(tmp_path):
     msg = str(e.value)
     assert "2 print(s) in" in msg and "have no vein image of the same name" in msg
     assert "(0001/2.png, 0002/3.png)" in msg and "delete those prints" in msg
+
+
+def test_a_jpeg_cut_short_is_named_not_trained_on_with_grey_rows(tmp_path):
+    """OpenCV decodes a truncated JPEG without an error, filling the missing rows with grey:
+    a download cut short trained as a capture."""
+    root = tmp_path / "c"
+    for band in ("casia_700", "casia_460", "casia_850"):
+        d = root / "Casia_M" / band
+        d.mkdir(parents=True)
+        for i in (1, 2):
+            for j in (1, 2):
+                noise = np.random.default_rng(10 * i + j).integers(0, 255, (64, 64), np.uint8)
+                cv2.imwrite(str(d / f"{i:03d}_{j:02d}.jpg"), noise)
+    assert len(load_dataset("casiam", root)) == 4  # complete files load
+    cut = root / "Casia_M" / "casia_850" / "002_01.jpg"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    assert cv2.imread(str(cut)) is not None  # what made it slip through
+    with pytest.raises(LayoutError, match=r"casia_850/002_01\.jpg\): an empty or cut-short"):
+        load_dataset("casiam", root)
