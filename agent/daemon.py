@@ -49,6 +49,7 @@ class Engine(Protocol):
 
     modalities: tuple[str, ...]
     model_hash: str
+    weights_sha256: str | None  # the network's weights, which the templates must share
     matcher: Matcher  # the gallery and thresholds it decides with (enrollment deduplicates)
 
     def suits(self, per_capture: tuple[str, ...]) -> bool: ...
@@ -90,6 +91,11 @@ class Daemon:
                 f"match.mode: {lacks} ({cfg.bundle.path}); set match.mode to a mode it serves, "
                 "or use a bundle with those models"
             )
+        try:  # templates of other weights: every palm would be "unknown" (one line, exit 2)
+            store.check_weights(self.engine.weights_sha256, cfg.bundle.path)
+        except Exception:
+            self.engine.close()
+            raise
         self.agreement = Agreement(m.agreement.k, m.agreement.n)
         self._stop = threading.Event()
         self._reload_asked = False
@@ -448,6 +454,11 @@ class Daemon:
         if lacks:
             fresh.close()
             raise CommandError(f"reload failed, keeping the current bundle: {lacks}")
+        try:
+            self.store.check_weights(fresh.weights_sha256, self.cfg.bundle.path)
+        except Exception as err:
+            fresh.close()
+            raise CommandError(f"reload failed, keeping the current bundle: {err}") from err
         old, self.engine = self.engine, fresh
         old.close()
         logger.info("bundle reloaded model_hash=%s", fresh.model_hash)

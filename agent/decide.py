@@ -234,6 +234,7 @@ class BundleEngine:
                 "(re-export the bundle)"
             )
         self.model_hash = manifest_hash(b.root)
+        self.weights_sha256 = b.manifest.weights_sha256
         centroids = dict(zip(map(str, b.centroid_labels), b.centroid_codes, strict=True))
         self.matcher = Matcher(
             StoreGallery(store), _thresholds(cfg, b), centroids, fusion=cfg.match.fusion

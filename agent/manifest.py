@@ -10,6 +10,7 @@ make wrong decisions silently.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -79,6 +80,9 @@ class Manifest:
     evaluation: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     created: str = ""
+    # sha256 of the trained network's weights (export/weights.py): every model of a bundle
+    # shares it, and only codes of the same weights can match each other (None: an older bundle)
+    weights_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -144,6 +148,7 @@ class Manifest:
             evaluation=_object(d, "evaluation", "manifest"),
             training=_object(d, "training", "manifest"),
             created=str(d.get("created", "")),
+            weights_sha256=_weights_sha256(d.get("weights_sha256")),
         )
 
 
@@ -176,6 +181,19 @@ def _object(d: dict, key: str, where: str) -> dict[str, Any]:
         f"manifest.json: {where}.{key} must be an object, got {type(value).__name__}",
     )
     return value
+
+
+def _weights_sha256(value: Any) -> str | None:
+    """The optional digest of the network's weights: the template store compares it with the
+    one its templates were made with, so a malformed value is refused rather than compared."""
+    if value is None:
+        return None
+    _need(
+        isinstance(value, str) and re.fullmatch(r"[0-9a-fA-F]{64}", value) is not None,
+        f"manifest.json: weights_sha256 must be 64 hex digits (a sha256), got {value!r}; "
+        "re-export the bundle rather than editing it",
+    )
+    return value.lower()
 
 
 def _parity(parity: dict[str, Any]) -> dict[str, Any]:

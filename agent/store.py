@@ -7,7 +7,9 @@ never block the CLI writing, and vice versa.
 
 Only protected codes (see :mod:`agent.protect`) reach the disk: no image, no raw code. The
 store remembers the id of the key that protected it and refuses another key, which would
-otherwise make every probe silently fail to match. ``meta.version`` counts changes, so an
+otherwise make every probe silently fail to match. It also remembers the digest of the network
+weights its templates were made with (``meta.weights_sha256``, see :meth:`check_weights`): a code
+is comparable only with codes of the same weights. ``meta.version`` counts changes, so an
 in-memory gallery reloads exactly when something changed, even from another process.
 
 Majority template: per bit, the value most samples agree on; a tie (even sample count) takes the
@@ -231,6 +233,45 @@ class TemplateStore:
             )
         return int(bits)
 
+    def check_weights(self, digest: str | None, bundle: str | Path = "the bundle") -> None:
+        """Refuse a bundle whose network weights are not the ones the templates were made with.
+
+        A retrained model keeps the code length but not the code space: every enrolled palm
+        came out "unknown", with nothing in the log to say why. Bundles of one checkpoint in
+        another format or precision share the digest (the export's parity gate checks their
+        codes agree), so switching between them goes on working. With no templates yet the
+        bundle's digest is (re)recorded; a store from before the record adopts it; a bundle
+        from before the digest (``digest`` None) cannot be checked, which is logged.
+        """
+        if digest is None:
+            logger.warning(
+                "store weights_unchecked path=%s bundle=%s: the bundle records no weights_sha256 "
+                "(exported before it did), so whether its network made the enrolled templates "
+                "cannot be checked; re-export it to have it checked",
+                self.path, bundle,
+            )  # fmt: skip
+            return
+        recorded = self._meta("weights_sha256")
+        if recorded == digest:
+            return
+        held = self.db.execute("SELECT count(*) FROM templates").fetchone()[0]
+        if held and recorded is not None:
+            raise StoreError(
+                f"{self.path} holds templates made with other network weights "
+                f"({recorded[:12]}) than the bundle {bundle} ({digest[:12]}): codes of "
+                "different weights never match, so no enrolled palm would be recognised; deploy "
+                "the bundle the templates were enrolled with, or move "
+                f"{self.path.name} and its -wal and -shm files aside and enroll everyone again"
+            )
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('weights_sha256', ?)", (digest,))
+        if held:
+            logger.info(
+                "store weights_recorded path=%s weights=%s: its %d templates, enrolled before "
+                "the store recorded weights, are taken to be this bundle's",
+                self.path, digest[:12], held,
+            )  # fmt: skip
+
     def version(self) -> int:
         """Change counter: moves on every committed enrollment, revocation or rekey."""
         return int(self._meta("version"))
@@ -343,6 +384,7 @@ class TemplateStore:
             "templates": per,
             "bits": self.bits,
             "key_id": self.protector.key_id,
+            "weights_sha256": self._meta("weights_sha256"),  # of the net that made the templates
             "schema": q("PRAGMA user_version").fetchone()[0],
             "version": self.version(),
         }

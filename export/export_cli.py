@@ -32,7 +32,7 @@ from agent.manifest import (
     ModelEntry,
 )
 from agent.preprocess import PreprocessSpec
-from export import bundle_writer, calibrate, parity
+from export import bundle_writer, calibrate, parity, weights
 from export.convert_onnx import WEIGHT_TYPES as ONNX_WEIGHT_TYPES
 
 logger = logging.getLogger(__name__)
@@ -205,6 +205,7 @@ def export_bundle(
             "calibration_images": calib_used,
         },
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        weights_sha256=weights.weights_sha256(ckpt["state_dict"]),  # the templates' network
     )
     bundle_writer.write_manifest(out, manifest)
     if key is not None:

@@ -393,12 +393,12 @@ def test_mqtt_decision_and_stats_documents_have_the_documented_fields(tmp_path):
 
     cfg = parse_config({}, env={}, check_files=False)
     reporter = MqttReporter(cfg.mqtt, "palm-01", Outbox(tmp_path / "outbox.sqlite"))
-    engine = SimpleNamespace(model_hash="0" * 64, modalities=("print", "vein"))
+    engine = SimpleNamespace(model_hash="0" * 64, modalities=("print", "vein"), weights_sha256=None)
     daemon = Daemon(
         cfg,
         reporter,
         SimpleNamespace(state="ok", modalities=("print", "vein")),  # type: ignore[arg-type]
-        SimpleNamespace(list=list),
+        SimpleNamespace(list=list, check_weights=lambda digest, bundle: None),
         load_engine=lambda _: engine,  # type: ignore[arg-type,return-value]
         rekey=dict,
     )

@@ -179,9 +179,15 @@ def tiny_onnx(path: Path, seed: int) -> None:
     onnx.save(model, str(path))
 
 
-def make_bundle(root: Path, modalities: tuple[str, ...] = ("print", "vein")) -> Path:
+def make_bundle(
+    root: Path,
+    modalities: tuple[str, ...] = ("print", "vein"),
+    seed: int = 0,
+    weights_sha256: str | None = None,
+) -> Path:
     """An unsigned bundle of tiny models; ``modalities``: the ones it has models for (an
-    export from a print-only data set has print alone)."""
+    export from a print-only data set has print alone); ``seed``: another seed is another
+    network (other codes), and ``weights_sha256`` the digest its manifest records for it."""
     import numpy as np
 
     from agent import codes
@@ -195,7 +201,7 @@ def make_bundle(root: Path, modalities: tuple[str, ...] = ("print", "vein")) -> 
         if modality not in modalities:
             continue
         name = f"{modality}.fp32.onnx"
-        tiny_onnx(root / name, seed=i)
+        tiny_onnx(root / name, seed=2 * seed + i)
         e = file_entry(root, name)
         models.append(ModelEntry(modality, "onnx", "fp32", e.file, e.sha256, e.size))
     centroids = np.where(np.random.default_rng(5).random((4, BITS)) > 0.5, 1.0, -1.0)
@@ -209,6 +215,7 @@ def make_bundle(root: Path, modalities: tuple[str, ...] = ("print", "vein")) -> 
         models=models,
         centroids=write_centroids(root, centroids, [f"id{i}" for i in range(4)]),
         thresholds={m: dict(row) for m in ("print", "vein", "multi", "cross", "centroid")},
+        weights_sha256=weights_sha256,
     )
     write_manifest(root, manifest)
     return root
