@@ -284,3 +284,23 @@ def unprivileged(code: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=60,
     )
+
+
+def on_main(daemon, call):
+    """Runs ``call`` as the MQTT transport's thread sends a command: from another thread, while
+    the daemon's loop runs its jobs here; returns its reply, or a refusal's message."""
+    from agent.commands import CommandError
+
+    out: list = []
+
+    def run() -> None:
+        try:
+            out.append(call())
+        except CommandError as e:
+            out.append(str(e))
+
+    t = threading.Thread(target=run)
+    t.start()
+    while t.is_alive():
+        daemon._run_jobs(timeout=0.05)
+    return out[0]

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from agent.manifest import BundleError
 
-from .conftest import make_bundle
+from .conftest import make_bundle, on_main
 from .test_daemon import agent_config, write_replay
 from .test_run_cli import _cli
 
@@ -39,25 +37,6 @@ def _same_weights_other_bundle(root: Path) -> Path:
     doc["created"] = "another export of the same checkpoint"
     manifest.write_text(json.dumps(doc))
     return root
-
-
-def _on_main(daemon, call: Callable[[], dict]) -> dict | str:
-    """A command as the transport thread sends it, the daemon's loop running its jobs here."""
-    from agent.commands import CommandError
-
-    out: list = []
-
-    def run() -> None:
-        try:
-            out.append(call())
-        except CommandError as e:
-            out.append(str(e))
-
-    t = threading.Thread(target=run)
-    t.start()
-    while t.is_alive():
-        daemon._run_jobs(timeout=0.05)
-    return out[0]
 
 
 def _stats(cfg_dir: Path) -> dict:
@@ -116,7 +95,7 @@ def test_a_reload_to_other_weights_is_refused_and_the_running_bundle_kept(runnin
         engine = daemon.engine
         live.unlink()
         live.symlink_to(b)  # a retrained model deployed over the enrolled store
-        said = _on_main(daemon, daemon.reload)
+        said = on_main(daemon, daemon.reload)
         assert isinstance(said, str), said
         assert said.startswith(
             "reload failed, keeping the current bundle: "
@@ -124,7 +103,7 @@ def test_a_reload_to_other_weights_is_refused_and_the_running_bundle_kept(runnin
             f"({A[:12]}) than the bundle {live} ({B[:12]})"
         ), said
         assert daemon.engine is engine
-        said = _on_main(daemon, lambda: daemon.set_mode("print", None, None))  # reloads
+        said = on_main(daemon, lambda: daemon.set_mode("print", None, None))  # reloads
         assert isinstance(said, str) and "other network weights" in said, said
         assert daemon.engine is engine and daemon.settings.mode == "multi"
         doc = daemon._capture_and_decide(explicit=True)
@@ -133,7 +112,7 @@ def test_a_reload_to_other_weights_is_refused_and_the_running_bundle_kept(runnin
 
         live.unlink()
         live.symlink_to(_same_weights_other_bundle(tmp_path / "a-int8"))
-        reloaded = _on_main(daemon, daemon.reload)
+        reloaded = on_main(daemon, daemon.reload)
         assert reloaded["model_hash"] != engine.model_hash  # another bundle, taken
         doc = daemon._capture_and_decide(explicit=True)
         assert (doc["decision"], doc["subject"]) == ("granted", "alice"), doc
@@ -142,7 +121,7 @@ def test_a_reload_to_other_weights_is_refused_and_the_running_bundle_kept(runnin
         daemon.store.revoke("alice")
         live.unlink()
         live.symlink_to(b)
-        assert len(_on_main(daemon, daemon.reload)["model_hash"]) == 64
+        assert len(on_main(daemon, daemon.reload)["model_hash"]) == 64
         assert daemon.store.stats()["weights_sha256"] == B
     finally:
         daemon.close()

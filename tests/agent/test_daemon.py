@@ -30,7 +30,7 @@ from paho.mqtt.properties import Properties
 
 from agent import clock
 
-from .conftest import CTL_PASS, CTL_USER, onnx_threads, palm_roi
+from .conftest import CTL_PASS, CTL_USER, on_main, onnx_threads, palm_roi
 from .test_fuzz_commands import is_valid, payloads
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -748,7 +748,6 @@ def test_a_bundle_without_the_models_a_mode_needs_is_refused(running_broker, tmp
     """A bundle exported from a print-only data set has no vein model. In a mode that needs
     vein codes it was taken at start, by a reload and by the mode command, and then every
     capture was dropped (answered 'error' to a capture command) without a word of why."""
-    from agent.commands import CommandError
     from agent.run_cli import build
 
     from .conftest import make_bundle
@@ -765,39 +764,24 @@ def test_a_bundle_without_the_models_a_mode_needs_is_refused(running_broker, tmp
     cfg = agent_config(tmp_path, running_broker, "dev21", live, replay)
     daemon = build(cfg, with_reporter=False)
 
-    def on_main(call: Callable[[], dict]) -> dict | str:
-        out: list = []
-
-        def run() -> None:
-            try:
-                out.append(call())
-            except CommandError as e:
-                out.append(str(e))
-
-        t = threading.Thread(target=run)
-        t.start()
-        while t.is_alive():
-            daemon._run_jobs(timeout=0.05)
-        return out[0]
-
     try:
         engine = daemon.engine
         live.unlink()
         live.symlink_to(print_only)  # the bundle is replaced, then: systemctl reload
-        said = on_main(daemon.reload)
+        said = on_main(daemon, daemon.reload)
         assert said == (
             "reload failed, keeping the current bundle: mode multi needs vein models, which "
             "the bundle does not have (it has print)"
         ), said
         assert daemon.engine is engine and daemon.settings.mode == "multi"
-        assert on_main(lambda: daemon.set_mode("print", None, None))["mode"] == "print"
+        assert on_main(daemon, lambda: daemon.set_mode("print", None, None))["mode"] == "print"
         assert daemon.engine.modalities == ("print",)  # print alone: loaded again
-        said = on_main(lambda: daemon.set_mode("vein", None, None))
+        said = on_main(daemon, lambda: daemon.set_mode("vein", None, None))
         assert said == "mode vein needs vein models, which the bundle does not have (it has print)"
-        said = on_main(lambda: daemon.set_mode("multi", None, None))
+        said = on_main(daemon, lambda: daemon.set_mode("multi", None, None))
         assert said == "mode multi needs vein models, which the bundle does not have (it has print)"
         assert daemon.settings.mode == "print"
-        assert on_main(lambda: daemon.set_mode("cross", None, None))["mode"] == "cross"
+        assert on_main(daemon, lambda: daemon.set_mode("cross", None, None))["mode"] == "cross"
     finally:
         daemon.close()
 
