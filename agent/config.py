@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from annotated_types import Ge, Gt, Le
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ID = r"^[A-Za-z0-9_-]{1,64}$"
@@ -29,6 +32,41 @@ class ConfigError(ValueError):
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def duration(
+    default: Any, unit: str, most: float, *, gt: float | None = None, ge: float | None = None
+) -> Any:
+    """A time setting in ``unit`` (s, ms or us), at most ``most``: without an upper bound a value
+    written in milliseconds where seconds are meant (``trigger.cooldown: 1000``) loaded, and the
+    device waited 16 minutes between captures. ``most`` is more than a deployment needs, so a
+    value over it is a wrong unit or a typo; the error names the bound and the unit."""
+    return Field(default, gt=gt, ge=ge, le=most, json_schema_extra={"unit": unit})
+
+
+def _plain(number: float) -> str:
+    """A number as a user writes it: 60, not 60.0."""
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+def _in_order(model: BaseModel, low: str, high: str, what: str) -> None:
+    """Refuses a back-off whose first wait (``low``) is longer than its cap (``high``): it waited
+    the long time once and the short one ever after, the reverse of what was meant."""
+    first, most = getattr(model, low), getattr(model, high)
+    if first > most:
+        raise PydanticCustomError(
+            "inverted_pair",
+            "{first} s is over {high} ({most} s): {what} starts at {low} and doubles up to "
+            "{high}; lower {low} or raise {high}",
+            {
+                "key": low,
+                "first": _plain(first),
+                "most": _plain(most),
+                "low": low,
+                "high": high,
+                "what": what,
+            },
+        )
 
 
 class DeviceConfig(_Model):
@@ -55,12 +93,12 @@ class MqttConfig(_Model):
     tls_client_cert: str | None = None
     tls_client_key: str | None = None
     tls_insecure: bool = False
-    keepalive: int = Field(30, ge=5, le=3600)
+    keepalive: int = duration(30, "s", 3600, ge=5)
     qos: Literal[0, 1] = 1
-    stats_interval: float = Field(30.0, gt=0)
-    decision_expiry: int = Field(3600, ge=1)
-    reconnect_min: float = Field(1.0, gt=0)
-    reconnect_max: float = Field(60.0, gt=0)
+    stats_interval: float = duration(30.0, "s", 3600, gt=0)
+    decision_expiry: int = duration(3600, "s", 86400, ge=1)
+    reconnect_min: float = duration(1.0, "s", 60, gt=0)
+    reconnect_max: float = duration(60.0, "s", 600, gt=0)
     homeassistant: HomeAssistantConfig = HomeAssistantConfig()
 
     @model_validator(mode="after")
@@ -69,6 +107,11 @@ class MqttConfig(_Model):
             raise ValueError("set either password or password_file, not both")
         if (self.tls_client_cert is None) != (self.tls_client_key is None):
             raise ValueError("tls_client_cert and tls_client_key go together")
+        return self
+
+    @model_validator(mode="after")
+    def _back_off_in_order(self) -> MqttConfig:
+        _in_order(self, "reconnect_min", "reconnect_max", "the broker's reconnect back-off")
         return self
 
     def secret(self) -> str | None:
@@ -81,7 +124,7 @@ class MqttConfig(_Model):
 class OutboxConfig(_Model):
     path: str = "/var/lib/palm-agent/outbox.sqlite"
     max_messages: int = Field(10000, ge=1)
-    flush_timeout: float = Field(5.0, ge=0)
+    flush_timeout: float = duration(5.0, "s", 60, ge=0)
 
 
 class CommandsConfig(_Model):
@@ -138,7 +181,7 @@ class MatchConfig(_Model):
 class IlluminationConfig(_Model):
     print_pin: int | None = 17
     vein_pin: int | None = 27
-    settle_ms: int = Field(50, ge=0)
+    settle_ms: int = duration(50, "ms", 1000, ge=0)
     active_high: bool = True
 
 
@@ -155,7 +198,7 @@ class LightControls(_Model):
     to fail in the driver at the first switch."""
 
     AeEnable: bool | None = None
-    ExposureTime: int | None = Field(None, gt=0)  # microseconds
+    ExposureTime: int | None = duration(None, "us", 1_000_000, gt=0)  # at most 1 s
     AnalogueGain: float | None = Field(None, ge=1.0)
     # (red, blue): the pipeline reads the luminance, which white balance moves as it adapts to
     # white or 850 nm light; fixed gains keep a modality's frames alike
@@ -169,7 +212,7 @@ class LightControls(_Model):
             if unknown:
                 raise ValueError(
                     f"unknown camera control {', '.join(unknown)}; the ones accepted: "
-                    "AeEnable (true/false), ExposureTime (microseconds, integer > 0), "
+                    "AeEnable (true/false), ExposureTime (microseconds, integer 1-1000000), "
                     "AnalogueGain (>= 1.0), ColourGains ([red, blue])"
                 )
             gains = data.get("ColourGains")
@@ -205,11 +248,11 @@ class CameraConfig(_Model):
     width: int = Field(640, ge=16)
     height: int = Field(480, ge=16)
     fps: float = Field(15.0, gt=0)
-    read_timeout: float = Field(1.0, gt=0)
+    read_timeout: float = duration(1.0, "s", 10, gt=0)
     illumination: IlluminationConfig = IlluminationConfig()
     controls: CameraControls = CameraControls()
-    reopen_min: float = Field(0.5, gt=0)
-    reopen_max: float = Field(30.0, gt=0)
+    reopen_min: float = duration(0.5, "s", 60, gt=0)
+    reopen_max: float = duration(30.0, "s", 600, gt=0)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -235,6 +278,11 @@ class CameraConfig(_Model):
                 f"fps ({1 / self.fps:.3g} s): raise read_timeout or fps"
             )
         self._check_controls()
+        return self
+
+    @model_validator(mode="after")
+    def _back_off_in_order(self) -> CameraConfig:
+        _in_order(self, "reopen_min", "reopen_max", "the camera's reopen back-off")
         return self
 
     def _check_controls(self) -> None:
@@ -301,7 +349,7 @@ class QualityConfig(_Model):
 class TriggerConfig(_Model):
     kind: Literal["presence", "button", "command"] = "presence"
     button_pin: int | None = None
-    cooldown: float = Field(1.0, ge=0)
+    cooldown: float = duration(1.0, "s", 60, ge=0)
 
     @model_validator(mode="after")
     def _button_needs_pin(self) -> TriggerConfig:
@@ -313,7 +361,7 @@ class TriggerConfig(_Model):
 class EnrollConfig(_Model):
     captures: int = Field(5, ge=1, le=50)
     max_spread: int = Field(6, ge=0)
-    timeout: float = Field(30.0, gt=0)
+    timeout: float = duration(30.0, "s", 600, gt=0)
 
 
 class LedConfig(_Model):
@@ -418,12 +466,55 @@ def _describe(err: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in err["loc"]) or "(top level)"
     if err["type"] == "extra_forbidden":
         return f"{key}: unknown key (check the spelling against firmware_config/default.yaml)"
+    if err["type"] == "inverted_pair":
+        return f"{key}.{err['ctx']['key']}: {err['msg']}"
+    field = _field(err["loc"])
+    unit = (field.json_schema_extra or {}).get("unit") if field is not None else None
+    if err["type"] == "less_than_equal" and isinstance(unit, str):
+        bound = _plain(err["ctx"]["le"])
+        return f"{key}: {err['input']} is over {bound} {unit}{_hint(field, err)}"
     given = _masked(err.get("input"))
     shown = "" if err["type"] == "missing" or "password" in key else f" (got {given!r})"
     if _unquoted(err):
         # "Input should be '0.01', '0.001' ... (got 0.001)": YAML reads 0.001 and 5 as numbers
         shown += f'; YAML reads it as a number: quote it, {key.split(".")[-1]}: "{given}"'
     return f"{key}: {err['msg']}{shown}"
+
+
+def _field(loc: tuple[int | str, ...]) -> FieldInfo | None:
+    """The field an error's key path names, if it is one of the models' own."""
+    model: Any = Config
+    field = None
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        model = field.annotation
+    return field
+
+
+def _hint(field: FieldInfo, err: dict[str, Any]) -> str:
+    """For a setting in seconds over its bound, the value it would be if it was written in
+    milliseconds, where that is a value the setting takes."""
+    given = err["input"]
+    if field.json_schema_extra != {"unit": "s"}:
+        return ""
+    if field.annotation is int:
+        if given % 1000:
+            return ""
+        meant = given // 1000
+    else:
+        meant = given / 1000
+    for c in field.metadata:
+        if (
+            (isinstance(c, Gt) and not meant > c.gt)
+            or (isinstance(c, Ge) and not meant >= c.ge)
+            or (isinstance(c, Le) and not meant <= c.le)
+        ):
+            return ""
+    return f"; times are in seconds: did you mean {meant}?"
 
 
 def _unquoted(err: dict[str, Any]) -> bool:

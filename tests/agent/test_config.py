@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -160,7 +163,7 @@ PI_CAMERA = "camera:\n  source: picamera2\n  fps: 15\n  controls:\n"
     [
         ("    print: {Exposure: 8000}\n    vein: {Exposure: 8000}\n",
          "camera.controls.print: Value error, unknown camera control Exposure; the ones "
-         "accepted: AeEnable (true/false), ExposureTime (microseconds, integer > 0), "
+         "accepted: AeEnable (true/false), ExposureTime (microseconds, integer 1-1000000), "
          "AnalogueGain (>= 1.0), ColourGains ([red, blue])"),
         ("    print: {ExposureTime: 8000.5}\n    vein: {ExposureTime: 20000}\n",
          "camera.controls.print.ExposureTime: Input should be a valid integer"),
@@ -362,3 +365,125 @@ def test_a_state_file_named_twice_is_refused(tmp_path, section, key):
     with pytest.raises(ConfigError) as e:
         parse_config(doc, env={}, check_files=False)
     assert str(e.value).startswith(f"{section}.{key}: {store} is also store.path"), e.value
+
+
+# every time setting, a value over its bound (the default written in milliseconds where there is
+# one) and what the refusal says after "KEY: VALUE "
+OVER_BOUND = [
+    ("mqtt.keepalive", 30000, "is over 3600 s; times are in seconds: did you mean 30?"),
+    ("mqtt.stats_interval", 30000, "is over 3600 s; times are in seconds: did you mean 30.0?"),
+    ("mqtt.decision_expiry", 3600000, "is over 86400 s; times are in seconds: did you mean 3600?"),
+    ("mqtt.reconnect_min", 1000, "is over 60 s; times are in seconds: did you mean 1.0?"),
+    ("mqtt.reconnect_max", 60000, "is over 600 s; times are in seconds: did you mean 60.0?"),
+    ("outbox.flush_timeout", 5000, "is over 60 s; times are in seconds: did you mean 5.0?"),
+    ("camera.read_timeout", 1000, "is over 10 s; times are in seconds: did you mean 1.0?"),
+    ("camera.reopen_min", 500, "is over 60 s; times are in seconds: did you mean 0.5?"),
+    ("camera.reopen_max", 30000, "is over 600 s; times are in seconds: did you mean 30.0?"),
+    ("camera.illumination.settle_ms", 50000, "is over 1000 ms"),
+    ("camera.controls.print.ExposureTime", 8000000, "is over 1000000 us"),
+    ("camera.controls.vein.ExposureTime", 1000001, "is over 1000000 us"),
+    ("trigger.cooldown", 1000, "is over 60 s; times are in seconds: did you mean 1.0?"),
+    ("enroll.timeout", 30000, "is over 600 s; times are in seconds: did you mean 30.0?"),
+    # no hint where the value in milliseconds would be refused too
+    ("mqtt.keepalive", 3601, "is over 3600 s"),
+    ("mqtt.stats_interval", 7200000, "is over 3600 s"),
+]
+
+
+def _put(doc: dict, key: str, value) -> dict:
+    """``doc`` with ``a.b.c: value`` set in its sections."""
+    *parents, last = key.split(".")
+    node = doc
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+    return doc
+
+
+def _nested(key: str, value) -> dict:
+    """A config document setting ``key``; a camera control comes with the picamera2 source and
+    a control for the other light, as a switched camera needs the same ones for both."""
+    doc = _put({}, key, value)
+    if ".controls." in key:
+        doc["camera"]["source"] = "picamera2"
+        for light in ("print", "vein"):
+            _put(doc, f"camera.controls.{light}.ExposureTime", value if light in key else 8000)
+    return doc
+
+
+def _keys(model, prefix=""):
+    for name, f in model.model_fields.items():
+        if isinstance(f.annotation, type) and hasattr(f.annotation, "model_fields"):
+            yield from _keys(f.annotation, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}"
+
+
+def test_every_time_setting_has_an_upper_bound():
+    """A key named as a time (a timeout, interval, expiry, back-off, ``_ms``, ``Time``) is one
+    in OVER_BOUND, with the bound it is refused over: one added without a bound fails here."""
+    from agent.config import Config
+
+    looks_like_time = re.compile(
+        r"timeout|interval|expiry|cooldown|keepalive|_ms$|_min$|_max$|Time$"
+    )
+    times = {key for key in _keys(Config) if looks_like_time.search(key.split(".")[-1])}
+    assert times == {key for key, _, _ in OVER_BOUND}
+
+
+@pytest.mark.parametrize(
+    ("key", "given", "said"), OVER_BOUND, ids=[f"{k}={v}" for k, v, _ in OVER_BOUND]
+)
+def test_a_time_over_its_bound_is_refused_in_one_line(tmp_path, key, given, said):
+    """``trigger.cooldown: 1000`` (milliseconds where seconds are meant) loaded, and the device
+    waited 16 minutes after each decision; the refusal names the key, the value, the bound and
+    the unit, and what the value would be in seconds."""
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, _nested(key, given)), env={}, check_files=False)
+    assert str(e.value) == f"{key}: {given} {said}"
+
+
+def test_every_time_setting_takes_its_bound(tmp_path):
+    bounds = {key: int(re.search(r"is over (\d+)", said)[1]) for key, _, said in OVER_BOUND}
+    doc = {"camera": {"source": "picamera2"}}
+    for key, bound in bounds.items():
+        _put(doc, key, bound)
+    cfg = load_config(write(tmp_path, doc), env={}, check_files=False)
+    for key, bound in bounds.items():
+        node = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        assert node == bound, key
+
+
+@pytest.mark.parametrize(
+    ("section", "low", "high", "what"),
+    [("mqtt", "reconnect_min", "reconnect_max", "the broker's reconnect back-off"),
+     ("camera", "reopen_min", "reopen_max", "the camera's reopen back-off")],
+)  # fmt: skip
+def test_a_back_off_whose_minimum_is_over_its_maximum_is_refused(
+    tmp_path, section, low, high, what
+):
+    """The first wait was then the longest, and every later one the maximum."""
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, {section: {low: 45, high: 2.5}}), env={}, check_files=False)
+    assert str(e.value) == (
+        f"{section}.{low}: 45 s is over {high} (2.5 s): {what} starts at {low} and doubles up to "
+        f"{high}; lower {low} or raise {high}"
+    )
+    cfg = load_config(write(tmp_path, {section: {low: 45, high: 45}}), env={}, check_files=False)
+    assert getattr(getattr(cfg, section), low) == getattr(getattr(cfg, section), high) == 45
+
+
+@pytest.mark.parametrize("command", [["run"], ["enroll", "alice"]])
+def test_the_cli_refuses_a_time_over_its_bound_with_one_line_and_status_2(tmp_path, command):
+    cfg = write(tmp_path, {"trigger": {"cooldown": 1000}})
+    out = subprocess.run(
+        [sys.executable, "-m", "agent.cli", *command, "--config", str(cfg)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert out.stderr == (
+        "palm-agent: trigger.cooldown: 1000 is over 60 s; times are in seconds: did you mean 1.0?\n"
+    )
+    assert "Traceback" not in out.stderr + out.stdout
