@@ -117,7 +117,7 @@ class Picamera2Source(Source):
     def _reachable(self, name: str, value: float) -> float:
         """What the sensor will report for ``value``: libcamera clamps a control to the range
         the camera advertises (an IMX708's analogue gain starts at 1.12, not 1.0), and an
-        exposure to the frame (config.py warns of that)."""
+        exposure to the frame (config_sections.py warns of that)."""
         low, high, _ = getattr(self._cam, "camera_controls", {}).get(name, (None, None, None))
         if name == "ExposureTime" and self.frame_us is not None:
             high = self.frame_us if high is None else min(high, self.frame_us)

@@ -225,7 +225,7 @@ def test_an_exposure_longer_than_a_frame_is_warned_of(tmp_path, caplog):
     path.write_text(
         PI_CAMERA + "    print: {ExposureTime: 8000}\n    vein: {ExposureTime: 80000}\n"
     )
-    with caplog.at_level("WARNING", logger="agent.config"):
+    with caplog.at_level("WARNING", logger="agent.config_sections"):
         load_config(path, env={}, check_files=False)
     (record,) = caplog.records
     assert "exposure_longer_than_frame key=camera.controls.vein.ExposureTime" in record.message
