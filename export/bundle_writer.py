@@ -8,10 +8,14 @@ would refuse is never announced as written.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
+import shutil
 import tarfile
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,41 @@ from agent.manifest import BundleError, FileEntry, Manifest
 logger = logging.getLogger(__name__)
 
 CENTROIDS = "centroids.npz"
+
+
+STAGING = (".export-", ".partial")  # prefix, suffix of the folder a bundle is written in
+
+
+@contextlib.contextmanager
+def staging(out: Path) -> Iterator[Path]:
+    """A new folder in ``out`` to write a bundle into, removed when the block ends, however it
+    ends. Files written straight into ``out`` by an export stopped part way looked like a bundle
+    that lacked files; in ``out`` itself, :func:`publish` needs only renames on one file system.
+    Folders left by an export that was killed (no block end ran) are removed first."""
+    prefix, suffix = STAGING
+    leftovers = sorted(p for p in out.glob(f"{prefix}*{suffix}") if p.is_dir())
+    for old in leftovers:
+        shutil.rmtree(old)
+    if leftovers:
+        logger.info(
+            "export removed leftover staging folders=%d out=%s (an export stopped part way): %s",
+            len(leftovers), out, ", ".join(p.name for p in leftovers),
+        )  # fmt: skip
+    stage = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=out))
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def publish(stage: Path, out: Path) -> None:
+    """Move every file of the bundle staged in ``stage`` into ``out``, manifest.json last (its
+    signature just before it): until the manifest is in place, ``out`` is no bundle at all."""
+    last = [SIGNATURE, MANIFEST]
+    names = sorted(p.name for p in stage.iterdir() if p.is_file() and p.name not in last)
+    for name in [*names, *last]:
+        if (stage / name).is_file():
+            os.replace(stage / name, out / name)
 
 
 def file_entry(root: Path, name: str) -> FileEntry:
@@ -154,8 +193,14 @@ def make_tar(root: Path, tar_path: Path) -> Path:
         info.uname = info.gname = ""
         return info
 
-    with tarfile.open(tar_path, "w") as tar:
-        tar.add(root, arcname=root.name, recursive=False, filter=clean)
-        for name in sorted(names):
-            tar.add(root / name, arcname=f"{root.name}/{name}", filter=clean)
+    # written beside, then renamed: an archive cut short by Ctrl-C lacked its last members
+    partial = tar_path.with_name(f".{tar_path.name}.partial")
+    try:
+        with tarfile.open(partial, "w") as tar:
+            tar.add(root, arcname=root.name, recursive=False, filter=clean)
+            for name in sorted(names):
+                tar.add(root / name, arcname=f"{root.name}/{name}", filter=clean)
+        os.replace(partial, tar_path)
+    finally:
+        partial.unlink(missing_ok=True)
     return tar_path

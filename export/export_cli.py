@@ -82,7 +82,7 @@ def _convert(
     info: dict[str, Any] = {"layout": "NCHW"}
     if fmt == "onnx":
         fp32 = out / _model_file(modality, "fp32", "onnx")
-        if not fp32.exists():  # this export's own: export_bundle clears an earlier bundle
+        if not fp32.exists():  # this export's own: ``out`` is its staging folder
             convert_onnx.export_fp32(net, c, s, fp32)
         if precision == "int8":
             info["quantization"] = convert_onnx.quantize_int8(fp32, path, calib, onnx_weights)
@@ -119,14 +119,13 @@ def _writable(out: Path) -> None:
 
 
 def _clear_bundle(out: Path) -> None:
-    """Remove what an earlier export left in ``out``: its models would otherwise be reused
-    (the int8 quantizer starts from an fp32 ONNX file already there) or shipped in the tar;
-    and its archive, which would otherwise sit beside the new folder holding the old bundle
-    (an export without --tar, or one that fails the gate, writes none)."""
-    names = [_model_file(m, p, f) for m in MODALITIES for p in PRECISIONS for f in FORMATS] + [
-        MANIFEST,
-        SIGNATURE,
-        bundle_writer.CENTROIDS,
+    """Remove an earlier export's bundle from ``out`` once the new one is staged: models of a
+    precision or format this export has not would otherwise be shipped in the tar; and its
+    archive, which would otherwise sit beside the new folder holding the old bundle (an export
+    without --tar, or one that fails the gate, writes none). The manifest goes first: a folder
+    left without one is no bundle, where one naming removed files looked like a broken bundle."""
+    names = [MANIFEST, SIGNATURE, bundle_writer.CENTROIDS] + [
+        _model_file(m, p, f) for m in MODALITIES for p in PRECISIONS for f in FORMATS
     ]
     old = [out / n for n in names if (out / n).exists()]
     old += [_tar_path(out)] if _tar_path(out).is_file() else []
@@ -151,7 +150,11 @@ def export_bundle(
     allow_degraded: bool = False,
     onnx_weights: str = "uint8",
 ) -> dict:
-    """Write the bundle into ``out``; returns the parity report (its gate decides the exit)."""
+    """Write the bundle into ``out``; returns the parity report (its gate decides the exit).
+
+    Everything is written into a staging folder in ``out`` and moved into place at the end, the
+    manifest last: an export stopped part way (Ctrl-C, a crash) leaves the old bundle whole, or
+    no manifest, never a manifest naming files that are not there."""
     bits = int(ckpt["arch"]["bits"])
     spec = PreprocessSpec.from_dict(ckpt["preprocess"])
     modalities = ["print"] + ([] if test.vein is None else ["vein"])
@@ -159,58 +162,64 @@ def export_bundle(
     # bundle in place of the old one, minutes later
     key = None if sign_key is None else bundle_writer.load_private_key(sign_key)
     _writable(out)
-    _clear_bundle(out)
-    models, calib_used = [], 0
-    for m in modalities:
-        net = getattr(model, f"{m}_net")
-        calib = calibrate.calibration_tensors(_rois(train, m), spec, calib_n)
-        calib_used = len(calib)  # --calib beyond the training split takes all of it
-        for fmt in formats:
-            for precision in precisions:
-                models.append(_convert(net, m, fmt, precision, spec, calib, out, onnx_weights))
-        if "onnx" in formats and "fp32" not in precisions:
-            (out / _model_file(m, "fp32", "onnx")).unlink()  # only the int8 quantizer's input
-    centroid_entry = bundle_writer.write_centroids(out, ckpt["centroids"], ckpt["labels"])
-    evaluate = parity.mode_evaluator(test.labels, np.asarray(ckpt["centroids"]), bits)
-    reference = {
-        m: parity.torch_codes(getattr(model, f"{m}_net"), _rois(test, m), spec) for m in modalities
-    }
-    files = [
-        (vars(e), parity.device_codes(out / e.file, _rois(test, e.modality), spec)) for e in models
-    ]
-    report = parity.parity_report(
-        reference, files, evaluate, bits, min_agreement, max_eer_increase_pp
-    )
-    report["gate"]["allow_degraded"] = bool(allow_degraded)
-    ref_rates = evaluate(reference)
-    manifest = Manifest(
-        format_version=FORMAT_VERSION,
-        bits=bits,
-        bit_order=codes.BIT_ORDER,
-        input_size=spec.input_size,
-        modalities={m: Modality(spec.to_dict(), [CHANNEL_ORDER[m]]) for m in modalities},
-        models=models,
-        centroids=centroid_entry,
-        thresholds=calibrate.thresholds(ref_rates),
-        parity=report,
-        evaluation={
-            "export_test_split": {k: v.to_dict() for k, v in ref_rates.items()},
-            "checkpoint": ckpt.get("eval", {}),
-        },
-        training={
-            "arch": ckpt["arch"],
-            "dataset": ckpt.get("dataset", {}),
-            "train": ckpt.get("train", {}),
-            "split_sizes": {"train": len(train), "test": len(test)},
-            "calibration_images": calib_used,
-        },
-        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        weights_sha256=weights.weights_sha256(ckpt["state_dict"]),  # the templates' network
-    )
-    bundle_writer.write_manifest(out, manifest)
-    if key is not None:
-        bundle_writer.sign(out, key)
-    load_bundle(out, allow_degraded=True)  # what the device would refuse is never announced
+    with bundle_writer.staging(out) as stage:
+        models, calib_used = [], 0
+        for m in modalities:
+            net = getattr(model, f"{m}_net")
+            calib = calibrate.calibration_tensors(_rois(train, m), spec, calib_n)
+            calib_used = len(calib)  # --calib beyond the training split takes all of it
+            for fmt in formats:
+                for precision in precisions:
+                    models.append(
+                        _convert(net, m, fmt, precision, spec, calib, stage, onnx_weights)
+                    )
+            if "onnx" in formats and "fp32" not in precisions:
+                (stage / _model_file(m, "fp32", "onnx")).unlink()  # only the int8 quantizer's input
+        centroid_entry = bundle_writer.write_centroids(stage, ckpt["centroids"], ckpt["labels"])
+        evaluate = parity.mode_evaluator(test.labels, np.asarray(ckpt["centroids"]), bits)
+        reference = {
+            m: parity.torch_codes(getattr(model, f"{m}_net"), _rois(test, m), spec)
+            for m in modalities
+        }
+        files = [
+            (vars(e), parity.device_codes(stage / e.file, _rois(test, e.modality), spec))
+            for e in models
+        ]
+        report = parity.parity_report(
+            reference, files, evaluate, bits, min_agreement, max_eer_increase_pp
+        )
+        report["gate"]["allow_degraded"] = bool(allow_degraded)
+        ref_rates = evaluate(reference)
+        manifest = Manifest(
+            format_version=FORMAT_VERSION,
+            bits=bits,
+            bit_order=codes.BIT_ORDER,
+            input_size=spec.input_size,
+            modalities={m: Modality(spec.to_dict(), [CHANNEL_ORDER[m]]) for m in modalities},
+            models=models,
+            centroids=centroid_entry,
+            thresholds=calibrate.thresholds(ref_rates),
+            parity=report,
+            evaluation={
+                "export_test_split": {k: v.to_dict() for k, v in ref_rates.items()},
+                "checkpoint": ckpt.get("eval", {}),
+            },
+            training={
+                "arch": ckpt["arch"],
+                "dataset": ckpt.get("dataset", {}),
+                "train": ckpt.get("train", {}),
+                "split_sizes": {"train": len(train), "test": len(test)},
+                "calibration_images": calib_used,
+            },
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            weights_sha256=weights.weights_sha256(ckpt["state_dict"]),  # the templates' network
+        )
+        bundle_writer.write_manifest(stage, manifest)
+        if key is not None:
+            bundle_writer.sign(stage, key)
+        load_bundle(stage, allow_degraded=True)  # what the device would refuse is never announced
+        _clear_bundle(out)
+        bundle_writer.publish(stage, out)
     return report
 
 

@@ -1,11 +1,19 @@
-"""``palm-export keygen`` as docs/export.md and docs/security.md type it (no model needed)."""
+"""``palm-export export | verify | keygen`` on a tiny untrained checkpoint, and keygen as
+docs/export.md and docs/security.md type it."""
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from agent.bundle import load_bundle
 from export.cli import main
 
 
@@ -131,3 +139,77 @@ def test_keygen_over_an_existing_key_or_under_a_file_says_so_in_one_line(tmp_pat
     (tmp_path / "f").write_text("x")
     assert main(["keygen", "--out", str(tmp_path / "f" / "k")]) == 2
     assert f"{tmp_path / 'f'}: a file, not a folder" in capsys.readouterr().err
+
+
+# the export with its int8 quantization held up: says so on stdout, then waits to be stopped
+_SLOW_INT8 = """
+import sys, time
+from export import convert_onnx
+from export.cli import main
+
+quantize = convert_onnx.quantize_int8
+
+def slow(*args, **kwargs):
+    print("quantizing", flush=True)
+    time.sleep(120)
+    return quantize(*args, **kwargs)
+
+convert_onnx.quantize_int8 = slow
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _stop_export_part_way(argv: list[str], signum: int) -> subprocess.CompletedProcess:
+    """``palm-export export ARGV`` in a process of its own, sent ``signum`` once the first
+    model is written and the int8 quantization has begun."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    cmd = [sys.executable, "-c", _SLOW_INT8, *argv]
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    ) as p:
+        line = p.stdout.readline()
+        if line == "quantizing\n":
+            p.send_signal(signum)
+        out, err = p.communicate(timeout=120)
+    assert line == "quantizing\n", err
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+def test_an_export_stopped_part_way_leaves_the_old_bundle_whole(tmp_path):
+    """Ctrl-C during an export left --out with the old bundle cleared and some of the new files
+    written, with no manifest: a folder that looked like a bundle and lacked files."""
+    ckpt = _untrained_checkpoint(tmp_path / "tiny.pt")
+    out = tmp_path / "bundle"
+    argv = ["export", str(ckpt), "--out", str(out), "--formats", "onnx", "--allow-degraded"]
+    assert main([*argv, "--precision", "fp32"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    res = _stop_export_part_way([*argv, "--precision", "fp32,int8", "--tar"], signal.SIGINT)
+    assert res.returncode == 130 and res.stderr.strip().endswith("interrupted"), res.stderr
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    missing = sorted(n for n in before if after.get(n) != before[n])
+    assert not missing, f"{len(missing)} of the old bundle's {len(before)} files gone: {missing}"
+    assert after == before  # the staging folder is removed too
+    assert not out.with_name("bundle.tar").exists()
+    load_bundle(out)
+
+
+def test_a_staging_folder_left_by_a_killed_export_is_removed_by_the_next(tmp_path, caplog):
+    ckpt = _untrained_checkpoint(tmp_path / "tiny.pt")
+    out = tmp_path / "bundle"
+    argv = ["export", str(ckpt), "--out", str(out), "--formats", "onnx", "--allow-degraded"]
+    assert _stop_export_part_way(argv, signal.SIGKILL).returncode == -signal.SIGKILL
+    left = [p.name for p in out.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".export-") and left[0].endswith(".partial")
+    caplog.set_level(logging.INFO)
+    assert main([*argv, "--precision", "fp32"]) == 0
+    said = [r.getMessage() for r in caplog.records if "leftover staging" in r.getMessage()]
+    assert said == [
+        f"export removed leftover staging folders=1 out={out} (an export stopped part way): "
+        + left[0]
+    ]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "centroids.npz",
+        "manifest.json",
+        "print.fp32.onnx",
+        "vein.fp32.onnx",
+    ]
