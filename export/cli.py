@@ -35,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
-    """Run a subcommand; a problem with the user's data set, checkpoint or bundle, and a Ctrl-C,
-    end in one line that says what was wrong instead of a traceback (exit status 2, and 130)."""
+    """Run a subcommand; a problem with the user's data set, checkpoint, bundle or output
+    folder, and a Ctrl-C, end in one line that says what was wrong instead of a traceback (exit
+    status 2, and 130)."""
     try:
         return int(func(args) or 0)
     except KeyboardInterrupt:
@@ -46,8 +47,9 @@ def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse
         from agent.manifest import BundleError
         from export.checkpoint import CheckpointError
         from export.data.layouts import LayoutError
+        from export.outdir import OutputError
 
-        if not isinstance(e, (LayoutError, CheckpointError, BundleError)):
+        if not isinstance(e, (LayoutError, CheckpointError, BundleError, OutputError)):
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2

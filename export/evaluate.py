@@ -198,18 +198,20 @@ def format_table(report: dict) -> str:
 def run(args) -> int:
     from export.checkpoint import load_checkpoint
     from export.data import load_split
+    from export.outdir import writable
     from export.train_args import device_problem
 
     problem = device_problem(args.device)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    out = Path(args.out or Path(args.checkpoint).with_suffix("").as_posix() + f"_eval_{args.part}")
+    writable(out, "the report")  # before minutes of evaluation, not after them
     model, ckpt = load_checkpoint(args.checkpoint, args.device)
     if args.ds and args.ds != ckpt["dataset"]["ds"]:
         ckpt = {**ckpt, "dataset": {**ckpt["dataset"], "ds": args.ds}}
     arrays = load_split(ckpt, args.part, root=args.data_root)
     spec = PreprocessSpec.from_dict(ckpt["preprocess"])
-    out = Path(args.out or Path(args.checkpoint).with_suffix("").as_posix() + f"_eval_{args.part}")
     report = evaluate_model(model, arrays, ckpt["centroids"], spec, out, args.device)
     print(format_table(report))
     print(f"mean_eer={report['mean_eer']:.4f} report={out / 'report.json'}")

@@ -12,7 +12,6 @@ import argparse
 import json
 import logging
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from agent.manifest import (
 from agent.preprocess import PreprocessSpec
 from export import bundle_writer, calibrate, parity, weights
 from export.convert_onnx import WEIGHT_TYPES as ONNX_WEIGHT_TYPES
+from export.outdir import writable
 
 logger = logging.getLogger(__name__)
 
@@ -104,20 +104,6 @@ def _tar_path(out: Path) -> Path:
     return out.with_name(out.name + ".tar")
 
 
-def _writable(out: Path) -> None:
-    """Make ``out`` and try a file in it, before the conversions: --out naming a file, or a
-    folder this user cannot write, otherwise failed in a traceback after them."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out).close()
-    except OSError as exc:
-        why = "a file, not a folder" if out.is_file() else exc.strerror
-        raise BundleError(
-            f"output folder {out}: cannot write the bundle there ({why}); name a folder this "
-            "user can write (it is made if missing)"
-        ) from exc
-
-
 def _clear_bundle(out: Path) -> None:
     """Remove an earlier export's bundle from ``out`` once the new one is staged: models of a
     precision or format this export has not would otherwise be shipped in the tar; and its
@@ -161,7 +147,8 @@ def export_bundle(
     # the key before any conversion: a wrong --sign-key found at the end left an unsigned
     # bundle in place of the old one, minutes later
     key = None if sign_key is None else bundle_writer.load_private_key(sign_key)
-    _writable(out)
+    writable(out, "the bundle")
+    out.mkdir(parents=True, exist_ok=True)
     with bundle_writer.staging(out) as stage:
         models, calib_used = [], 0
         for m in modalities:

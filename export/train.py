@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.preprocess import DEFAULT_SPEC
+from export.outdir import writable
 from export.train_args import DATASETS, add_arguments, device_problem, out_dir, parse_args
 
 __all__ = ["DATASETS", "add_arguments", "fit", "main", "out_dir", "parse_args", "run"]
@@ -371,26 +372,6 @@ def _terminated(signum: int, frame: object) -> None:
     raise Terminated
 
 
-def _writable(out: Path) -> None:
-    """Try a file in --out before the data set is read: an --out naming a file, or a folder
-    this user cannot write, otherwise failed in a traceback at the first evaluation."""
-    import tempfile
-
-    from export.checkpoint import CheckpointError
-
-    # tried in the nearest folder there is, not made: a wrong --data-root found next would
-    # leave an empty runs/COMMENT behind
-    there = next((p for p in (out, *out.parents) if p.exists()), Path("."))
-    try:
-        tempfile.TemporaryFile(dir=there).close()
-    except OSError as exc:
-        why = "a file, not a folder" if out.is_file() else exc.strerror
-        raise CheckpointError(
-            f"output folder {out}: cannot write checkpoints there ({why}); name a folder this "
-            "user can write (it is made if missing), or another --comment"
-        ) from exc
-
-
 def run(args: argparse.Namespace) -> int:
     from export.data import load_dataset
     from export.evaluate import format_table
@@ -399,7 +380,7 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    _writable(out_dir(args))
+    writable(out_dir(args), "checkpoints", hint=", or another --comment")
     arrays = load_dataset(args.ds, args.data_root, DEFAULT_SPEC, workers=max(args.workers, 4))
     previous = signal.signal(signal.SIGTERM, _terminated)
     try:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from export import outdir
 from export.demo import report
 from export.demo.amqtt_broker import amqtt_available
 from export.demo.args import parse_args
@@ -71,16 +72,14 @@ def writable(out: Path) -> Path:
     read-only disk or a file in the way fails here with what to do, not minutes later with a
     traceback."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
+        outdir.writable(out, "the artefacts")
+    except outdir.OutputError as e:
         raise SystemExit(
-            f"demo: cannot write the artefacts to {out} ({e.strerror or e}): give a folder you "
+            f"demo: cannot write the artefacts to {out} ({e.why}): give a folder you "
             f"can write with --out DIR, or make this one yours (after a run as root: "
             f'sudo chown -R "$USER" {out})'
         ) from None
+    out.mkdir(parents=True, exist_ok=True)
     return out
 
 

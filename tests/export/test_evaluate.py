@@ -1,12 +1,17 @@
 import json
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from export.centroids import make_centroids
 from export.evaluate import evaluate_outputs, output_margin, write_det
+
+from .conftest import untrained_checkpoint
 
 MODES = {"print", "vein", "multi", "cross_p2v", "cross_v2p", "centroid_print", "centroid_vein"}
 
@@ -108,3 +113,26 @@ def test_eval_command_on_a_trained_checkpoint(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert set(report["hamming"]) == MODES and report["n_test"] == 8
     assert (out / "det_multi.png").is_file()
+
+
+def test_eval_refuses_an_output_folder_it_cannot_write_before_evaluating(tmp_path):
+    """`eval --out` into a folder this user cannot write evaluated the whole split (minutes on a
+    real one) and only then ended in a PermissionError traceback."""
+    ckpt = untrained_checkpoint(tmp_path / "tiny.pt")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    cmd = [sys.executable, "-m", "export.cli", "eval", str(ckpt), "--out", str(ro / "ev")]
+    if os.geteuid() == 0:  # root writes into any folder: run it without that power
+        if shutil.which("setpriv") is None:
+            pytest.skip("root, and no setpriv to drop CAP_DAC_OVERRIDE with")
+        cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 2, res.stderr
+    # one line, and no evaluation before it (its progress bar, its report)
+    assert res.stderr.splitlines() == [
+        f"error: output folder {ro / 'ev'}: cannot write the report there (Permission denied); "
+        "name a folder this user can write (it is made if missing)"
+    ]
+    assert res.stdout == "" and not (ro / "ev").exists()

@@ -16,6 +16,8 @@ import pytest
 from agent.bundle import load_bundle
 from export.cli import main
 
+from .conftest import untrained_checkpoint
+
 
 def test_keygen_writes_prefix_pem_and_pub_into_a_new_folder(tmp_path):
     # the documented command, `palm-export keygen --out keys/bundle`, on a fresh checkout
@@ -33,34 +35,10 @@ def test_keygen_writes_prefix_pem_and_pub_into_a_new_folder(tmp_path):
     assert b"PUBLIC KEY" in (keys / "site.2024.pub").read_bytes()
 
 
-def _untrained_checkpoint(path, ids=3, bits=32):
-    """A tiny untrained net on a small synthetic set: enough for what export checks first."""
-    import numpy as np
-
-    from agent.preprocess import DEFAULT_SPEC
-    from export.centroids import make_centroids
-    from export.checkpoint import save_checkpoint
-    from export.data.arrays import from_synth
-    from export.data.split import reference_split, split_record
-    from export.model import create_model
-    from export.synth import generate_arrays
-
-    arrays = from_synth(*generate_arrays(ids, 4, "easy", 0))
-    train, test = reference_split(arrays, 0)
-    meta = {
-        "labels": arrays.identities,
-        "preprocess": DEFAULT_SPEC.to_dict(),
-        "split": {"train": split_record(arrays, train), "test": split_record(arrays, test)},
-        "dataset": {"ds": "synth", "synth": {"ids": ids, "samples": 4, "level": "easy", "seed": 0}},
-    }
-    model = create_model("tiny", bits).eval()
-    return save_checkpoint(path, model, np.asarray(make_centroids(ids, bits, 0)), meta)
-
-
 def test_a_wrong_signing_key_is_refused_before_the_old_bundle_is_touched(tmp_path, capsys):
     """--sign-key naming the .pub half, a missing file or another kind of key ended the export in
     a traceback after every conversion, leaving an unsigned bundle where the old one was."""
-    ckpt = _untrained_checkpoint(tmp_path / "tiny.pt")
+    ckpt = untrained_checkpoint(tmp_path / "tiny.pt")
     assert main(["keygen", "--out", str(tmp_path / "k")]) == 0
     (tmp_path / "junk.pem").write_text("not a key\n")
     out = tmp_path / "bundle"
@@ -82,7 +60,7 @@ def test_a_wrong_signing_key_is_refused_before_the_old_bundle_is_touched(tmp_pat
 
 
 def test_an_output_folder_that_cannot_be_written_is_refused_in_one_line(tmp_path, capsys):
-    ckpt = _untrained_checkpoint(tmp_path / "tiny.pt")
+    ckpt = untrained_checkpoint(tmp_path / "tiny.pt")
     (tmp_path / "bundle").write_text("a file\n")
     for out, says in (("bundle", "a file, not a folder"), ("bundle/sub", "Not a directory")):
         argv = ["export", str(ckpt), "--formats", "onnx", "--precision", "fp32"]
@@ -109,8 +87,8 @@ def test_export_values_that_cannot_work_are_refused_when_parsed(tmp_path, capsys
 def test_verify_with_a_checkpoint_the_bundle_was_not_exported_from_says_so(tmp_path, capsys):
     """verify --checkpoint of another run ran the parity check on its test split and ended in
     a traceback (codes of another length; vein images the checkpoint's set has not)."""
-    ckpt = _untrained_checkpoint(tmp_path / "a.pt")
-    other = _untrained_checkpoint(tmp_path / "b.pt", ids=4, bits=64)
+    ckpt = untrained_checkpoint(tmp_path / "a.pt")
+    other = untrained_checkpoint(tmp_path / "b.pt", ids=4, bits=64)
     out = tmp_path / "bundle"
     argv = ["export", str(ckpt), "--out", str(out), "--formats", "onnx", "--precision", "fp32"]
     main([*argv, "--allow-degraded"])
@@ -178,7 +156,7 @@ def _stop_export_part_way(argv: list[str], signum: int) -> subprocess.CompletedP
 def test_an_export_stopped_part_way_leaves_the_old_bundle_whole(tmp_path):
     """Ctrl-C during an export left --out with the old bundle cleared and some of the new files
     written, with no manifest: a folder that looked like a bundle and lacked files."""
-    ckpt = _untrained_checkpoint(tmp_path / "tiny.pt")
+    ckpt = untrained_checkpoint(tmp_path / "tiny.pt")
     out = tmp_path / "bundle"
     argv = ["export", str(ckpt), "--out", str(out), "--formats", "onnx", "--allow-degraded"]
     assert main([*argv, "--precision", "fp32"]) == 0
@@ -194,7 +172,7 @@ def test_an_export_stopped_part_way_leaves_the_old_bundle_whole(tmp_path):
 
 
 def test_a_staging_folder_left_by_a_killed_export_is_removed_by_the_next(tmp_path, caplog):
-    ckpt = _untrained_checkpoint(tmp_path / "tiny.pt")
+    ckpt = untrained_checkpoint(tmp_path / "tiny.pt")
     out = tmp_path / "bundle"
     argv = ["export", str(ckpt), "--out", str(out), "--formats", "onnx", "--allow-degraded"]
     assert _stop_export_part_way(argv, signal.SIGKILL).returncode == -signal.SIGKILL
