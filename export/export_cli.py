@@ -352,6 +352,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if m.parity.get("files"):
         print(parity.format_table(m.parity))
     print(f"training: {json.dumps(m.training.get('train', {}), sort_keys=True)[:300]}")
+    # the network the device's enrolled templates must come from (the store refuses others)
+    print(
+        f"weights sha256: {m.weights_sha256 or 'not recorded (exported before manifests held it)'}"
+    )
     return 0
 
 

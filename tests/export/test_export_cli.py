@@ -3,6 +3,7 @@ docs/export.md and docs/security.md type it."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -191,3 +192,22 @@ def test_a_staging_folder_left_by_a_killed_export_is_removed_by_the_next(tmp_pat
         "print.fp32.onnx",
         "vein.fp32.onnx",
     ]
+
+
+def test_inspect_prints_the_weights_sha256_or_that_it_is_not_recorded(tmp_path, capsys):
+    """The digest of the network a bundle's codes come from, which the device's store checks
+    enrolled templates against, was in the manifest but not in what inspect printed."""
+    ckpt = untrained_checkpoint(tmp_path / "tiny.pt")
+    out = tmp_path / "bundle"
+    argv = ["export", str(ckpt), "--out", str(out), "--formats", "onnx", "--precision", "fp32"]
+    assert main([*argv, "--allow-degraded"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert f"weights sha256: {manifest['weights_sha256']}" in said
+    del manifest["weights_sha256"]  # as exports before it was recorded wrote them
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["inspect", str(out)]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert "weights sha256: not recorded (exported before manifests held it)" in said
