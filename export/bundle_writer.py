@@ -24,6 +24,7 @@ import numpy as np
 from agent import codes
 from agent.bundle import MANIFEST, SIGNATURE, sha256_file
 from agent.manifest import BundleError, FileEntry, Manifest
+from export.text import first_few
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def staging(out: Path) -> Iterator[Path]:
     if leftovers:
         logger.info(
             "export removed leftover staging folders=%d out=%s (an export stopped part way): %s",
-            len(leftovers), out, ", ".join(p.name for p in leftovers),
+            len(leftovers), out, first_few(p.name for p in leftovers),
         )  # fmt: skip
     stage = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=out))
     try:
@@ -182,10 +183,9 @@ def make_tar(root: Path, tar_path: Path) -> Path:
     names |= {SIGNATURE} if (root / SIGNATURE).is_file() else set()
     others = sorted(p.name for p in root.iterdir() if p.is_file() and p.name not in names)
     if others:
-        more = f" and {len(others) - 5} more" if len(others) > 5 else ""
         logger.warning(
-            "%d file(s) in %s are not part of the bundle and are left out of %s: %s%s",
-            len(others), root, tar_path, ", ".join(others[:5]), more,
+            "%d file(s) in %s are not part of the bundle and are left out of %s: %s",
+            len(others), root, tar_path, first_few(others),
         )  # fmt: skip
 
     def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:

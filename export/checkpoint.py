@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from export.model import PalmCohashNet
+from export.text import first_few
 
 
 class CheckpointError(ValueError):
@@ -62,7 +63,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[PalmCohashNe
     if path.is_dir():  # the run's folder, given for the file in it
         inside = sorted(p.name for p in path.glob("*.pt"))
         which = (
-            f"pass one of the checkpoints in it: {', '.join(str(path / n) for n in inside)}"
+            f"pass one of the checkpoints in it: {first_few(str(path / n) for n in inside)}"
             if inside
             else "it holds no .pt file; pass the best.pt or last.pt of a `palm-export train` run"
         )

@@ -34,6 +34,7 @@ from agent.preprocess import PreprocessSpec
 from export import bundle_writer, calibrate, parity, weights
 from export.convert_onnx import WEIGHT_TYPES as ONNX_WEIGHT_TYPES
 from export.outdir import writable
+from export.text import first_few
 
 logger = logging.getLogger(__name__)
 
@@ -296,7 +297,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     print(parity.format_table(report))
     if mismatched:
         print(
-            f"codes differ from the export's parity report for: {', '.join(mismatched)} "
+            f"codes differ from the export's parity report for: {first_few(mismatched)} "
             "(another runtime version or data set?)",
             file=sys.stderr,
         )

@@ -19,6 +19,7 @@ import numpy as np
 
 from agent.preprocess import DEFAULT_SPEC, PreprocessSpec, to_channels
 from export.data.layouts import LayoutError, Record, layout_error, scan
+from export.text import first_few
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +88,8 @@ def from_records(
         decoded = dict(zip(files, bar, strict=True))
     bad = [str(f) for f, img in decoded.items() if img is None]
     if bad:
-        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise LayoutError(
-            f"{len(bad)} file(s) are not images that can be read ({', '.join(bad[:5])}{more}): "
+            f"{len(bad)} file(s) are not images that can be read ({first_few(bad)}): "
             "an empty or cut-short download, or another kind of file under an image name. "
             "Download them again, or delete them with the same capture's other band or vein "
             "images"

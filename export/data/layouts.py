@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from export.text import first_few
+
 logger = logging.getLogger(__name__)
 
 LAYOUTS = ("polyu", "casiam", "tjppv", "iitd", "generic")
@@ -96,10 +98,9 @@ def _pairs(ds: str, root: Path, folder: Path, ext: str, name: str) -> dict[tuple
             )  # fmt: skip
         out[key] = f
     if skipped:
-        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         logger.warning(
-            "%d image file(s) in %s are not named %s and are left out: %s%s",
-            len(skipped), folder, name, ", ".join(skipped[:5]), more,
+            "%d image file(s) in %s are not named %s and are left out: %s",
+            len(skipped), folder, name, first_few(skipped),
         )  # fmt: skip
     return out
 
@@ -143,14 +144,13 @@ def _banded(
     # every gap at once: a download missing a few files is fixed in one go, not one per run
     lost = [(key, b) for key in keys for b in folders if key not in files[b]]
     if lost:
-        shown = ", ".join(
-            f"{b}/{next(f[key] for f in files.values() if key in f).name}" for key, b in lost[:5]
+        shown = first_few(
+            f"{b}/{next(f[key] for f in files.values() if key in f).name}" for key, b in lost
         )
-        more = f" and {len(lost) - 5} more" if len(lost) > 5 else ""
         raise layout_error(
             ds,
             root,
-            f"{len(lost)} capture(s) lack an image in a band folder ({shown}{more}); delete "
+            f"{len(lost)} capture(s) lack an image in a band folder ({shown}); delete "
             f"those captures' other band images or restore the missing ones",
         )
     records = []
@@ -185,10 +185,9 @@ def _tjppv(root: Path) -> list[Record]:
             records.append(Record(f"{i:04d}", j, (f,), v))
     if lost:
         # every gap at once, as for the banded layouts: not one per run
-        more = f" and {len(lost) - 5} more" if len(lost) > 5 else ""
         raise layout_error(
             "tjppv", root, f"{len(lost)} print(s) have no vein image in {veins} "
-            f"({', '.join(lost[:5])}{more}); delete those prints or restore the vein images"
+            f"({first_few(lost)}); delete those prints or restore the vein images"
         )  # fmt: skip
     return records
 
@@ -206,10 +205,9 @@ def _images(folder: Path) -> list[tuple[int, Path]]:
 def _warn_empty(ds: str, empty: list[str], where: Path) -> None:
     """An identity folder without images would otherwise be left out without a word."""
     if empty:
-        more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
         logger.warning(
-            "data set %r: %d identity folder(s) in %s hold no %s images and are left out: %s%s",
-            ds, len(empty), where, "/".join(e[1:] for e in _IMAGE_EXT), ", ".join(empty[:5]), more,
+            "data set %r: %d identity folder(s) in %s hold no %s images and are left out: %s",
+            ds, len(empty), where, "/".join(e[1:] for e in _IMAGE_EXT), first_few(empty),
         )  # fmt: skip
 
 
@@ -263,10 +261,9 @@ def _generic(root: Path) -> list[Record]:
             records.append(Record(d.name, n, (f,), v))
     if lost:
         # every gap at once, as for the banded layouts: not one per run
-        more = f" and {len(lost) - 5} more" if len(lost) > 5 else ""
         raise layout_error(
             "generic", root, f"{len(lost)} print(s) in {prints} have no vein image of the same "
-            f"name in {veins} ({', '.join(lost[:5])}{more}); delete those prints or restore "
+            f"name in {veins} ({first_few(lost)}); delete those prints or restore "
             "the vein images"
         )  # fmt: skip
     if records:
@@ -276,11 +273,10 @@ def _generic(root: Path) -> list[Record]:
         alone = sorted(p.name for p in veins.iterdir() if p.is_dir() and _visible(p))
         alone = [name for name in alone if name not in named and name not in empty]
         if alone:
-            more = f" and {len(alone) - 5} more" if len(alone) > 5 else ""
             logger.warning(
                 "data set 'generic': %d identity folder(s) in %s have no print folder with "
-                "images in %s and are left out: %s%s",
-                len(alone), veins, prints, ", ".join(alone[:5]), more,
+                "images in %s and are left out: %s",
+                len(alone), veins, prints, first_few(alone),
             )  # fmt: skip
     if not records:
         raise layout_error("generic", root, f"no identity folders with images in {prints}")

@@ -18,6 +18,7 @@ import numpy as np
 from agent.preprocess import PreprocessSpec
 from export.data.arrays import PalmArrays, from_synth, load_dataset
 from export.data.layouts import LayoutError
+from export.text import first_few
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +33,9 @@ def reference_split(arrays: PalmArrays, seed: int = 0) -> tuple[np.ndarray, np.n
         if len(rows) < 2:
             # all at once: a download with several such identities is fixed in one go
             single = [n for i, n in enumerate(arrays.identities) if np.sum(arrays.labels == i) < 2]
-            more = f" and {len(single) - 10} more" if len(single) > 10 else ""
             raise LayoutError(
-                f"{len(single)} identit(y/ies) with a single capture ({', '.join(single[:10])}"
-                f"{more}): the reference split trains on half of each identity's captures and "
+                f"{len(single)} identit(y/ies) with a single capture ({first_few(single, 10)}"
+                "): the reference split trains on half of each identity's captures and "
                 "tests on the other half, so each needs at least 2. Add captures of them, or "
                 "delete their files (every band and the vein) to train on the others"
             )
@@ -115,8 +115,8 @@ def load_split(
         where = root or ds.get("root") or "the synthetic set"
         raise LayoutError(
             f"the {ds['ds']} data set at {where} holds {len(arrays.identities)} identities "
-            f"({', '.join(arrays.identities[:3])}, ...), not the {len(ckpt['labels'])} the "
-            f"checkpoint was trained on ({', '.join(map(str, ckpt['labels'][:3]))}, ...); point "
+            f"({first_few(arrays.identities, 3)}), not the {len(ckpt['labels'])} the "
+            f"checkpoint was trained on ({first_few(ckpt['labels'], 3)}); point "
             "--data-root (and --ds) at the data set it was trained on"
         )
     found = arrays.subset(rows_of(arrays, ckpt["split"][part]))

@@ -25,6 +25,7 @@ from export.synth.identity import make_identity
 from export.synth.layouts import expected_files, get_layout, write_capture
 from export.synth.levels import Level, get_level
 from export.synth.render import DEFAULT_BANDS, render_capture
+from export.text import first_few
 
 logger = logging.getLogger(__name__)
 
@@ -114,10 +115,9 @@ def _clear_earlier(root: Path, layout: str) -> None:
         f for t in tops if t.is_dir() for f in t.rglob("*") if f.is_file() and f not in earlier
     ]
     if others:
-        more = f" and {len(others) - 3} more" if len(others) > 3 else ""
         raise FileExistsError(
             f"{root} holds files that no synthetic set written there had "
-            f"({', '.join(map(str, others[:3]))}{more}): a real data set? Written over, they "
+            f"({first_few(others, 3)}): a real data set? Written over, they "
             "would mix with the new set; pass an empty or new --out"
         )
     for f in earlier:
