@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from .conftest import synth_split
+
 pytestmark = pytest.mark.slow
 
 IDS, SAMPLES, BITS, STEPS = 12, 6, 32, 60
@@ -21,17 +23,13 @@ IDS, SAMPLES, BITS, STEPS = 12, 6, 32, 60
 def _train_checkpoint(path: Path) -> Path:
     import torch
 
-    from agent.preprocess import DEFAULT_SPEC, preprocess
+    from agent.preprocess import preprocess
     from export.centroids import make_centroids
     from export.checkpoint import save_checkpoint
-    from export.data.arrays import from_synth
-    from export.data.split import reference_split, split_record
     from export.losses import cohash_loss
     from export.model import create_model
-    from export.synth import generate_arrays
 
-    arrays = from_synth(*generate_arrays(IDS, SAMPLES, "easy", 0))
-    train, test = reference_split(arrays, 0)
+    arrays, train, _, meta = synth_split(IDS, SAMPLES)
     torch.manual_seed(0)
     model = create_model("tiny", BITS)
     centroids = make_centroids(IDS, BITS, 0)
@@ -46,16 +44,7 @@ def _train_checkpoint(path: Path) -> Path:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    meta = {
-        "labels": arrays.identities,
-        "preprocess": DEFAULT_SPEC.to_dict(),
-        "split": {"train": split_record(arrays, train), "test": split_record(arrays, test)},
-        "dataset": {
-            "ds": "synth",
-            "synth": {"ids": IDS, "samples": SAMPLES, "level": "easy", "seed": 0},
-        },
-        "train": {"command": "tests/export/test_export.py", "steps": STEPS},
-    }
+    meta["train"] = {"command": "tests/export/test_export.py", "steps": STEPS}
     return save_checkpoint(path, model.eval(), centroids, meta)
 
 

@@ -6,35 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .conftest import untrained_checkpoint
+
 IDS, SAMPLES, BITS = 4, 4, 32
-
-
-def _checkpoint(path: Path, seed: int) -> Path:
-    """An untrained tiny net on a small synthetic set: the digest needs weights, not skill."""
-    import torch
-
-    from agent.preprocess import DEFAULT_SPEC
-    from export.centroids import make_centroids
-    from export.checkpoint import save_checkpoint
-    from export.data.arrays import from_synth
-    from export.data.split import reference_split, split_record
-    from export.model import create_model
-    from export.synth import generate_arrays
-
-    arrays = from_synth(*generate_arrays(IDS, SAMPLES, "easy", 0))
-    train, test = reference_split(arrays, 0)
-    torch.manual_seed(seed)
-    meta = {
-        "labels": arrays.identities,
-        "preprocess": DEFAULT_SPEC.to_dict(),
-        "split": {"train": split_record(arrays, train), "test": split_record(arrays, test)},
-        "dataset": {
-            "ds": "synth",
-            "synth": {"ids": IDS, "samples": SAMPLES, "level": "easy", "seed": 0},
-        },
-    }
-    model = create_model("tiny", BITS).eval()
-    return save_checkpoint(path, model, make_centroids(IDS, BITS, 0), meta)
 
 
 def _export(ckpt: Path, out: Path, precision: str) -> str:
@@ -51,7 +25,7 @@ def test_exports_of_one_checkpoint_share_the_weights_digest_and_another_differs(
 
     from agent.bundle import load_bundle
 
-    ckpt = _checkpoint(tmp_path / "a.pt", seed=0)
+    ckpt = untrained_checkpoint(tmp_path / "a.pt", IDS, BITS, SAMPLES, seed=0)
     fp32 = _export(ckpt, tmp_path / "fp32", "fp32")
     assert len(fp32) == 64 and int(fp32, 16) >= 0
     assert load_bundle(tmp_path / "fp32", allow_degraded=True).manifest.weights_sha256 == fp32
@@ -62,7 +36,7 @@ def test_exports_of_one_checkpoint_share_the_weights_digest_and_another_differs(
     torch.save(d, resaved, pickle_protocol=2, _use_new_zipfile_serialization=False)
     assert resaved.read_bytes() != ckpt.read_bytes()
     assert _export(resaved, tmp_path / "int8", "int8") == fp32  # int8 of it: the same codes
-    other = _checkpoint(tmp_path / "b.pt", seed=1)
+    other = untrained_checkpoint(tmp_path / "b.pt", IDS, BITS, SAMPLES, seed=1)
     assert _export(other, tmp_path / "other", "fp32") != fp32
 
 
