@@ -39,6 +39,9 @@ EXPECTED = {
 _PAIR = re.compile(r"^(\d+)_(\d+)$")
 _TRAILING = re.compile(r"(\d+)$")
 _IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# images of other kinds: the loaders take none of them, and a capture saved as .webp or .gif was
+# left out without a word; they are named in the warning about the files left out
+_OTHER_IMAGE_EXT = (".webp", ".gif", ".jp2", ".j2k", ".pgm", ".ppm", ".pnm", ".heic", ".avif")
 
 
 class LayoutError(ValueError):
@@ -79,13 +82,30 @@ def _files(folder: Path, exts: tuple[str, ...]) -> list[Path]:
     return [f for f in folder.iterdir() if f.suffix.lower() in exts and _visible(f) and f.is_file()]
 
 
+def _other_kinds(folder: Path, taken: tuple[str, ...], shown: str = "") -> list[str]:
+    """The image files in ``folder`` that are not of a kind in ``taken``, as ``shown/name``."""
+    if not folder.is_dir():
+        return []
+    others = _files(folder, _IMAGE_EXT + _OTHER_IMAGE_EXT)
+    return sorted(f"{shown}{f.name}" for f in others if f.suffix.lower() not in taken)
+
+
+def _warn_other_kinds(ds: str, where: Path, names: list[str], taken: tuple[str, ...]) -> None:
+    """One warning naming the images a layout leaves out for their kind (.webp, .gif, ...)."""
+    if names:
+        logger.warning(
+            "data set %r: %d image file(s) in %s are not %s and are left out: %s",
+            ds, len(names), where, "/".join(e[1:] for e in taken), first_few(names),
+        )  # fmt: skip
+
+
 def _pairs(ds: str, root: Path, folder: Path, ext: str, name: str) -> dict[tuple[int, int], Path]:
     """The captures of one folder by (identity, sample). An image named otherwise (a copy
     ``001_01 (1).jpg``, another extension) is left out with a warning, and two names for one
     capture (``001_1.jpg`` beside ``001_01.jpg``) are refused: either one could be taken."""
     out: dict[tuple[int, int], Path] = {}
     skipped = []
-    for f in sorted(_files(folder, _IMAGE_EXT)):
+    for f in sorted(_files(folder, _IMAGE_EXT + _OTHER_IMAGE_EXT)):
         m = _PAIR.match(f.stem)
         if not m or f.suffix.lower() != ext:
             skipped.append(f.name)
@@ -175,6 +195,10 @@ def _tjppv(root: Path) -> list[Record]:
         for s in (1, 2)
         if (veins / f"session{s}").is_dir()
     }
+    others = [
+        n for s in (1, 2) for n in _other_kinds(veins / f"session{s}", (".bmp",), f"session{s}/")
+    ]
+    _warn_other_kinds("tjppv", veins, others, (".bmp",))
     records, lost = [], []
     for (i, j), f in sorted(files.items()):
         session, n = (1, j) if j <= 10 else (2, j - 10)
@@ -215,11 +239,13 @@ def _iitd(root: Path) -> list[Record]:
     base = _base(root, "IITD")
     if not base.is_dir():
         raise layout_error("iitd", root, f"missing folder {base}{_where(root, ('IITD',))}")
-    records, empty = [], []
+    records, empty, others = [], [], []
     for d in sorted(p for p in base.iterdir() if p.is_dir() and _visible(p)):
         found = [Record(d.name, n, (f,), None) for n, f in _images(d)]
         records += found
         empty += [] if found else [d.name]
+        others += _other_kinds(d, _IMAGE_EXT, f"{d.name}/")
+    _warn_other_kinds("iitd", base, others, _IMAGE_EXT)
     if records:
         _warn_empty("iitd", empty, base)
     if not records:
@@ -250,15 +276,20 @@ def _generic(root: Path) -> list[Record]:
             "modes are neither trained nor evaluated%s",
             root, veins, f" (found {', '.join(sorted(others))}: rename it vein)" if others else "",
         )  # fmt: skip
-    records, empty, lost = [], [], []
+    records, empty, lost, others = [], [], [], []
     for d in sorted(p for p in prints.iterdir() if p.is_dir() and _visible(p)):
         images = _images(d)
         empty += [] if images else [d.name]
+        others += _other_kinds(d, _IMAGE_EXT, f"print/{d.name}/")
         for n, f in images:
             v = _vein_for(f, veins / d.name) if veins.is_dir() else None
             if veins.is_dir() and v is None:
                 lost.append(f"{d.name}/{f.name}")
             records.append(Record(d.name, n, (f,), v))
+    if veins.is_dir():
+        for d in sorted(p for p in veins.iterdir() if p.is_dir() and _visible(p)):
+            others += _other_kinds(d, _IMAGE_EXT, f"vein/{d.name}/")
+    _warn_other_kinds("generic", root, others, _IMAGE_EXT)
     if lost:
         # every gap at once, as for the banded layouts: not one per run
         raise layout_error(

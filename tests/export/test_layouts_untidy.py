@@ -5,6 +5,7 @@ Each either loads exactly the captures there are, or stops before training with 
 names what is wrong and what to do. The images are tiny (16×16) and written here.
 """
 
+import logging
 from pathlib import Path
 
 import cv2
@@ -231,3 +232,55 @@ def test_a_jpeg_cut_short_is_named_not_trained_on_with_grey_rows(tmp_path):
     assert cv2.imread(str(cut)) is not None  # what made it slip through
     with pytest.raises(LayoutError, match=r"casia_850/002_01\.jpg\): an empty or cut-short"):
         load_dataset("casiam", root)
+
+
+@pytest.mark.parametrize(
+    ("ds", "make", "extra", "where", "said"),
+    [
+        (
+            "casiam",
+            _casiam,
+            ["Casia_M/casia_700/001_03.webp", "Casia_M/casia_700/002_03.gif"],
+            "Casia_M/casia_700",
+            "2 image file(s) in {where} are not named III_SS.jpg and are left out: "
+            "001_03.webp, 002_03.gif",
+        ),
+        (
+            "tjppv",
+            _tjppv,
+            ["Palmvein_ROI_gray_128x128/session1/00003.webp"],
+            "Palmvein_ROI_gray_128x128",
+            "data set 'tjppv': 1 image file(s) in {where} are not bmp and are left out: "
+            "session1/00003.webp",
+        ),
+        (
+            "iitd",
+            lambda r: _folders(r, {"IITD": ".bmp"}),
+            ["IITD/0001/3.webp", "IITD/0002/3.gif"],
+            "IITD",
+            "data set 'iitd': 2 image file(s) in {where} are not png/jpg/jpeg/bmp/tif/tiff and "
+            "are left out: 0001/3.webp, 0002/3.gif",
+        ),
+        (
+            "generic",
+            lambda r: _folders(r, {"print": ".png", "vein": ".png"}),
+            ["print/0001/3.webp", "vein/0002/3.gif"],
+            ".",
+            "data set 'generic': 2 image file(s) in {where} are not png/jpg/jpeg/bmp/tif/tiff "
+            "and are left out: print/0001/3.webp, vein/0002/3.gif",
+        ),
+    ],
+)
+def test_images_of_a_kind_the_layout_does_not_take_are_named(
+    tmp_path, caplog, ds, make, extra, where, said
+):
+    """A capture saved as .webp or .gif was left out without a word: the set trained on fewer
+    captures than the folder held, and nothing said which."""
+    root = make(tmp_path / ds)
+    n = len(load_dataset(ds, root))
+    for name in extra:
+        (root / name).write_bytes(b"GIF89a" if name.endswith(".gif") else b"RIFF\0\0\0\0WEBP")
+    caplog.set_level(logging.WARNING, logger="export.data.layouts")
+    assert len(load_dataset(ds, root)) == n
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [said.format(where=root / where if where != "." else root)]
