@@ -99,9 +99,9 @@ def bench_backbone(name: str, bits: int, runs: int, modalities: list[str], tmp: 
 
 
 def parity_rows(checkpoint: str, calib: int, tmp: Path, onnx_weights: str) -> None:
+    from export.bundle_build import export_bundle
     from export.checkpoint import load_checkpoint
     from export.data.split import load_split
-    from export.export_cli import export_bundle
 
     model, ckpt = load_checkpoint(checkpoint)
     train, test = load_split(ckpt, "train"), load_split(ckpt, "test")
