@@ -339,6 +339,8 @@ class TriggerConfig(_Model):
     kind: Literal["presence", "button", "command"] = "presence"
     button_pin: int | None = None
     cooldown: float = duration(1.0, "s", 60, ge=0)
+    # seconds after a press in which further presses are a bouncing contact, not a new press
+    debounce: float = duration(0.2, "s", 5, ge=0)
 
     @model_validator(mode="after")
     def _button_needs_pin(self) -> TriggerConfig:

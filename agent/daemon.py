@@ -25,6 +25,7 @@ from agent import clock
 from agent.capture.camera import Capture, FrameLost
 from agent.commands import CommandError, Dispatcher, DuplicateError
 from agent.config import Config, mode_lacks
+from agent.debounce import Debounce
 from agent.decide import MODE_MODALITIES, NOBODY, Agreement, Probe, Settings
 from agent.enroll import DuplicatePalm, EnrollError, enroll
 from agent.match import Matcher
@@ -112,6 +113,7 @@ class Daemon:
         self._next_frame = 0.0
         self.on_decision: list[Callable[[dict[str, Any]], None]] = []
         self.gpio: list[Any] = []  # button / LEDs, released on stop
+        self._presses = Debounce(cfg.trigger.debounce)
 
     # -- lifecycle --------------------------------------------------------------------------
     def stop(self, *_: object) -> None:
@@ -192,7 +194,11 @@ class Daemon:
             self._next_frame = time.monotonic() + 0.5
 
     def trigger(self) -> None:
-        """Queue one capture (a GPIO button press); returns at once."""
+        """Queue one capture (a GPIO button press); returns at once. A press within
+        trigger.debounce of the last one is its contacts bouncing, and is dropped."""
+        if not self._presses.accept():
+            logger.debug("press ignored: within trigger.debounce=%gs", self._presses.interval)
+            return
         self._jobs.put((lambda: self._guarded(lambda: self._capture_and_decide(True)), Future()))
 
     def _presence(self) -> bool:

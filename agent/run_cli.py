@@ -179,7 +179,8 @@ def _wire_gpio(daemon: Any, cfg: Any) -> None:
     if cfg.trigger.kind == "button":
         from gpiozero import Button
 
-        button = Button(cfg.trigger.button_pin)
+        # gpiozero wants None, not 0, for no filtering; the daemon debounces presses as well
+        button = Button(cfg.trigger.button_pin, bounce_time=cfg.trigger.debounce or None)
         button.when_pressed = daemon.trigger
         daemon.gpio.append(button)
     pins = {"granted": cfg.leds.granted_pin, "denied": cfg.leds.denied_pin}

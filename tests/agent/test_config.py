@@ -66,6 +66,8 @@ def test_default_profile_documents_every_key():
         ({"camera": {"source": "replay"}}, "camera:"),
         ({"devices": {}}, "devices: unknown key"),
         ({"mqtt": {"tls": "yes"}}, "mqtt.tls:"),
+        ({"trigger": {"debounce": 5.5}}, "trigger.debounce:"),
+        ({"trigger": {"debounce": -0.1}}, "trigger.debounce:"),
     ],
 )
 def test_errors_name_the_key(tmp_path, doc, key):
@@ -383,6 +385,7 @@ OVER_BOUND = [
     ("camera.controls.print.ExposureTime", 8000000, "is over 1000000 us"),
     ("camera.controls.vein.ExposureTime", 1000001, "is over 1000000 us"),
     ("trigger.cooldown", 1000, "is over 60 s; times are in seconds: did you mean 1.0?"),
+    ("trigger.debounce", 200, "is over 5 s; times are in seconds: did you mean 0.2?"),
     ("enroll.timeout", 30000, "is over 600 s; times are in seconds: did you mean 30.0?"),
     # no hint where the value in milliseconds would be refused too
     ("mqtt.keepalive", 3601, "is over 3600 s"),
@@ -425,7 +428,7 @@ def test_every_time_setting_has_an_upper_bound():
     from agent.config import Config
 
     looks_like_time = re.compile(
-        r"timeout|interval|expiry|cooldown|keepalive|_ms$|_min$|_max$|Time$"
+        r"timeout|interval|expiry|cooldown|debounce|keepalive|_ms$|_min$|_max$|Time$"
     )
     times = {key for key in _keys(Config) if looks_like_time.search(key.split(".")[-1])}
     assert times == {key for key, _, _ in OVER_BOUND}

@@ -533,6 +533,48 @@ def test_gpio_button_trigger_and_outcome_leds(running_broker, subscribe, palm_bu
     assert seen["denied_led"] and not seen["granted_led"]
 
 
+def test_a_bouncing_button_press_is_one_capture(running_broker, subscribe, palm_bundle, tmp_path):
+    """A mechanical button's contacts close and open several times within a few ms of a press:
+    each edge was a press, and each press a capture. trigger.debounce reaches gpiozero's
+    bounce_time and the daemon's own filter (gpiozero's mock pins, as some real ones, ignore
+    bounce_time)."""
+    from gpiozero import Device
+    from gpiozero.pins.mock import MockFactory
+
+    from agent.run_cli import build
+
+    Device.pin_factory = MockFactory()
+    replay = write_replay(tmp_path / "r", [2])
+    cfg = agent_config(
+        tmp_path, running_broker, "dev15", palm_bundle, replay,
+        trigger={"kind": "button", "button_pin": 22, "debounce": 0.2},
+    )  # fmt: skip
+    sub = subscribe("palm/dev15/#")
+    daemon = build(cfg)
+    seen: dict[str, object] = {}
+
+    def operator() -> None:
+        assert sub.wait(lambda m: m[3] == "online", timeout=20)
+        button = Device.pin_factory.pin(22)
+        seen["bounce_time"] = button.bounce
+        for _ in range(4):  # one press: its contacts bounce four times within 8 ms
+            button.drive_low()
+            time.sleep(0.001)
+            button.drive_high()
+            time.sleep(0.001)
+        assert sub.wait(lambda m: m[0].endswith("/decision"), timeout=10)
+        time.sleep(1.5)  # time for any further capture (cooldown 0) to be decided
+        seen["decisions"] = len(sub.on("/decision"))
+
+    try:
+        run_beside(daemon, operator)
+    finally:
+        Device.pin_factory.close()
+        Device.pin_factory = None
+    assert seen["bounce_time"] == 0.2
+    assert seen["decisions"] == 1, seen
+
+
 def test_start_reads_the_bundle_once_and_a_reload_checks_its_own(
     running_broker, palm_bundle, tmp_path, monkeypatch
 ):
