@@ -43,6 +43,7 @@ from agent import flapping
 from agent.config import MqttConfig
 from agent.held import Held, HeldQueue
 from agent.homeassistant import decision_entity
+from agent.mqtt_log import Outage, PahoLog
 from agent.outbox import Outbox, since_boot
 from agent.reporter import CommandSink, Reporter
 
@@ -119,6 +120,7 @@ class MqttReporter(Reporter):
         self._silent = 0  # attempts in a row that ended without a CONNACK (paho's thread only)
         self._streak = flapping.Streak(cfg.reconnect_min, cfg.reconnect_max)
         self._retry_at = 0.0  # monotonic time before which the pump starts no fresh client
+        self._outage = Outage()  # one WARNING per outage, one INFO at its end
         self._threads: list[threading.Thread] = []
         self._unstored = 0  # decisions the outbox could not take since start, sent from memory
         # what waits in memory for the pump: replies and error events made while the link is
@@ -213,7 +215,7 @@ class MqttReporter(Reporter):
             protocol=protocol,
             clean_session=None if self._v5 else True,
         )
-        client.enable_logger(logger)
+        client.enable_logger(PahoLog(logger))  # type: ignore[arg-type]
         if cfg.user is not None:
             client.username_pw_set(cfg.user, cfg.secret())
             if cfg.password_file is not None:
@@ -230,6 +232,7 @@ class MqttReporter(Reporter):
         client.reconnect_delay_set(self._streak.back_off(), cfg.reconnect_max)  # type: ignore[arg-type]
         client.on_socket_open = self._on_socket_open
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
@@ -269,7 +272,13 @@ class MqttReporter(Reporter):
                 self._fallback = True
                 self._wake.set()
             return
-        logger.info("mqtt connected session_present=%s", flags.session_present)
+        down_s = self._outage.end()
+        if down_s is None:
+            logger.info("mqtt connected session_present=%s", flags.session_present)
+        else:
+            logger.info(
+                "mqtt connected again session_present=%s down_s=%.1f", flags.session_present, down_s
+            )
         self._streak.connected()
         # subscribe first: "online" promises that commands are being listened to
         client.subscribe(self.topics["cmd"], qos=1)
@@ -285,6 +294,8 @@ class MqttReporter(Reporter):
         if lost:
             # the disconnect stop() asks for is no fault: a warning at each clean stop hid real ones
             asked = self._stop.is_set()
+            if not asked:
+                self._outage.begin()
             logger.log(
                 logging.INFO if asked else logging.WARNING,
                 "mqtt disconnected reason=%s requested=%s", reason_code, str(asked).lower(),
@@ -309,6 +320,16 @@ class MqttReporter(Reporter):
             if self._probing() and self._silent >= SILENT_ATTEMPTS:
                 self._fallback = True
                 self._wake.set()
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        """No TCP connection to the broker: said once per outage (at start, or after a link
+        lost without a word), each retry only at DEBUG."""
+        if self._outage.begin():
+            logger.warning(
+                "mqtt broker unreachable host=%s port=%d: decisions wait in the outbox; "
+                "retrying every %g s at most",
+                self.cfg.host, self.cfg.port, self.cfg.reconnect_max,
+            )  # fmt: skip
 
     def _count_flap(self, client: mqtt.Client, reason_code: Any) -> None:
         """Another client with this client id throws the device off as often as it connects
@@ -379,7 +400,8 @@ class MqttReporter(Reporter):
                     and time.monotonic() >= self._retry_at
                 ):
                     # the rows go out again from the outbox, those past their expiry dropped
-                    logger.warning("mqtt link lost with %d in flight", len(self._inflight))
+                    # the outage has had its WARNING
+                    logger.info("mqtt link lost with %d in flight", len(self._inflight))
                     self._new_client()
                 if self._connected.is_set():
                     self._send_held()

@@ -719,3 +719,40 @@ def test_a_session_taken_over_is_named_at_once_and_backs_off(running_broker, tmp
         r.stop(timeout=1)
         link.close()
         seen.loop_stop()
+
+
+@pytest.mark.parametrize("in_flight", [False, True])
+def test_a_broker_outage_is_one_warning_and_its_end_one_info(
+    running_broker, tmp_path, caplog, in_flight
+):
+    """While the broker was away paho logged "Client is not connected" at ERROR on every
+    reconnect attempt, which flooded the journal for as long as the outage lasted. The outage
+    is one WARNING, its end one INFO, and paho's transient complaints are DEBUG."""
+    r = reporter(running_broker, f"dev1{6 + in_flight}", tmp_path, reconnect_min=0.2,
+                 reconnect_max=0.5)  # fmt: skip
+    caplog.set_level(logging.DEBUG, logger="agent.mqtt")
+    try:
+        r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
+        assert wait_until(lambda: r.counters()["connected"])
+        caplog.clear()
+        running_broker.stop()
+        if in_flight:  # decisions made while it goes away: handed to paho, never acknowledged
+            for i in range(5):
+                r.decision({"seq": i})
+        assert wait_until(lambda: not r.counters()["connected"])
+        time.sleep(3)  # a reconnect attempt every 0.5 s at most
+        for i in range(5):
+            r.decision({"seq": 5 + i})
+        running_broker.start()
+        assert wait_until(lambda: r.counters()["connected"], timeout=15)
+        assert wait_until(lambda: r.outbox.depth() == 0)
+    finally:
+        r.stop(timeout=1)
+    out = [x for x in caplog.records if x.name == "agent.mqtt"]
+    assert [x.getMessage() for x in out if x.levelno >= logging.ERROR] == []
+    warned = [x.getMessage() for x in out if x.levelno == logging.WARNING]
+    assert len(warned) == 1 and "mqtt disconnected" in warned[0], warned
+    back = [x.getMessage() for x in out if x.levelno == logging.INFO and "again" in x.getMessage()]
+    assert len(back) == 1 and "down_s=" in back[0], back
+    retried = [x.getMessage() for x in out if x.levelno == logging.DEBUG]
+    assert any("not connected" in m or "failed" in m.lower() for m in retried), retried
