@@ -32,6 +32,15 @@ class DuplicateError(CommandError):
     so that a UI can offer to send it again with ``allow_duplicate``."""
 
 
+class ReloadRefused(CommandError):
+    """A bundle a reload would not take (bad hashes or signature, other network weights than
+    the templates', no model for the mode); the running one is kept."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"reload failed, keeping the current bundle: {reason}")
+
+
 class CommandContext(Protocol):
     def enroll(
         self, subject: str, captures: int | None, allow_duplicate: bool

@@ -23,7 +23,7 @@ import numpy as np
 
 from agent import clock
 from agent.capture.camera import Capture, FrameLost
-from agent.commands import CommandError, Dispatcher, DuplicateError
+from agent.commands import CommandError, Dispatcher, DuplicateError, ReloadRefused
 from agent.config import Config, mode_lacks
 from agent.debounce import Debounce
 from agent.decide import MODE_MODALITIES, NOBODY, Agreement, Probe, Settings
@@ -146,7 +146,7 @@ class Daemon:
                 self._run_jobs(timeout=0.0 if self._presence() else 0.05)
                 if self._reload_asked:
                     self._reload_asked = False
-                    self._guarded(self._reload)
+                    self._guarded(self._reload_on_signal)
                 if self._presence():
                     self._guarded(lambda: self._capture_and_decide(explicit=False))
                 now = time.monotonic()
@@ -455,20 +455,35 @@ class Daemon:
         try:
             fresh = self._load_engine(per_capture or self._per_capture(mode))
         except Exception as err:
-            raise CommandError(f"reload failed, keeping the current bundle: {err}") from err
+            raise ReloadRefused(str(err)) from err
         lacks = self._cannot_serve(fresh, mode)
         if lacks:
             fresh.close()
-            raise CommandError(f"reload failed, keeping the current bundle: {lacks}")
+            raise ReloadRefused(lacks)
         try:
             self.store.check_weights(fresh.weights_sha256, self.cfg.bundle.path)
         except Exception as err:
             fresh.close()
-            raise CommandError(f"reload failed, keeping the current bundle: {err}") from err
+            raise ReloadRefused(str(err)) from err
         old, self.engine = self.engine, fresh
         old.close()
         logger.info("bundle reloaded model_hash=%s", fresh.model_hash)
         return {"model_hash": fresh.model_hash}
+
+    def _reload_on_signal(self) -> None:
+        """SIGHUP: nobody awaits a reply, so a refusal is one line in the journal and an event
+        on ``error`` (it was a ``pipeline_error`` with a traceback)."""
+        try:
+            self._reload()
+        except ReloadRefused as err:
+            kept = self.engine.model_hash
+            logger.error(
+                "reload refused signal=SIGHUP reason=%s keeping model_hash=%s", err.reason, kept
+            )
+            self.reporter.error(
+                {"event": "reload_refused", "signal": "SIGHUP", "reason": err.reason,
+                 "model_hash": kept}
+            )  # fmt: skip
 
     def capture(self) -> dict[str, Any]:
         def run() -> dict[str, Any]:

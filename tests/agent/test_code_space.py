@@ -176,3 +176,60 @@ def test_a_malformed_weights_digest_is_refused(tmp_path, value):
     doc["weights_sha256"] = A.upper()
     (root / "manifest.json").write_text(json.dumps(doc))
     assert load_bundle(root).manifest.weights_sha256 == A
+
+
+@pytest.mark.parametrize("refused", ["other_weights", "tampered"])
+def test_a_reload_signal_refused_is_one_error_line_and_an_event(
+    running_broker, subscribe, tmp_path, caplog, refused
+):
+    """SIGHUP (systemctl reload) to a bundle the daemon will not take: nobody awaits a reply,
+    and the refusal was a "pipeline error" traceback and a ``pipeline_error`` event. It is one
+    ERROR line naming why and the model kept, a ``reload_refused`` event, and the daemon goes
+    on deciding with the running bundle."""
+    import os
+    import signal
+
+    from agent.run_cli import build
+
+    from .test_daemon import run_beside
+
+    a = make_bundle(tmp_path / "a", weights_sha256=A)
+    if refused == "other_weights":
+        new = make_bundle(tmp_path / "b", seed=1, weights_sha256=B)
+    else:  # a model file changed after export: its hash no longer matches the manifest's
+        new = make_bundle(tmp_path / "t", weights_sha256=A)
+        with open(new / "print.fp32.onnx", "ab") as f:
+            f.write(b"\0")
+    live = tmp_path / "live"
+    live.symlink_to(a)
+    replay = write_replay(tmp_path / "r", [0] * 4)
+    cfg = agent_config(tmp_path, running_broker, "dev19", live, replay,
+                       trigger={"kind": "command"})  # fmt: skip
+    sub = subscribe("palm/dev19/error")
+    daemon = build(cfg)
+    assert daemon.enroll_now("alice")["subject"] == "alice"
+    engine = daemon.engine
+    seen: dict[str, object] = {}
+
+    def operator() -> None:
+        live.unlink()
+        live.symlink_to(new)
+        os.kill(os.getpid(), signal.SIGHUP)
+        got = sub.wait(lambda m: True, timeout=10)
+        seen["event"] = json.loads(got[0][3]) if got else None
+        seen["decision"] = daemon.capture()
+
+    caplog.set_level(logging.INFO, logger="agent")
+    run_beside(daemon, operator)
+    assert daemon.engine is engine  # kept
+    assert seen["decision"]["decision"] == "granted", seen
+    errors = [x.getMessage() for x in caplog.records if x.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("reload refused signal=SIGHUP reason="), errors
+    assert errors[0].endswith(f" keeping model_hash={engine.model_hash}"), errors
+    why = "other network weights" if refused == "other_weights" else "print.fp32.onnx"
+    assert why in errors[0], errors
+    event = seen["event"]
+    assert isinstance(event, dict), seen
+    assert event["event"] == "reload_refused" and event["signal"] == "SIGHUP", event
+    assert event["model_hash"] == engine.model_hash and why in event["reason"], event
