@@ -93,7 +93,7 @@ class Daemon:
                 "or use a bundle with those models"
             )
         try:  # templates of other weights: every palm would be "unknown" (one line, exit 2)
-            store.check_weights(self.engine.weights_sha256, cfg.bundle.path)
+            store.check_weights(self.engine.weights_sha256, cfg.bundle.path, self.engine.model_hash)
         except Exception:
             self.engine.close()
             raise
@@ -461,7 +461,7 @@ class Daemon:
             fresh.close()
             raise ReloadRefused(lacks)
         try:
-            self.store.check_weights(fresh.weights_sha256, self.cfg.bundle.path)
+            self.store.check_weights(fresh.weights_sha256, self.cfg.bundle.path, fresh.model_hash)
         except Exception as err:
             fresh.close()
             raise ReloadRefused(str(err)) from err

@@ -103,6 +103,8 @@ class TemplateStore:
     def __init__(self, path: str | Path, protector: Protector) -> None:
         self.path = Path(path)
         self.protector = protector
+        # (bundle, manifest) pairs already warned of as weights_unchecked: once, not per reload
+        self._unchecked: set[tuple[str, str | None]] = set()
         if self.path.is_dir():
             raise StoreError(f"{self.path} is a folder, not a template database")
         try:
@@ -233,7 +235,9 @@ class TemplateStore:
             )
         return int(bits)
 
-    def check_weights(self, digest: str | None, bundle: str | Path = "the bundle") -> None:
+    def check_weights(
+        self, digest: str | None, bundle: str | Path = "the bundle", manifest: str | None = None
+    ) -> None:
         """Refuse a bundle whose network weights are not the ones the templates were made with.
 
         A retrained model keeps the code length but not the code space: every enrolled palm
@@ -241,9 +245,13 @@ class TemplateStore:
         another format or precision share the digest (the export's parity gate checks their
         codes agree), so switching between them goes on working. With no templates yet the
         bundle's digest is (re)recorded; a store from before the record adopts it; a bundle
-        from before the digest (``digest`` None) cannot be checked, which is logged.
+        from before the digest (``digest`` None) cannot be checked, which is logged once per
+        bundle path and ``manifest`` (its hash): each reload and mode change repeated it.
         """
         if digest is None:
+            if (str(bundle), manifest) in self._unchecked:
+                return
+            self._unchecked.add((str(bundle), manifest))
             logger.warning(
                 "store weights_unchecked path=%s bundle=%s: the bundle records no weights_sha256 "
                 "(exported before it did), so whether its network made the enrolled templates "

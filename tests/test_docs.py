@@ -398,7 +398,7 @@ def test_mqtt_decision_and_stats_documents_have_the_documented_fields(tmp_path):
         cfg,
         reporter,
         SimpleNamespace(state="ok", modalities=("print", "vein")),  # type: ignore[arg-type]
-        SimpleNamespace(list=list, check_weights=lambda digest, bundle: None),
+        SimpleNamespace(list=list, check_weights=lambda digest, bundle, manifest=None: None),
         load_engine=lambda _: engine,  # type: ignore[arg-type,return-value]
         rekey=dict,
     )

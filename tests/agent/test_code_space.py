@@ -163,6 +163,37 @@ def test_an_older_bundle_or_store_without_the_digest(running_broker, tmp_path, c
         build(agent_config(tmp_path, NoBroker(), "dev42", b, replay), with_reporter=False)
 
 
+def test_weights_unchecked_is_warned_once_per_bundle_and_manifest(running_broker, tmp_path, caplog):
+    """A bundle without the digest warned weights_unchecked again at every reload and every
+    mode change that loads the models again: once per bundle path and manifest is enough."""
+    from agent.run_cli import build
+
+    old = make_bundle(tmp_path / "old")  # no weights_sha256
+    replay = write_replay(tmp_path / "r", [0] * 4)
+    caplog.set_level(logging.INFO, logger="agent")
+    daemon = build(agent_config(tmp_path, running_broker, "dev43", old, replay))
+
+    def warned() -> int:
+        return sum(r.getMessage().startswith("store weights_unchecked") for r in caplog.records)
+
+    try:
+        daemon.enroll_now("alice")
+        for _ in range(3):
+            assert len(on_main(daemon, daemon.reload)["model_hash"]) == 64
+            assert daemon._capture_and_decide(explicit=True)["decision"] == "granted"
+        on_main(daemon, lambda: daemon.set_mode("print", None, None))  # loads them again
+        assert warned() == 1, caplog.text
+        manifest = old / "manifest.json"  # another export at the same path, also without it
+        doc = json.loads(manifest.read_text())
+        doc["created"] = "exported again"
+        manifest.write_text(json.dumps(doc))
+        on_main(daemon, daemon.reload)
+        on_main(daemon, daemon.reload)
+        assert warned() == 2, caplog.text
+    finally:
+        daemon.close()
+
+
 @pytest.mark.parametrize("value", ["abc", 42, "g" * 64, "a" * 63, ["a" * 64]])
 def test_a_malformed_weights_digest_is_refused(tmp_path, value):
     from agent.bundle import load_bundle
