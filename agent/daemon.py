@@ -31,6 +31,7 @@ from agent.enroll import DuplicatePalm, EnrollError, enroll
 from agent.match import Matcher
 from agent.notify import Notifier
 from agent.reporter import Reporter
+from agent.store_damage import EXIT_STORE_DAMAGED, damage, remedy
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ class Daemon:
         self.on_decision: list[Callable[[dict[str, Any]], None]] = []
         self.gpio: list[Any] = []  # button / LEDs, released on stop
         self._presses = Debounce(cfg.trigger.debounce)
+        self._exit = 0  # what run() returns: EXIT_STORE_DAMAGED once the store is found damaged
 
     # -- lifecycle --------------------------------------------------------------------------
     def stop(self, *_: object) -> None:
@@ -154,11 +156,11 @@ class Daemon:
                     self.notifier.watchdog()
                     last_ping = now
                 if now - last_stats >= self.cfg.mqtt.stats_interval:
-                    self.reporter.stats(self.stats())
+                    self._guarded(lambda: self.reporter.stats(self.stats()))
                     last_stats = now
         finally:
             self._shutdown()
-        return 0
+        return self._exit
 
     def close(self) -> None:
         """Release the camera, GPIO, models and template store of a daemon that is not run
@@ -188,10 +190,25 @@ class Daemon:
         try:
             step()
         except Exception as e:
+            if self._store_damaged(e):
+                return
             self._rejected["pipeline_error"] += 1
             logger.exception("pipeline error")
             self.reporter.error({"event": "pipeline_error", "error": f"{type(e).__name__}: {e}"})
             self._next_frame = time.monotonic() + 0.5
+
+    def _store_damaged(self, err: BaseException) -> bool:
+        """Whether ``err`` is the template store found damaged; if so, stop (said once)."""
+        what = damage(err)
+        if what is None:
+            return False
+        if not self._exit:
+            self._exit = EXIT_STORE_DAMAGED
+            path = self.store.path
+            logger.error("store damaged, stopping: %s: %s — %s", path, what, remedy(path))
+            self.reporter.error({"event": "store_damaged", "path": str(path), "error": what})
+            self._stop.set()
+        return True
 
     def trigger(self) -> None:
         """Queue one capture (a GPIO button press); returns at once. A press within
@@ -334,6 +351,8 @@ class Daemon:
                 try:
                     fut.set_result(fn())
                 except Exception as e:
+                    if self._store_damaged(e):  # its sender is told, with no traceback
+                        e = CommandError(f"the template store is damaged; the daemon stops: {e}")
                     fut.set_exception(e)
             try:
                 fn, fut = self._jobs.get_nowait()

@@ -575,6 +575,59 @@ def test_a_bouncing_button_press_is_one_capture(running_broker, subscribe, palm_
     assert seen["decisions"] == 1, seen
 
 
+def damage_file(path: Path) -> None:
+    """Garbage over a file in place, as a failing card returns it (the same inode: the running
+    daemon's descriptors and its shared-memory map see it)."""
+    size = max(path.stat().st_size, 4096)
+    with open(path, "r+b") as f:
+        f.write(os.urandom(size))
+
+
+@pytest.mark.parametrize("found_by", ["capture", "command"])
+def test_a_store_damaged_under_the_running_daemon_stops_it_with_code_2(
+    running_broker, subscribe, palm_bundle, tmp_path, found_by
+):
+    """Every capture and every command that read a store damaged under the running daemon
+    ended in a traceback, for as long as it ran. It stops at the first: one ERROR line that
+    says what to do, a store_damaged event, exit code 2 (systemd and the operator see it)."""
+    replay = write_replay(tmp_path / "r", [2] * 4)
+    kind = "presence" if found_by == "capture" else "command"
+    cfg = agent_config(tmp_path, running_broker, "dev18", palm_bundle, replay,
+                       trigger={"kind": kind})  # fmt: skip
+    enroll_cli(cfg, "alice")
+    sub = subscribe("palm/dev18/#")
+    agent = Agent(cfg)
+    ctl = None
+    try:
+        assert sub.wait(lambda m: m[3] == "online", timeout=20), agent.text()
+        if found_by == "capture":
+            assert sub.wait(lambda m: m[0].endswith("/decision"), timeout=20), agent.text()
+        else:
+            ctl = Controller(running_broker, "dev18")
+            assert ctl.call("list")["result"] == {"subjects": ["alice"]}
+        store = tmp_path / "templates.sqlite"
+        for part in (store, store.with_name(store.name + "-shm")):
+            damage_file(part)
+        if ctl is not None:
+            reply = ctl.call("list")
+            assert not reply["ok"] and "template store is damaged" in reply["error"]["message"]
+        rc = agent.proc.wait(timeout=20)
+    finally:
+        agent.kill()
+        if ctl is not None:
+            ctl.close()
+    text = agent.text()
+    assert rc == 2, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    errors = [ln for ln in text.splitlines() if "ERROR" in ln]
+    assert len(errors) == 1, errors
+    assert f"store damaged, stopping: {store}: file is not a database — restore" in errors[0]
+    assert "enroll everyone again (palm-agent enroll SUBJECT" in errors[0], errors
+    events = [json.loads(m[3]) for m in sub.on("/error")]
+    assert [e["event"] for e in events] == ["store_damaged"], events
+    assert events[0]["path"] == str(store) and events[0]["error"] == "file is not a database"
+
+
 def test_start_reads_the_bundle_once_and_a_reload_checks_its_own(
     running_broker, palm_bundle, tmp_path, monkeypatch
 ):
