@@ -506,16 +506,16 @@ def test_a_connection_stable_for_long_ends_the_streak(running_broker, tmp_path, 
 
     def kick() -> float:
         """Throw the device off as a second device with its id would; seconds until it is back."""
-        assert wait_until(r._connected.is_set)
+        assert wait_until(r._link.connected.is_set)
         other = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dev1", protocol=mqtt.MQTTv5)
         other.username_pw_set("dev1", DEVICE_PASS)
         other.connect("127.0.0.1", running_broker.port)
         other.loop_start()
-        assert wait_until(lambda: not r._connected.is_set())
+        assert wait_until(lambda: not r._link.connected.is_set())
         other.disconnect()
         other.loop_stop()
         t0 = time.monotonic()
-        assert wait_until(r._connected.is_set, timeout=20)
+        assert wait_until(r._link.connected.is_set, timeout=20)
         return time.monotonic() - t0
 
     for _ in range(flapping.FLAPS):
@@ -526,8 +526,8 @@ def test_a_connection_stable_for_long_ends_the_streak(running_broker, tmp_path, 
     r.stop(timeout=1)
     # a streak of two cloned cards throwing each other off for a day, at the maximum: the
     # doublings overflowed a float (OverflowError in paho's thread, which then ended)
-    r._streak.count = 5000
-    assert r._streak.back_off() == r.cfg.reconnect_max
+    r._link.streak.count = 5000
+    assert r._link.streak.back_off() == r.cfg.reconnect_max
 
 
 def test_a_stop_logs_its_disconnect_as_info_and_a_lost_link_as_a_warning(
@@ -592,7 +592,7 @@ def test_a_full_disk_does_not_lose_the_decision(running_broker, subscribe, tmp_p
     r = reporter(running_broker, "dev1", tmp_path, outbox=box)
     r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
     try:
-        assert wait_until(r._connected.is_set)
+        assert wait_until(r._link.connected.is_set)
         for i in range(12):
             r.decision({"seq": i, "pad": "x" * 1000})
         got = sub.wait(lambda m: True, count=12)
@@ -619,7 +619,7 @@ def test_a_decision_the_full_disk_kept_in_memory_expires_as_a_row_would(
     time.sleep(2.2)
     r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
     try:
-        assert wait_until(r._connected.is_set)
+        assert wait_until(r._link.connected.is_set)
         r.decision({"seq": 1, "pad": "x" * 5000})
         got = sub.wait(lambda m: True, count=1)
         time.sleep(0.5)
@@ -677,15 +677,15 @@ def test_a_link_that_goes_silent_is_not_taken_for_a_second_client(
                  reconnect_min=0.2, reconnect_max=30.0)  # fmt: skip
     try:
         r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
-        assert wait_until(r._connected.is_set)
+        assert wait_until(r._link.connected.is_set)
         link.dead.set()
-        assert wait_until(lambda: not r._connected.is_set(), timeout=15)  # 1.5 keepalives
+        assert wait_until(lambda: not r._link.connected.is_set(), timeout=15)  # 1.5 keepalives
         link.dead.clear()
-        assert wait_until(r._connected.is_set, timeout=10)
+        assert wait_until(r._link.connected.is_set, timeout=10)
         lost = [x.getMessage() for x in caplog.records if "mqtt disconnected" in x.getMessage()]
         assert lost and "Keep alive timeout" in lost[0], lost
         assert not [x for x in caplog.records if "connection_flapping" in x.getMessage()]
-        assert r._streak.count == 0
+        assert r._link.streak.count == 0
     finally:
         r.stop(timeout=1)
         link.close()
@@ -704,11 +704,11 @@ def test_a_session_taken_over_is_named_at_once_and_backs_off(running_broker, tmp
                  reconnect_min=0.5, reconnect_max=30.0)  # fmt: skip
     try:
         r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
-        assert wait_until(r._connected.is_set)
+        assert wait_until(r._link.connected.is_set)
         link.take_over()
         t0 = time.monotonic()
-        assert wait_until(lambda: not r._connected.is_set())
-        assert wait_until(r._connected.is_set, timeout=10)
+        assert wait_until(lambda: not r._link.connected.is_set())
+        assert wait_until(r._link.connected.is_set, timeout=10)
         assert time.monotonic() - t0 > 0.9  # twice the minimum, from the first one
         flapping = [
             x.getMessage() for x in caplog.records if "connection_flapping" in x.getMessage()
