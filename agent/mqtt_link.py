@@ -111,10 +111,15 @@ class Link:
             self._count_flap(client, reason_code)
         self._on_ended(client, lost)
         if not self._answered:
+            # a broker that takes the connection and never answers: said once per outage, each
+            # later attempt at DEBUG; the INFO "mqtt connected again" ends it
             self._answered = True
             self._silent += 1
-            logger.warning(
-                "mqtt connection ended without a CONNACK reason=%s attempts=%d",
+            logger.log(
+                logging.WARNING if self._outage.begin() else logging.DEBUG,
+                "mqtt connection ended without a CONNACK reason=%s attempts=%d: the broker "
+                "accepted the connection and did not answer; check that mqtt.host and mqtt.port "
+                "name an MQTT broker (and mqtt.tls a TLS listener)",
                 reason_code, self._silent,
             )  # fmt: skip
             if self.probing() and self._silent >= SILENT_ATTEMPTS:

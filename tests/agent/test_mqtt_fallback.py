@@ -3,8 +3,10 @@ on a free port with its own password file and ACL (export.demo.amqtt_broker)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 import threading
 import time
 
@@ -145,3 +147,52 @@ def test_reporter_falls_back_to_311_and_delivers(amqtt_broker, tmp_path, caplog)
         r.stop(timeout=2)
     assert sub.wait("/availability", count=2)[-1].payload == b"stopped"
     sub.close()
+
+
+class SilentBroker:
+    """A TCP listener that accepts every connection and never answers: no CONNACK, ever."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):  # closed by close()
+            while True:
+                self.accepted.append(self.sock.accept()[0])
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+def test_a_broker_that_never_answers_is_one_warning_not_one_per_attempt(tmp_path, caplog):
+    """A broker that accepted the connection and never sent a CONNACK had "mqtt connection ended
+    without a CONNACK" logged at WARNING on every reconnect attempt, flooding the journal. It is
+    one WARNING per outage (each later attempt at DEBUG), and the fallback still happens."""
+    silent = SilentBroker()
+    section = {"host": "127.0.0.1", "port": silent.port, "tls": False, "protocol": "auto",
+               "reconnect_min": 0.2, "reconnect_max": 0.5}  # fmt: skip
+    cfg = parse_config({"device": {"id": "dev30"}, "mqtt": section}, env={}, check_files=False)
+    # a one-second keepalive (the schema's minimum is 5): an attempt ends after one second
+    mqtt_cfg = cfg.mqtt.model_copy(update={"keepalive": 1})
+    caplog.set_level(logging.DEBUG, logger="agent.mqtt")
+    r = MqttReporter(mqtt_cfg, "dev30", Outbox(tmp_path / "outbox.sqlite"))
+    r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
+    try:
+        time.sleep(6)
+        protocol = r.counters()["protocol"]
+    finally:
+        r.stop(timeout=0.5)
+        silent.close()
+    ended = [x for x in caplog.records if "without a CONNACK" in x.getMessage()]
+    warned = [x.getMessage() for x in caplog.records if x.levelno >= logging.WARNING]
+    print(f"attempts={len(ended)} warnings={len(warned)}")
+    assert len(ended) >= SILENT_ATTEMPTS + 1, ended  # silent on 3.1.1 as well
+    assert protocol == "3.1.1"  # two silent MQTT 5 attempts still fall back
+    assert len([m for m in warned if "without a CONNACK" in m]) == 1, warned
+    assert len(warned) == 2 and "falling back to 3.1.1" in warned[1], warned
+    assert all(x.levelno == logging.DEBUG for x in ended[1:])
