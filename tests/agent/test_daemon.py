@@ -426,7 +426,7 @@ def test_a_reload_signal_takes_no_lock_the_loop_may_hold(
     returned = threading.Event()
 
     def handler_inside_the_queue_lock() -> None:
-        with daemon._jobs.mutex:
+        with daemon._jobs.queue.mutex:
             daemon.request_reload(signal.SIGHUP, None)
         returned.set()
 
