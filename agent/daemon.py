@@ -31,6 +31,7 @@ from agent.notify import Notifier
 from agent.pipeline import Pipeline
 from agent.reporter import Reporter
 from agent.store_damage import EXIT_STORE_DAMAGED, damage, remedy
+from agent.store_unwritable import problem, refusal, unwritable
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ class Daemon(DaemonCommands, Pipeline):
         self.gpio: list[Any] = []  # button / LEDs, released on stop
         self._presses = Debounce(cfg.trigger.debounce)
         self._exit = 0  # what run() returns: EXIT_STORE_DAMAGED once the store is found damaged
+        self._unwritable: str | None = None  # why the store cannot be written now (said once)
 
     # -- lifecycle --------------------------------------------------------------------------
     def stop(self, *_: object) -> None:
@@ -189,7 +191,7 @@ class Daemon(DaemonCommands, Pipeline):
         try:
             step()
         except Exception as e:
-            if self._store_damaged(e):
+            if self._store_damaged(e) or self._store_unwritable(e):
                 return
             self._rejected["pipeline_error"] += 1
             logger.exception("pipeline error")
@@ -208,6 +210,36 @@ class Daemon(DaemonCommands, Pipeline):
             self.reporter.error({"event": "store_damaged", "path": str(path), "error": what})
             self._stop.set()
         return True
+
+    def _store_unwritable(self, err: BaseException) -> str | None:
+        """The reply to give when ``err`` is the store unwritable for now (a full disk, its
+        lock held by another process): one ERROR line and event per episode, not per command or
+        capture; None for any other error."""
+        hit = unwritable(err)
+        if hit is None:
+            return None
+        kind, what = hit
+        path = self.store.path
+        if self._unwritable != kind:
+            self._unwritable = kind
+            wrong, todo = problem(kind, path)
+            logger.error(
+                "store unwritable kind=%s path=%s: %s — %s; decisions go on; enrollments, "
+                "revokes and rekeys are refused until you %s",
+                kind, path, what, wrong, todo,
+            )  # fmt: skip
+            self.reporter.error(
+                {"event": "store_unwritable", "kind": kind, "path": str(path), "error": what}
+            )
+        else:
+            logger.debug("store still unwritable kind=%s path=%s: %s", kind, path, what)
+        return refusal(kind, path)
+
+    def _store_written(self) -> None:
+        """A write to the store succeeded: an episode of it unwritable is over."""
+        if self._unwritable is not None:
+            logger.info("store writable again kind=%s path=%s", self._unwritable, self.store.path)
+            self._unwritable = None
 
     def trigger(self) -> None:
         """Queue one capture (a GPIO button press); returns at once. A press within
@@ -256,6 +288,9 @@ class Daemon(DaemonCommands, Pipeline):
     def _job_failed(self, e: Exception) -> Exception:
         if self._store_damaged(e):  # its sender is told, with no traceback
             return CommandError(f"the template store is damaged; the daemon stops: {e}")
+        said = self._store_unwritable(e)
+        if said is not None and not isinstance(e, CommandError):
+            return CommandError(said)
         return e
 
     # -- reporting --------------------------------------------------------------------------

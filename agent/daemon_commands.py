@@ -9,6 +9,7 @@ and the template store) and waits for the outcome there. ``palm-agent enroll`` c
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from agent.decide import MODE_MODALITIES, Agreement, Probe, Settings
 from agent.enroll import DuplicatePalm, EnrollError, enroll
 from agent.notify import Notifier
 from agent.reporter import Reporter
+from agent.store_unwritable import refusal, unwritable
 
 if TYPE_CHECKING:
     from agent.daemon import Engine, Source
@@ -51,6 +53,7 @@ class DaemonCommands:
     _per_capture: Callable[[str], tuple[str, ...]]
     _cannot_serve: Callable[[Engine, str], str | None]
     _status: Callable[[], str]
+    _store_written: Callable[[], None]
 
     def enroll(
         self, subject: str, captures: int | None, allow_duplicate: bool = False
@@ -84,7 +87,7 @@ class DaemonCommands:
             return probe if probe is not None else Probe(rejected="no_frame")
 
         try:
-            return enroll(
+            done = enroll(
                 subject, modalities, grab, self.store, captures or e.captures, e.max_spread,
                 e.timeout, tick=self._tick, matcher=self.engine.matcher,
                 allow_duplicate=allow_duplicate,
@@ -93,6 +96,14 @@ class DaemonCommands:
             raise DuplicateError(f"enrollment refused: {err}") from err
         except (EnrollError, ValueError, RuntimeError) as err:
             raise CommandError(f"enrollment failed: {err}") from err
+        except sqlite3.OperationalError as err:
+            hit = unwritable(err)
+            if hit is None:
+                raise
+            # ``palm-agent enroll`` too: one line, not a traceback
+            raise CommandError(f"enrollment failed: {refusal(hit[0], self.store.path)}") from err
+        self._store_written()
+        return done
 
     def revoke(self, subject: str) -> dict[str, Any]:
         def run() -> dict[str, Any]:
@@ -100,6 +111,7 @@ class DaemonCommands:
                 self.store.revoke(subject)
             except RuntimeError as err:
                 raise CommandError(str(err)) from err
+            self._store_written()
             return {"revoked": subject}
 
         return self._on_main(run)
@@ -196,4 +208,9 @@ class DaemonCommands:
         return self._on_main(run)
 
     def rekey(self) -> dict[str, Any]:
-        return self._on_main(self._rekey)
+        def run() -> dict[str, Any]:
+            done = self._rekey()
+            self._store_written()
+            return done
+
+        return self._on_main(run)

@@ -177,7 +177,10 @@ class TemplateStore:
             self.db.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            # SQLite ends it itself on a full disk: a ROLLBACK then raised "no transaction is
+            # active", in place of what was wrong
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
             raise
 
     def _check_intact(self) -> None:

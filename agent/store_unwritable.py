@@ -1,0 +1,54 @@
+"""A template store that cannot be written for now: its disk is full, or another process holds
+its lock. Neither is damage, and neither stops the daemon.
+
+Decisions only read the store (the gallery), so they go on being made and reported. A command
+that writes (an enrollment, a revoke, a rekey) answered ``internal`` with a traceback in the
+journal, every time; it is now refused with one reply that says what to free or end, and the
+daemon logs one ERROR line and sends one ``store_unwritable`` event per episode (the first
+refusal), and one INFO line when a write succeeds again.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+DISK_FULL = "disk_full"
+LOCKED = "locked"
+_KINDS = {
+    sqlite3.SQLITE_FULL: DISK_FULL,  # "database or disk is full"
+    sqlite3.SQLITE_BUSY: LOCKED,  # "database is locked", after the busy timeout
+    sqlite3.SQLITE_LOCKED: LOCKED,
+}
+
+
+def unwritable(err: BaseException) -> tuple[str, str] | None:
+    """(kind, what SQLite said) when ``err`` (or what it was raised from) is the store
+    unwritable for now, else None."""
+    for e in (err, err.__cause__, err.__context__):
+        code = getattr(e, "sqlite_errorcode", None)
+        if isinstance(e, sqlite3.OperationalError) and code is not None:
+            kind = _KINDS.get(code & 0xFF)  # the primary code of an extended one
+            if kind is not None:
+                return kind, str(e)
+    return None
+
+
+def problem(kind: str, path: str | Path) -> tuple[str, str]:
+    """What is wrong with the store at ``path``, and what the operator does about it."""
+    if kind == DISK_FULL:
+        return (
+            f"the disk that holds {path} is full",
+            "free space on it (the journal: journalctl --vacuum-size=100M; bundles no longer used)",
+        )
+    return (
+        f"another process has held {path} locked for longer than the wait for it (an open "
+        "sqlite3 shell, a copy or backup tool)",
+        "end it",
+    )
+
+
+def refusal(kind: str, path: str | Path) -> str:
+    """The reply to a command that could not write to the store."""
+    wrong, todo = problem(kind, path)
+    return f"{wrong}; nothing was changed: {todo}, and send the command again"
