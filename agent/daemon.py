@@ -30,7 +30,7 @@ from agent.match import Matcher
 from agent.notify import Notifier
 from agent.pipeline import Pipeline
 from agent.reporter import Reporter
-from agent.store_damage import EXIT_STORE_DAMAGED, damage, remedy
+from agent.store_damage import EXIT_STORE_DAMAGED, damage, damaged
 from agent.store_unwritable import problem, refusal, unwritable
 
 logger = logging.getLogger(__name__)
@@ -206,7 +206,7 @@ class Daemon(DaemonCommands, Pipeline):
         if not self._exit:
             self._exit = EXIT_STORE_DAMAGED
             path = self.store.path
-            logger.error("store damaged, stopping: %s: %s — %s", path, what, remedy(path))
+            logger.error("store damaged, stopping: %s", damaged(path, what))
             self.reporter.error({"event": "store_damaged", "path": str(path), "error": what})
             self._stop.set()
         return True

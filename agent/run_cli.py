@@ -299,6 +299,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_enroll(args: argparse.Namespace) -> int:
     from agent.commands import CommandError
     from agent.config import load_config
+    from agent.store_damage import EXIT_STORE_DAMAGED, damage, damaged
 
     lock = None
     try:
@@ -317,6 +318,13 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     except CommandError as e:
         print(f"palm-agent: {e}", file=sys.stderr)
         return 1
+    except sqlite3.DatabaseError as e:
+        # damaged past what the check at open reads, or under the enrollment: the daemon's line
+        what = damage(e)
+        if what is None:
+            raise
+        print(f"palm-agent: store damaged: {damaged(cfg.store.path, what)}", file=sys.stderr)
+        return EXIT_STORE_DAMAGED
     finally:
         daemon.close()
         os.close(lock)

@@ -32,6 +32,7 @@ import numpy as np
 
 from agent import codes
 from agent.protect import Protector
+from agent.store_damage import damaged
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +91,9 @@ def _unusable(path: Path, error: sqlite3.Error) -> str:
 
 
 def _damaged(path: Path, detail: str) -> str:
-    return (
-        f"{path} is damaged ({detail}), as a power cut on a failing SD card or a copy cut short "
-        f"leaves it: restore it from a backup, or move it and its -wal and -shm files aside to "
-        "start an empty store, and enroll again"
-    )
+    """As a power cut on a failing SD card or a copy cut short leaves it; in the words the daemon
+    uses when it finds the store damaged while it runs."""
+    return f"store damaged: {damaged(path, detail)}"
 
 
 class TemplateStore:

@@ -1,10 +1,11 @@
-"""A template store found damaged while the daemon runs: stop, and say what to do.
+"""A damaged template store: stop, and say in one line what to do.
 
 A store damaged under a running daemon (a failing SD card, a file copied over it) made every
 capture and every command that reads it end in a traceback, and the service went on failing
 without stopping: the journal filled with them and nothing told the operator what to do. The
 daemon now stops with exit code 2, as it does when the store is refused at start, after one
-ERROR line and a ``store_damaged`` event.
+ERROR line and a ``store_damaged`` event. That line, a start refused for a damaged store and
+``palm-agent enroll`` on one say it in the same words, those of :func:`damaged`.
 """
 
 from __future__ import annotations
@@ -33,3 +34,9 @@ def remedy(path: str | Path) -> str:
         "enroll everyone again (palm-agent enroll SUBJECT --config CONFIG, with the service "
         "stopped)"
     )
+
+
+def damaged(path: str | Path, what: str) -> str:
+    """One line: the store at ``path``, what SQLite said of it, and what to do."""
+    what = " ".join(what.split())  # quick_check's findings span lines
+    return f"{path}: {what} — {remedy(path)}"

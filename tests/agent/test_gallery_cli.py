@@ -141,8 +141,8 @@ def test_a_damaged_store_is_refused_when_opened_in_one_line(tmp_path):
     out = _cli("gallery", "list", "--db", db, "--key", key_path)
     said = out.stderr.strip()
     assert out.returncode == 2 and "Traceback" not in said, said
-    assert f"{db} is damaged" in said and "restore it from a backup" in said, said
-    with pytest.raises(StoreError, match="is damaged"):
+    assert f"store damaged: {db}: " in said and "restore t.db from a backup" in said, said
+    with pytest.raises(StoreError, match="store damaged"):
         TemplateStore(db, Protector(key, 32))
 
 

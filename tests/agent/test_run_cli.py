@@ -375,3 +375,59 @@ def test_enroll_without_the_right_to_the_state_folder_says_to_use_sudo(palm_bund
     assert out.returncode == 2 and "Traceback" not in said, said
     assert said.splitlines()[-1].startswith(f"palm-agent: {state}/templates.sqlite.lock: "), said
     assert "Permission denied" in said and "run a command by hand as root (sudo)" in said, said
+
+
+def _tree_page(db: Path, table: str) -> int:
+    import sqlite3
+
+    with sqlite3.connect(db) as c:
+        return c.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[
+            0
+        ]
+
+
+@pytest.mark.parametrize("found", ["at_open", "after_open"])
+def test_enroll_on_a_damaged_store_is_one_line_saying_what_to_do(
+    palm_bundle, tmp_path, monkeypatch, capsys, found
+):
+    """``palm-agent enroll`` on a damaged store: SQLite's findings at open spanned several lines,
+    and damage found after the open (a failing card) was a traceback. It is one line in the
+    words of the daemon's ``store damaged`` line, and exit code 2."""
+    from agent import cli, run_cli
+
+    from .test_daemon import damage_file
+
+    replay = write_replay(tmp_path / "r", [0] * 4)
+
+    class NoBroker:
+        def mqtt_section(self, device: str) -> dict:
+            return {"host": "broker.lan"}
+
+    cfg = agent_config(tmp_path, NoBroker(), "dev9", palm_bundle, replay)
+    assert _cli("enroll", "alice", "--config", cfg).returncode == 0
+    store = tmp_path / "templates.sqlite"
+    if found == "at_open":
+        page = _tree_page(store, "templates")
+        with open(store, "r+b") as f:  # the page's cells point past its end
+            f.seek((page - 1) * 4096 + 8)
+            f.write(b"\xff" * 4088)
+    else:
+        real = run_cli.build
+
+        def build_then_damage(*args, **kw):
+            daemon = real(*args, **kw)
+            for part in (store, store.with_name(store.name + "-shm")):
+                damage_file(part)
+            return daemon
+
+        monkeypatch.setattr(run_cli, "build", build_then_damage)
+    capsys.readouterr()
+    rc = cli.main(["enroll", "bob", "--config", str(cfg)])
+    err = capsys.readouterr().err
+    said = [ln for ln in err.splitlines() if ln.startswith("palm-agent:")]
+    assert rc == 2, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert len(said) == 1 and "\n" not in said[0], err[-3000:]
+    assert said[0].startswith(f"palm-agent: store damaged: {store}: "), said
+    assert "restore templates.sqlite from a backup" in said[0], said
+    assert "enroll everyone again (palm-agent enroll SUBJECT" in said[0], said
