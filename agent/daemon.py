@@ -31,7 +31,7 @@ from agent.notify import Notifier
 from agent.pipeline import Pipeline
 from agent.reporter import Reporter
 from agent.store_damage import EXIT_STORE_DAMAGED, damage, damaged
-from agent.store_unwritable import problem, refusal, unwritable
+from agent.store_unwritable import Episode, problem, refusal, unwritable
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class Daemon(DaemonCommands, Pipeline):
         self.gpio: list[Any] = []  # button / LEDs, released on stop
         self._presses = Debounce(cfg.trigger.debounce)
         self._exit = 0  # what run() returns: EXIT_STORE_DAMAGED once the store is found damaged
-        self._unwritable: str | None = None  # why the store cannot be written now (said once)
+        self._unwritable = Episode()  # the store cannot be written now (said once)
 
     # -- lifecycle --------------------------------------------------------------------------
     def stop(self, *_: object) -> None:
@@ -220,8 +220,7 @@ class Daemon(DaemonCommands, Pipeline):
             return None
         kind, what = hit
         path = self.store.path
-        if self._unwritable != kind:
-            self._unwritable = kind
+        if self._unwritable.refused_now(kind):
             wrong, todo = problem(kind, path)
             logger.error(
                 "store unwritable kind=%s path=%s: %s — %s; decisions go on; enrollments, "
@@ -237,9 +236,9 @@ class Daemon(DaemonCommands, Pipeline):
 
     def _store_written(self) -> None:
         """A write to the store succeeded: an episode of it unwritable is over."""
-        if self._unwritable is not None:
-            logger.info("store writable again kind=%s path=%s", self._unwritable, self.store.path)
-            self._unwritable = None
+        ended = self._unwritable.written()
+        if ended is not None:
+            logger.info("store writable again kind=%s path=%s", ended[0], self.store.path)
 
     def trigger(self) -> None:
         """Queue one capture (a GPIO button press); returns at once. A press within

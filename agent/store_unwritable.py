@@ -52,3 +52,32 @@ def refusal(kind: str, path: str | Path) -> str:
     """The reply to a command that could not write to the store."""
     wrong, todo = problem(kind, path)
     return f"{wrong}; nothing was changed: {todo}, and send the command again"
+
+
+class Episode:
+    """A run of writes refused, from the first refusal to the next write that succeeds.
+
+    It is logged where it begins (ERROR) and where it ends (INFO), the refusals between at
+    DEBUG: on a full disk, a line for each capture or command filled a journal whose disk was
+    already full.
+    """
+
+    def __init__(self) -> None:
+        self.kind: str | None = None  # None: no episode (writable, as far as is known)
+        self.refused = 0  # writes refused since the episode began
+
+    def refused_now(self, kind: str) -> bool:
+        """Count one refused write; True when it begins an episode, or changes its kind: the
+        refusal to log at ERROR."""
+        began = self.kind != kind
+        self.kind = kind
+        self.refused += 1
+        return began
+
+    def written(self) -> tuple[str, int] | None:
+        """A write succeeded: (kind, writes refused) of the episode it ends, or None."""
+        if self.kind is None:
+            return None
+        ended = (self.kind, self.refused)
+        self.kind, self.refused = None, 0
+        return ended
