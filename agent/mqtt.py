@@ -31,6 +31,7 @@ from agent.mqtt_link import SILENT_ATTEMPTS, Link
 from agent.mqtt_pump import HELD, WINDOW, DecisionProperties, Pump
 from agent.outbox import Outbox, since_boot
 from agent.reporter import CommandSink, Reporter
+from agent.store_unwritable import FAILED, Episode, problem, unwritable
 
 __all__ = [
     "HELD",
@@ -82,6 +83,7 @@ class MqttReporter(Reporter):
         self._commands = Commands(self.topics["reply"], self._link, self._send, self._stop)
         self._threads: list[threading.Thread] = []
         self._unstored = 0  # decisions the outbox could not take since start, sent from memory
+        self._unwritable = Episode()  # the outbox cannot be written now (said once)
 
     # -- Reporter ---------------------------------------------------------------------------
     def start(self, on_command: CommandSink) -> None:
@@ -103,17 +105,18 @@ class MqttReporter(Reporter):
             # lost it and skipped the capture loop's own actions on it (the door, the LEDs)
             self._unstored += 1
             down = self.cfg.qos == 0 and not self._link.connected.is_set()
-            logger.error(
-                "outbox add_failed error=%s unstored=%d: %s; free space on the disk that holds "
-                "outbox.path",
-                e, self._unstored,
-                "the decision is dropped (QoS 0 and no connection)" if down else "the decision "
-                "is sent from memory, and lost if the device restarts before the broker has it",
-            )  # fmt: skip
+            self._add_failed(e, down)
             if not down:
                 # through the pump, which drops it past mqtt.decision_expiry as it does rows
                 held = (self.topics["decision"], payload, self.cfg.qos, None, since_boot())
                 self._pump.hold(self._pump.held_decisions, held)
+        else:
+            ended = self._unwritable.written()
+            if ended is not None:
+                logger.info(
+                    "outbox writable again unstored=%d kind=%s path=%s",
+                    ended[1], ended[0], self.outbox.path,
+                )  # fmt: skip
         self._wake.set()
 
     def stats(self, doc: dict[str, Any]) -> None:
@@ -157,6 +160,26 @@ class MqttReporter(Reporter):
         client.disconnect()
         client.loop_stop()
         logger.info("mqtt stopped outbox_depth=%d", self.outbox.depth())
+
+    def _add_failed(self, err: sqlite3.Error, down: bool) -> None:
+        """The outbox refused a decision: one ERROR line per episode, not per decision (a
+        journal on a full disk got one for every capture), the rest at DEBUG."""
+        kind, what = unwritable(err) or (FAILED, str(err))
+        path = self.outbox.path
+        fate = "dropped (QoS 0 and no connection)" if down else "sent from memory"
+        if not self._unwritable.refused_now(kind):
+            logger.debug(
+                "outbox still unwritable kind=%s unstored=%d: %s; the decision is %s",
+                kind, self._unwritable.refused, what, fate,
+            )  # fmt: skip
+            return
+        wrong, todo = problem(kind, path)
+        logger.error(
+            "outbox unwritable kind=%s path=%s: %s — %s; decisions are sent from memory "
+            "(lost if the device restarts before the broker has them; with mqtt.qos 0 and no "
+            "connection, dropped) and counted in outbox_unstored until you %s",
+            kind, path, what, wrong, todo,
+        )  # fmt: skip
 
     # -- the client -------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:

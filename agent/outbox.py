@@ -74,7 +74,8 @@ class Outbox:
     """A bounded, ordered, persistent FIFO of messages waiting for their PUBACK."""
 
     def __init__(self, path: str | Path, max_messages: int = 10000) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_messages = max_messages
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)

@@ -6,6 +6,10 @@ that writes (an enrollment, a revoke, a rekey) answered ``internal`` with a trac
 journal, every time; it is now refused with one reply that says what to free or end, and the
 daemon logs one ERROR line and sends one ``store_unwritable`` event per episode (the first
 refusal), and one INFO line when a write succeeds again.
+
+The outbox (:mod:`agent.mqtt`) meets the same SQLite errors on the same disk, and says them the
+same way: :func:`unwritable` and :func:`problem` name them, an :class:`Episode` tells the first
+failure (logged at ERROR) from the ones that follow it (DEBUG).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 
 DISK_FULL = "disk_full"
 LOCKED = "locked"
+FAILED = "failed"  # any other SQLite error on a write (an I/O error); the outbox says it
 _KINDS = {
     sqlite3.SQLITE_FULL: DISK_FULL,  # "database or disk is full"
     sqlite3.SQLITE_BUSY: LOCKED,  # "database is locked", after the busy timeout
@@ -41,10 +46,15 @@ def problem(kind: str, path: str | Path) -> tuple[str, str]:
             f"the disk that holds {path} is full",
             "free space on it (the journal: journalctl --vacuum-size=100M; bundles no longer used)",
         )
+    if kind == LOCKED:
+        return (
+            f"another process has held {path} locked for longer than the wait for it (an open "
+            "sqlite3 shell, a copy or backup tool)",
+            "end it",
+        )
     return (
-        f"another process has held {path} locked for longer than the wait for it (an open "
-        "sqlite3 shell, a copy or backup tool)",
-        "end it",
+        f"SQLite could not write {path}",
+        "check the disk that holds it (journalctl -k for I/O errors) and free space on it",
     )
 
 

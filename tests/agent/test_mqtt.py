@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import socket
+import sqlite3
 import threading
 import time
 
@@ -583,8 +584,9 @@ def test_decisions_queued_before_ntp_stepped_the_clock_are_delivered(
 def test_a_full_disk_does_not_lose_the_decision(running_broker, subscribe, tmp_path, caplog):
     """The outbox's SQLite refuses the row (SQLITE_FULL, as on a full SD card, here through
     max_page_count): decision() raised, the capture loop lost the decision and skipped its own
-    actions on it. It now goes out from memory, counted and logged."""
-    caplog.set_level(logging.INFO, logger="agent.mqtt")
+    actions on it. It now goes out from memory, counted, and logged once for the episode: an
+    ERROR line for each decision filled the journal of a device whose disk was already full."""
+    caplog.set_level(logging.DEBUG, logger="agent.mqtt")
     sub = subscribe("palm/dev1/decision")
     box = Outbox(tmp_path / "outbox.sqlite")
     pages = box._db.execute("PRAGMA page_count").fetchone()[0]
@@ -598,10 +600,68 @@ def test_a_full_disk_does_not_lose_the_decision(running_broker, subscribe, tmp_p
         got = sub.wait(lambda m: True, count=12)
         assert sorted(json.loads(m[3])["seq"] for m in got) == list(range(12))
         unstored = r.counters()["outbox_unstored"]
-        assert 0 < unstored < 12
-        failed = [x for x in caplog.records if "outbox add_failed" in x.getMessage()]
-        assert len(failed) == unstored and "full" in failed[0].getMessage()
+        assert 1 < unstored < 12
+        errors = [x.getMessage() for x in caplog.records if x.levelno >= logging.ERROR]
+        assert len(errors) == 1, errors
+        assert errors[0].startswith(
+            f"outbox unwritable kind=disk_full path={box.path}: database or disk is full — "
+            f"the disk that holds {box.path} is full; "
+        ), errors[0]
+        assert "until you free space on it" in errors[0], errors[0]
+        still = [x for x in caplog.records if "outbox still unwritable" in x.getMessage()]
+        assert len(still) == unstored - 1 and all(x.levelno == logging.DEBUG for x in still)
+
+        with box._lock:  # space freed
+            box._db.execute("PRAGMA max_page_count=1000000")
+        r.decision({"seq": 12})
+        r.decision({"seq": 13})
+        assert sub.wait(lambda m: json.loads(m[3])["seq"] == 13)
+        again = [x for x in caplog.records if "writable again" in x.getMessage()]
+        assert [(x.levelno, x.getMessage()) for x in again] == [
+            (
+                logging.INFO,
+                f"outbox writable again unstored={unstored} kind=disk_full path={box.path}",
+            )
+        ]
+        assert r.counters()["outbox_unstored"] == unstored  # the stats keep the count
+        assert wait_until(lambda: box.depth() == 0)
     finally:
+        r.stop(timeout=1)
+
+
+def test_an_outbox_locked_by_another_process_is_said_once(
+    running_broker, subscribe, tmp_path, caplog
+):
+    """Another process (an open sqlite3 shell) holds the outbox's write lock past the wait for
+    it: one ERROR line naming it, not one per decision, and one INFO line once it lets go."""
+    caplog.set_level(logging.INFO, logger="agent.mqtt")
+    sub = subscribe("palm/dev1/decision")
+    box = Outbox(tmp_path / "outbox.sqlite")
+    box._db.execute("PRAGMA busy_timeout = 100")
+    other = sqlite3.connect(box.path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN EXCLUSIVE")
+    r = reporter(running_broker, "dev1", tmp_path, outbox=box)
+    r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
+    try:
+        assert wait_until(r._link.connected.is_set)
+        for i in range(4):
+            r.decision({"seq": i})
+        other.execute("COMMIT")
+        r.decision({"seq": 4})
+        got = sub.wait(lambda m: True, count=5)
+        assert sorted(json.loads(m[3])["seq"] for m in got) == list(range(5))
+        said = [(x.levelno, x.getMessage()) for x in caplog.records if "outbox " in x.getMessage()]
+        assert len(said) == 2, said
+        assert said[0][0] == logging.ERROR, said
+        assert said[0][1].startswith(f"outbox unwritable kind=locked path={box.path}: "), said
+        assert "until you end it" in said[0][1], said
+        assert said[1] == (
+            logging.INFO,
+            f"outbox writable again unstored=4 kind=locked path={box.path}",
+        ), said
+        assert r.counters()["outbox_unstored"] == 4
+    finally:
+        other.close()
         r.stop(timeout=1)
 
 
