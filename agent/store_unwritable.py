@@ -15,6 +15,8 @@ failure (logged at ERROR) from the ones that follow it (DEBUG).
 from __future__ import annotations
 
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 DISK_FULL = "disk_full"
@@ -69,25 +71,40 @@ class Episode:
 
     It is logged where it begins (ERROR) and where it ends (INFO), the refusals between at
     DEBUG: on a full disk, a line for each capture or command filled a journal whose disk was
-    already full.
+    already full. A disk at the edge of full flaps (the outbox frees a row as the broker acks
+    it, the next decision takes it, the one after is refused): an episode of the kind last
+    announced that begins within ``quiet`` seconds of that announcement is not announced again,
+    and neither is its end.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, quiet: float = 600.0, clock: Callable[[], float] = time.monotonic):
         self.kind: str | None = None  # None: no episode (writable, as far as is known)
         self.refused = 0  # writes refused since the episode began
+        self.announced = False  # this episode's beginning was logged at ERROR
+        self._quiet = quiet
+        self._clock = clock
+        self._last: tuple[str, float] | None = None  # (kind, when) of the last announcement
 
     def refused_now(self, kind: str) -> bool:
-        """Count one refused write; True when it begins an episode, or changes its kind: the
-        refusal to log at ERROR."""
+        """Count one refused write; True when it begins an episode, or changes its kind, that
+        is to be announced: the refusal to log at ERROR."""
         began = self.kind != kind
         self.kind = kind
         self.refused += 1
-        return began
+        if not began:
+            return False
+        now = self._clock()
+        last = self._last
+        self.announced = last is None or last[0] != kind or now - last[1] >= self._quiet
+        if self.announced:
+            self._last = (kind, now)
+        return self.announced
 
     def written(self) -> tuple[str, int] | None:
-        """A write succeeded: (kind, writes refused) of the episode it ends, or None."""
+        """A write succeeded: (kind, writes refused) of the announced episode it ends, or None
+        (none to end, or one not announced)."""
         if self.kind is None:
             return None
-        ended = (self.kind, self.refused)
-        self.kind, self.refused = None, 0
+        ended = (self.kind, self.refused) if self.announced else None
+        self.kind, self.refused, self.announced = None, 0, False
         return ended

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import socket
 import sqlite3
 import threading
@@ -616,13 +617,15 @@ def test_a_full_disk_does_not_lose_the_decision(running_broker, subscribe, tmp_p
         r.decision({"seq": 12})
         r.decision({"seq": 13})
         assert sub.wait(lambda m: json.loads(m[3])["seq"] == 13)
+        # one INFO line: the pump freeing a row as the broker acks it may have let a decision
+        # in between refusals, the episode ending there; the ones after it are not announced
         again = [x for x in caplog.records if "writable again" in x.getMessage()]
-        assert [(x.levelno, x.getMessage()) for x in again] == [
-            (
-                logging.INFO,
-                f"outbox writable again unstored={unstored} kind=disk_full path={box.path}",
-            )
-        ]
+        assert [x.levelno for x in again] == [logging.INFO], again
+        m = re.fullmatch(
+            rf"outbox writable again unstored=(\d+) kind=disk_full path={re.escape(str(box.path))}",
+            again[0].getMessage(),
+        )
+        assert m and 1 <= int(m[1]) <= unstored, again[0].getMessage()
         assert r.counters()["outbox_unstored"] == unstored  # the stats keep the count
         assert wait_until(lambda: box.depth() == 0)
     finally:

@@ -92,3 +92,25 @@ def test_a_store_that_cannot_be_written_refuses_writes_in_one_line_and_decides_o
     events = seen["events"]
     assert [(e["event"], e["kind"]) for e in events] == [("store_unwritable", kind)], events
     assert events[0]["path"] == str(store.path), events
+
+
+def test_a_disk_flapping_at_full_is_announced_once_per_quiet_period():
+    """A disk at the edge of full refuses a write, takes the next, refuses the one after:
+    each flap was an ERROR and an INFO line. An episode of the same kind within the quiet
+    period of the last announced one is not announced, nor its end; another kind is."""
+    from agent.store_unwritable import DISK_FULL, LOCKED, Episode
+
+    now = [0.0]
+    ep = Episode(quiet=600.0, clock=lambda: now[0])
+    assert ep.refused_now(DISK_FULL) is True  # the first refusal: ERROR
+    assert ep.refused_now(DISK_FULL) is False
+    assert ep.written() == (DISK_FULL, 2)  # its end: INFO
+    assert ep.written() is None  # writable already
+    now[0] = 30.0
+    assert ep.refused_now(DISK_FULL) is False  # a flap: quiet
+    assert ep.written() is None
+    assert ep.refused_now(LOCKED) is True  # another kind is news
+    assert ep.written() == (LOCKED, 1)
+    now[0] = 700.0
+    assert ep.refused_now(DISK_FULL) is True  # past the quiet period
+    assert ep.written() == (DISK_FULL, 1)
