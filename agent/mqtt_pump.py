@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from agent.config import MqttConfig
 from agent.held import Held, HeldQueue
 from agent.mqtt_link import Link
 from agent.outbox import Outbox, since_boot
+from agent.store_unwritable import FAILED, Episode, problem, unwritable
 
 logger = logging.getLogger("agent.mqtt")  # the transport's modules log as one
 
@@ -96,6 +98,10 @@ class Pump:
         self.held = HeldQueue(HELD)
         self.held_decisions = HeldQueue(HELD_DECISIONS)
         self.held_dropped = 0  # messages a full queue lost since start
+        # rows done with (delivered, expired, refused) that the outbox could not delete (its
+        # file system gone read-only): not sent again, and deleted when it can be written
+        self._gone: set[int] = set()
+        self._stuck = Episode()
 
     # -- from other threads -----------------------------------------------------------------
     def on_publish(self, client, userdata, mid, reason_code, properties) -> None:
@@ -132,7 +138,7 @@ class Pump:
 
     def pending(self) -> bool:
         """Whether anything waits to go out: outbox rows or held messages."""
-        return bool(self.outbox.depth() or self.held or self.held_decisions)
+        return bool(self.outbox.depth() > len(self._gone) or self.held or self.held_decisions)
 
     def forget(self) -> None:
         """The client was replaced, and what it had in flight dropped: every row still in the
@@ -193,10 +199,52 @@ class Pump:
                 continue
             if rc >= 128:
                 logger.error("mqtt broker refused decision row=%d reason=%d", row, rc)
-                self.outbox.discard(row, "refused")
+                self._discard(row, "refused")
             else:
                 delivered.append(row)
-        self.outbox.ack(*delivered)
+        self._forget(delivered)
+
+    def _forget(self, delivered: list[int]) -> None:
+        """Delete the delivered rows, with those an earlier try could not."""
+        if not delivered:
+            return
+        rows = [*self._gone, *delivered]
+        try:
+            self.outbox.ack(*rows)
+        except sqlite3.Error as e:
+            self._cannot_forget(e, delivered)
+            return
+        self._gone.clear()
+        ended = self._stuck.written()
+        if ended is not None:
+            logger.info(
+                "outbox forgets sent rows again kind=%s path=%s", ended[0], self.outbox.path
+            )
+
+    def _discard(self, row: int, counter: str) -> None:
+        try:
+            self.outbox.discard(row, counter)
+        except sqlite3.Error as e:
+            self._cannot_forget(e, [row])
+
+    def _cannot_forget(self, err: sqlite3.Error, rows: list[int]) -> None:
+        """The outbox refused to delete rows it is done with. Raised, it stopped the pump's
+        round before the held messages and newer rows went out, and a row past its expiry that
+        could not be dropped stopped every row behind it: they are kept aside in memory
+        instead, once per episode said at WARNING."""
+        self._gone.update(rows)
+        kind, what = unwritable(err) or (FAILED, str(err))
+        if not self._stuck.refused_now(kind):
+            logger.debug(
+                "outbox still cannot forget sent rows kind=%s kept=%d", kind, len(self._gone)
+            )
+            return
+        wrong, todo = problem(kind, self.outbox.path)
+        logger.warning(
+            "outbox cannot forget sent rows kind=%s path=%s: %s — %s; they stay in it and go out "
+            "again after a restart (consumers drop repeats by event_id) until you %s",
+            kind, self.outbox.path, what, wrong, todo,
+        )  # fmt: skip
 
     def _send_pending(self) -> None:
         if self._resync and self._inflight:
@@ -208,10 +256,13 @@ class Pump:
         client = self._client()
         assert client is not None
         for row in self.outbox.after(self._last_handed, room):
+            if row.id in self._gone:  # sent already (a client renewed since hands all again)
+                self._last_handed = row.id
+                continue
             # a stale decision is dropped on either protocol; only MQTT 5 can tell the broker
             remaining = int(self.cfg.decision_expiry - row.age_s)
             if remaining <= 0:
-                self.outbox.discard(row.id, "expired")
+                self._discard(row.id, "expired")
                 self._last_handed = row.id
                 continue
             props = None

@@ -1,5 +1,5 @@
-"""A template store that cannot be written for now: its disk is full, or another process holds
-its lock. Neither is damage, and neither stops the daemon.
+"""A template store that cannot be written for now: its disk is full, its file system read-only,
+or another process holds its lock. None of these is damage, and none stops the daemon.
 
 Decisions only read the store (the gallery), so they go on being made and reported. A command
 that writes (an enrollment, a revoke, a rekey) answered ``internal`` with a traceback in the
@@ -21,11 +21,16 @@ from pathlib import Path
 
 DISK_FULL = "disk_full"
 LOCKED = "locked"
-FAILED = "failed"  # any other SQLite error on a write (an I/O error); the outbox says it
+READ_ONLY = "read_only"
+FAILED = "failed"  # an I/O error; the outbox also says any other SQLite error on a write so
 _KINDS = {
     sqlite3.SQLITE_FULL: DISK_FULL,  # "database or disk is full"
     sqlite3.SQLITE_BUSY: LOCKED,  # "database is locked", after the busy timeout
     sqlite3.SQLITE_LOCKED: LOCKED,
+    # "attempt to write a readonly database": the kernel remounts a file system read-only when
+    # it finds errors on it (ext4's errors=remount-ro, Raspberry Pi OS's default for the card)
+    sqlite3.SQLITE_READONLY: READ_ONLY,
+    sqlite3.SQLITE_IOERR: FAILED,  # "disk I/O error": a failing card
 }
 
 
@@ -53,6 +58,13 @@ def problem(kind: str, path: str | Path) -> tuple[str, str]:
             f"another process has held {path} locked for longer than the wait for it (an open "
             "sqlite3 shell, a copy or backup tool)",
             "end it",
+        )
+    if kind == READ_ONLY:
+        return (
+            f"the file system that holds {path} is read-only (the kernel remounts a card "
+            "read-only when it finds errors on it)",
+            "check it (journalctl -k), repair it (fsck) and mount it read-write again, or "
+            "replace the card",
         )
     return (
         f"SQLite could not write {path}",

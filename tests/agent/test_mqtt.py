@@ -668,6 +668,50 @@ def test_an_outbox_locked_by_another_process_is_said_once(
         r.stop(timeout=1)
 
 
+def test_an_outbox_on_a_file_system_gone_read_only_is_said_once(
+    running_broker, subscribe, tmp_path, caplog
+):
+    """The kernel remounted the card read-only (errors found on it): each decision went out
+    from memory under an ERROR line that called it 'failed' and said to free space; one line
+    now names the read-only file system and what to do, and the rows already there still go."""
+    caplog.set_level(logging.INFO, logger="agent.mqtt")
+    sub = subscribe("palm/dev1/decision")
+    box = Outbox(tmp_path / "outbox.sqlite")
+    r = reporter(running_broker, "dev1", tmp_path, outbox=box)
+    r.decision({"seq": 0})  # a row from before, not yet sent
+    with box._lock:
+        box._db = sqlite3.connect(f"file:{box.path}?mode=ro", uri=True, isolation_level=None,
+                                  check_same_thread=False)  # fmt: skip
+    r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
+    try:
+        assert wait_until(r._link.connected.is_set)
+        for i in range(1, 4):
+            r.decision({"seq": i})
+        got = sub.wait(lambda m: True, count=4)
+        assert sorted(json.loads(m[3])["seq"] for m in got) == list(range(4))
+        said = [(x.levelno, x.getMessage()) for x in caplog.records if x.levelno >= logging.ERROR]
+        assert len(said) == 1, said
+        assert said[0][1].startswith(
+            f"outbox unwritable kind=read_only path={box.path}: attempt to write a readonly "
+            f"database — the file system that holds {box.path} is read-only"
+        ), said
+        assert "mount it read-write again" in said[0][1], said
+        assert r.counters()["outbox_unstored"] == 3
+        # the row from before, delivered, cannot be deleted: kept aside, not a pump traceback
+        # every round that held back what waited behind it
+        assert wait_until(lambda: not r._pump.pending())
+        assert box.depth() == 1
+        warned = [x.getMessage() for x in caplog.records if x.levelno == logging.WARNING]
+        assert len(warned) == 1 and warned[0].startswith(
+            f"outbox cannot forget sent rows kind=read_only path={box.path}: "
+        ), warned
+        r.decision({"seq": 4})
+        assert sub.wait(lambda m: json.loads(m[3])["seq"] == 4)
+        assert not [x for x in caplog.records if x.exc_info], "a traceback"
+    finally:
+        r.stop(timeout=1)
+
+
 def test_a_decision_the_full_disk_kept_in_memory_expires_as_a_row_would(
     running_broker, subscribe, tmp_path, caplog
 ):

@@ -31,7 +31,7 @@ def fill(store) -> None:
     raise AssertionError("the store never filled")
 
 
-@pytest.mark.parametrize("kind", ["disk_full", "locked"])
+@pytest.mark.parametrize("kind", ["disk_full", "locked", "read_only"])
 def test_a_store_that_cannot_be_written_refuses_writes_in_one_line_and_decides_on(
     running_broker, subscribe, palm_bundle, tmp_path, caplog, kind
 ):
@@ -45,8 +45,12 @@ def test_a_store_that_cannot_be_written_refuses_writes_in_one_line_and_decides_o
     store = daemon.store
     assert daemon.enroll_now("alice")["subject"] == "alice"
     other = None
+    writable = store.db
     if kind == "disk_full":
         fill(store)
+    elif kind == "read_only":  # as after the kernel remounted the card read-only
+        store.db = sqlite3.connect(f"file:{store.path}?mode=ro", uri=True, isolation_level=None,
+                                   check_same_thread=False)  # fmt: skip
     else:  # another process's write transaction, held past the (shortened) wait for it
         store.db.execute("PRAGMA busy_timeout = 300")
         other = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
@@ -62,6 +66,8 @@ def test_a_store_that_cannot_be_written_refuses_writes_in_one_line_and_decides_o
             if other is not None:
                 other.execute("COMMIT")
                 other.close()
+            elif kind == "read_only":  # repaired, mounted read-write again
+                daemon._on_main(lambda: setattr(store, "db", writable))
             else:  # space freed
                 daemon._on_main(lambda: store.db.execute("PRAGMA max_page_count = 1000000"))
             seen["again"] = ctl.call("enroll", subject="bob", allow_duplicate=True)
@@ -71,7 +77,11 @@ def test_a_store_that_cannot_be_written_refuses_writes_in_one_line_and_decides_o
 
     caplog.set_level(logging.INFO, logger="agent")
     run_beside(daemon, operator)
-    wrong = "is full" if kind == "disk_full" else "locked for longer than the wait"
+    wrong = {
+        "disk_full": "is full",
+        "locked": "locked for longer than the wait",
+        "read_only": "is read-only (the kernel remounts a card read-only",
+    }[kind]
     for name in ("bob", "carol"):
         reply = seen[name]
         assert not reply["ok"] and reply["error"]["code"] == "failed", reply
