@@ -24,6 +24,9 @@ class HeldQueue:
         self.limit = limit
         self._items: collections.deque[Held] = collections.deque(maxlen=limit)
         self._lock = threading.Lock()
+        # a full queue's first loss was said; reset once it has emptied: a long outage lost a
+        # message for every error event or reply made, and logged a WARNING for each
+        self.overflow_said = False
 
     def put(self, item: Held) -> Held | None:
         """Adds ``item``; returns the oldest one, lost to make room, if the queue was full."""
@@ -34,7 +37,10 @@ class HeldQueue:
 
     def get(self) -> Held | None:
         with self._lock:
-            return self._items.popleft() if self._items else None
+            if self._items:
+                return self._items.popleft()
+            self.overflow_said = False
+            return None
 
     def __len__(self) -> int:
         return len(self._items)

@@ -128,13 +128,19 @@ class Pump:
         """Keeps ``item`` for the pump; a full queue loses its oldest, which is said and
         counted (``held_dropped``), as the outbox does with its rows."""
         lost = held.put(item)
-        if lost is not None:
-            self.held_dropped += 1  # from the capture loop's or the command worker's thread
-            logger.warning(
-                "mqtt held_dropped topic=%s dropped=%d: %d messages wait in memory for the link; "
-                "the oldest went",
-                lost[0], self.held_dropped, held.limit,
-            )  # fmt: skip
+        if lost is None:
+            return
+        self.held_dropped += 1  # from the capture loop's or the command worker's thread
+        if held.overflow_said:  # said at the first loss, until the queue has emptied
+            logger.debug("mqtt held_dropped topic=%s dropped=%d", lost[0], self.held_dropped)
+            return
+        held.overflow_said = True
+        logger.warning(
+            "mqtt held_dropped topic=%s dropped=%d: %d messages wait in memory for the link; the "
+            "oldest went, and each one more goes until the link is back (counted in stats' "
+            "held_dropped)",
+            lost[0], self.held_dropped, held.limit,
+        )  # fmt: skip
 
     def pending(self) -> bool:
         """Whether anything waits to go out: outbox rows or held messages."""
@@ -293,19 +299,24 @@ class Pump:
 
     def _send_from(self, held: HeldQueue) -> None:
         client = self._client()
+        expired, oldest = 0, 0.0
         while client is not None and self._link.connected.is_set():
             item = held.get()
             if item is None:
-                return
+                break
             topic, payload, qos, properties, added = item
             if added is not None:  # a decision from memory: the outbox's expiry and properties
                 age = since_boot() - added
                 remaining = int(self.cfg.decision_expiry - age)
                 if remaining <= 0:
-                    logger.warning(
-                        "mqtt unstored decision dropped age_s=%.0f: past mqtt.decision_expiry", age
-                    )
+                    expired, oldest = expired + 1, max(oldest, age)
                     continue
                 if self._link.v5:
                     properties = DecisionProperties(remaining, f"{age * 1e3:.2f}")
             client.publish(topic, payload, qos=qos, retain=False, properties=properties)
+        if expired:  # one line for those of an outage, not one each
+            logger.warning(
+                "mqtt unstored decisions dropped count=%d oldest_age_s=%.0f: past "
+                "mqtt.decision_expiry",
+                expired, oldest,
+            )  # fmt: skip
