@@ -106,8 +106,9 @@ def run_gallery(args: argparse.Namespace) -> int:
 def _gallery_action(args: argparse.Namespace):
     from agent.protect import DeviceKey, Protector
     from agent.store import StoreError, TemplateStore
+    from agent.store_open import stored_bits
 
-    bits = TemplateStore.stored_bits(args.db)
+    bits = stored_bits(args.db)
     if bits is None:
         raise StoreError(f"{args.db} is not a template database (no code length recorded)")
     if args.action == "rekey":

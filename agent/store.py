@@ -20,7 +20,6 @@ samples equals the protected majority, and ``rekey`` needs no raw codes kept any
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -32,38 +31,14 @@ import numpy as np
 
 from agent import codes
 from agent.protect import Protector
-from agent.store_damage import damaged
+from agent.store_open import (
+    StoreError,
+    check_intact,
+    migrate,
+    unusable,
+)
 
 logger = logging.getLogger(__name__)
-
-MIGRATIONS: list[str] = [
-    # 1: subjects, their templates, and store-wide facts (bits, key id, change counter)
-    """
-    CREATE TABLE subjects (
-        id INTEGER PRIMARY KEY,
-        label TEXT NOT NULL UNIQUE,
-        created REAL NOT NULL,
-        updated REAL NOT NULL,
-        revoked REAL
-    );
-    CREATE TABLE templates (
-        id INTEGER PRIMARY KEY,
-        subject INTEGER NOT NULL REFERENCES subjects(id) ON DELETE CASCADE,
-        modality TEXT NOT NULL CHECK (modality IN ('print', 'vein')),
-        kind TEXT NOT NULL CHECK (kind IN ('sample', 'majority')),
-        code BLOB NOT NULL,
-        bits INTEGER NOT NULL,
-        created REAL NOT NULL
-    );
-    CREATE INDEX templates_by_subject ON templates(subject, modality, kind);
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    INSERT INTO meta VALUES ('version', '0');
-    """,
-]
-
-
-class StoreError(RuntimeError):
-    """A store that cannot be used as asked (wrong key, newer schema, bad enrollment)."""
 
 
 def majority(samples: np.ndarray, bits: int) -> np.ndarray:
@@ -73,27 +48,6 @@ def majority(samples: np.ndarray, bits: int) -> np.ndarray:
     n = len(b)
     out = np.where(ones == n, b[0], ones > n)
     return codes.pack_bits(out[None, :])[0]
-
-
-def _unusable(path: Path, error: sqlite3.Error) -> str:
-    """What SQLite said about a store it could not use, and the likely cause."""
-    why = str(error)
-    if "malformed" in why:
-        return _damaged(path, why)
-    if "not a database" in why:
-        return f"{path} is not a template database ({why})"
-    if "unable to open" in why or "readonly" in why:
-        return (
-            f"{path}: {why}; the file or its folder is not readable and writable by this process "
-            f"(uid {os.geteuid()}): it belongs to the service's user (run as root, or over MQTT)"
-        )
-    return f"{path}: {why}"
-
-
-def _damaged(path: Path, detail: str) -> str:
-    """As a power cut on a failing SD card or a copy cut short leaves it; in the words the daemon
-    uses when it finds the store damaged while it runs."""
-    return f"store damaged: {damaged(path, detail)}"
 
 
 class TemplateStore:
@@ -114,11 +68,11 @@ class TemplateStore:
             # a deleted or replaced template's bytes are overwritten with zeros, not left in
             # the page's free space for a copy of the card to read (see _scrub)
             self.db.execute("PRAGMA secure_delete=ON")
-            self._check_intact()
-            self._migrate()
+            check_intact(self.db, self.path)
+            migrate(self.db, self.path)
             self.bits = self._check_key(protector)
         except sqlite3.Error as e:
-            raise StoreError(_unusable(self.path, e)) from None
+            raise StoreError(unusable(self.path, e)) from None
 
     def close(self) -> None:
         self.db.close()
@@ -128,32 +82,6 @@ class TemplateStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    @staticmethod
-    def stored_bits(path: str | Path) -> int | None:
-        """Code length of an existing store (None if it has none yet), without needing a key."""
-        try:  # without sudo, the service's state folder cannot even be looked into
-            exists, folder = Path(path).exists(), Path(path).is_dir()
-        except OSError as e:
-            raise StoreError(
-                f"{path}: {e.strerror}; its folder is not readable by this process (uid "
-                f"{os.geteuid()}): it belongs to the service's user (run as root, or over MQTT)"
-            ) from None
-        if not exists:
-            raise StoreError(f"no template database at {path}")
-        if folder:
-            raise StoreError(f"{path} is a folder, not a template database")
-        try:
-            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-                try:
-                    row = db.execute("SELECT value FROM meta WHERE key='bits'").fetchone()
-                except sqlite3.OperationalError as e:
-                    if "no such table" not in str(e):
-                        raise
-                    return None
-        except sqlite3.Error as e:
-            raise StoreError(_unusable(Path(path), e)) from None
-        return int(row[0]) if row else None
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -181,35 +109,6 @@ class TemplateStore:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
             raise
-
-    def _check_intact(self) -> None:
-        """A damaged file is refused when it is opened: it opened, and then every gallery read
-        failed, so the daemon started and logged a traceback at each capture, and ``palm-agent
-        gallery list`` ended in one. ``quick_check`` reads every page once: 6 ms for a
-        thousand subjects (0.8 MB) on a 2-core x86."""
-        found = [row[0] for row in self.db.execute("PRAGMA quick_check(3)").fetchall()]
-        if found != ["ok"]:
-            raise StoreError(_damaged(self.path, "; ".join(found)))
-
-    def _migrate(self) -> None:
-        current = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if current > len(MIGRATIONS):
-            raise StoreError(
-                f"{self.path} has schema version {current}, newer than this software "
-                f"({len(MIGRATIONS)}); upgrade palm-cohash"
-            )
-        for version in range(current, len(MIGRATIONS)):
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in MIGRATIONS[version].split(";"):
-                    if statement.strip():
-                        self.db.execute(statement)
-                self.db.execute(f"PRAGMA user_version = {version + 1}")
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            logger.info("store_migrated path=%s schema=%d", self.path, version + 1)
 
     def _meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

@@ -13,7 +13,8 @@ from agent import codes
 from agent.gallery import Gallery, PackedGallery, StoreGallery
 from agent.match import Matcher, Thresholds
 from agent.protect import DeviceKey, Protector
-from agent.store import MIGRATIONS, StoreError, TemplateStore, majority
+from agent.store import StoreError, TemplateStore, majority
+from agent.store_open import MIGRATIONS
 
 BITS = 32
 
