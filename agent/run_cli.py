@@ -224,6 +224,7 @@ def hold_store(store_path: str | Path, over_mqtt: str = "enroll") -> int:
     import fcntl
 
     from agent.store import StoreError
+    from agent.store_unwritable import on_read_only
 
     store = Path(store_path)
     lock = store.with_name(store.name + ".lock")
@@ -234,6 +235,8 @@ def hold_store(store_path: str | Path, over_mqtt: str = "enroll") -> int:
         except PermissionError:  # another user's (the service's or root's): locking needs no write
             fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
+        if (said := on_read_only(lock)) is not None:
+            raise StoreError(f"{lock}: cannot open the store's lock: {said}") from None
         if isinstance(e, PermissionError):  # a command by hand without sudo
             raise StoreError(
                 f"{lock}: this process (uid {os.geteuid()}) cannot open the store's lock: "

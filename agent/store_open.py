@@ -12,6 +12,7 @@ import sqlite3
 from pathlib import Path
 
 from agent.store_damage import damaged
+from agent.store_unwritable import on_read_only
 
 logger = logging.getLogger("agent.store")  # the store's own lines, as before the split
 
@@ -52,6 +53,8 @@ def unusable(path: Path, error: sqlite3.Error) -> str:
         return damaged_store(path, why)
     if "not a database" in why:
         return f"{path} is not a template database ({why})"
+    if ("unable to open" in why or "readonly" in why) and (said := on_read_only(path)):
+        return f"{path}: {why}; {said}"
     if "unable to open" in why or "readonly" in why:
         return (
             f"{path}: {why}; the file or its folder is not readable and writable by this process "

@@ -14,6 +14,7 @@ failure (logged at ERROR) from the ones that follow it (DEBUG).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -70,6 +71,20 @@ def problem(kind: str, path: str | Path) -> tuple[str, str]:
         f"SQLite could not write {path}",
         "check the disk that holds it (journalctl -k for I/O errors) and free space on it",
     )
+
+
+def on_read_only(path: str | Path) -> str | None:
+    """What is wrong and what to do, when the file system that holds ``path`` is mounted
+    read-only, else None. A store or its lock that cannot be opened there was put down to the
+    process's rights, and the operator sent to sudo."""
+    try:
+        ro = bool(os.statvfs(Path(path).parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        return None
+    if not ro:
+        return None
+    wrong, todo = problem(READ_ONLY, path)
+    return f"{wrong}: {todo}"
 
 
 def refusal(kind: str, path: str | Path) -> str:

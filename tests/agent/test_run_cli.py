@@ -431,3 +431,55 @@ def test_enroll_on_a_damaged_store_is_one_line_saying_what_to_do(
     assert said[0].startswith(f"palm-agent: store damaged: {store}: "), said
     assert "restore templates.sqlite from a backup" in said[0], said
     assert "enroll everyone again (palm-agent enroll SUBJECT" in said[0], said
+
+
+def _in_read_only_mount(folder: Path, *argv: object) -> subprocess.CompletedProcess:
+    """``palm-agent ARGV`` with ``folder`` mounted read-only, as the kernel leaves a card on which
+    it found errors: a read-only bind mount in a mount namespace of its own (an unprivileged
+    user namespace: no root needed, and nothing outside it sees the mount)."""
+    cmd = [sys.executable, "-m", "agent.cli", *map(str, argv)]
+    script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+    return subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, "sh",
+         str(folder), *cmd],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_a_state_folder_gone_read_only_says_so(palm_bundle, tmp_path):
+    """The kernel remounts a card read-only when it finds errors on it. The service, restarted,
+    stopped at 'cannot open the store's lock: Read-only file system', and ``palm-agent gallery
+    list`` said the store was not readable and writable by this process: run as root. Each
+    now names the read-only file system and what to do about it."""
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], check=False)
+    if probe.returncode != 0:
+        pytest.skip("no unprivileged user and mount namespaces here (unshare -Urm)")
+    replay = write_replay(tmp_path / "r", [0] * 4)
+    state = tmp_path / "state"
+    state.mkdir()
+
+    class NoBroker:
+        def mqtt_section(self, device: str) -> dict:
+            return {"host": "broker.lan"}
+
+    cfg = agent_config(
+        tmp_path, NoBroker(), "dev32", palm_bundle, replay,
+        store={"path": str(state / "templates.sqlite"), "key_path": str(state / "device.key")},
+    )  # fmt: skip
+    out = _cli("enroll", "carol", "--config", cfg)
+    assert out.returncode == 0, out.stderr[-2000:]
+    todo = "check it (journalctl -k), repair it (fsck) and mount it read-write again"
+    for argv, says in (
+        (("run", "--config", cfg), f"palm-agent: {state}/templates.sqlite.lock: cannot open "),
+        (
+            ("gallery", "list", "--db", state / "templates.sqlite", "--key", state / "device.key"),
+            "gallery_failed action=list error="
+            f"{state}/templates.sqlite: unable to open database file; ",
+        ),
+    ):
+        out = _in_read_only_mount(state, *argv)
+        said = out.stderr.strip()
+        assert out.returncode == 2 and "Traceback" not in said, said
+        assert says in said.splitlines()[-1], said
+        assert f"the file system that holds {state}/" in said and "is read-only" in said, said
+        assert todo in said and "sudo" not in said and "uid" not in said, said
