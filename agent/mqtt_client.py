@@ -17,6 +17,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import MqttConfig
+from agent.mqtt_failure import Client
 from agent.mqtt_log import PahoLog
 
 # the transport's modules log as one: the journal, and greps for "agent.mqtt", see one source
@@ -52,7 +53,7 @@ def make_client(
     """A client that connects in the background (``connect_async`` and its own thread),
     reconnecting after ``first_delay`` s at first and ``mqtt.reconnect_max`` s at most."""
     protocol = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
-    client = mqtt.Client(
+    client = Client(  # paho's, keeping why a connection attempt failed
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=protocol,

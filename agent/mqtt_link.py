@@ -23,6 +23,7 @@ import paho.mqtt.client as mqtt
 from agent import flapping
 from agent.config import MqttConfig
 from agent.mqtt_client import set_nodelay
+from agent.mqtt_failure import explain
 from agent.mqtt_log import Outage
 
 logger = logging.getLogger("agent.mqtt")  # the transport's modules log as one
@@ -64,6 +65,7 @@ class Link:
         self._answered = True  # the current attempt got a CONNACK (paho's thread only)
         self._silent = 0  # attempts in a row that ended without a CONNACK (paho's thread only)
         self._outage = Outage()  # one WARNING per outage, one INFO at its end
+        self._failed: str | None = None  # why the last attempt failed (agent.mqtt_failure)
 
     def probing(self) -> bool:
         """Whether the MQTT 5 attempts may still fall back to 3.1.1."""
@@ -83,6 +85,7 @@ class Link:
                 self._wake()
             return
         down_s = self._outage.end()
+        self._failed = None
         if down_s is None:
             logger.info("mqtt connected session_present=%s", flags.session_present)
         else:
@@ -127,14 +130,21 @@ class Link:
                 self._wake()
 
     def on_connect_fail(self, client, userdata) -> None:
-        """No TCP connection to the broker: said once per outage (at start, or after a link
-        lost without a word), each retry only at DEBUG."""
+        """No connection to the broker, and why (:func:`agent.mqtt_failure.explain`): a WARNING
+        when that begins an outage (at start, or after a link lost without a word), an INFO
+        line when the reason changes within one (the broker back, its certificate refused),
+        each retry for the same reason only at DEBUG."""
+        kind, why = explain(getattr(client, "connect_error", None), self.cfg)
+        level = logging.INFO if kind != self._failed else logging.DEBUG
         if self._outage.begin():
-            logger.warning(
-                "mqtt broker unreachable host=%s port=%d: decisions wait in the outbox; "
-                "retrying every %g s at most",
-                self.cfg.host, self.cfg.port, self.cfg.reconnect_max,
-            )  # fmt: skip
+            level = logging.WARNING
+        self._failed = kind
+        logger.log(
+            level,
+            "mqtt broker unreachable host=%s port=%d reason=%s: %s; decisions wait in the "
+            "outbox; retrying every %g s at most",
+            self.cfg.host, self.cfg.port, kind, why, self.cfg.reconnect_max,
+        )  # fmt: skip
 
     def _count_flap(self, client: mqtt.Client, reason_code: Any) -> None:
         """Another client with this client id throws the device off as often as it connects

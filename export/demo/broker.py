@@ -71,8 +71,12 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _cert(subject: str, key, issuer_name, issuer_key, *, ca: bool = False, san=None, usage=None):
-    now = dt.datetime.now(dt.UTC)
+def _cert(
+    subject: str, key, issuer_name, issuer_key, *, ca=False, san=None, usage=None, starts_in=0.0
+):
+    """``starts_in``: seconds from now to the start of its validity (a test's certificate that
+    is not yet valid); 5 minutes ago by default, for clocks a little apart."""
+    now = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=starts_in)
     b = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
