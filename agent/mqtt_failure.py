@@ -104,3 +104,28 @@ def explain(err: BaseException | None, cfg: MqttConfig) -> tuple[str, str]:
     if isinstance(err, OSError):
         return "network", f"{err.strerror or err}"
     return "unknown", "no connection"
+
+
+# the broker's CONNACK refusals (MQTT 5 reason codes; paho gives 3.1.1's in the same terms)
+_CREDENTIALS = (
+    "check mqtt.user and its password (mqtt.password, ${PALM_MQTT_PASSWORD} from the "
+    "service's EnvironmentFile, or mqtt.password_file) against the broker's password file"
+)
+_REFUSALS = {
+    133: ("client_id", "device.id is not a client id the broker accepts"),
+    134: ("credentials", _CREDENTIALS),
+    135: (
+        "not_authorized",
+        f"{_CREDENTIALS} (mosquitto answers a wrong password so), then that the broker lets "
+        "this user connect (a broker without anonymous clients needs mqtt.user)",
+    ),
+    136: ("unavailable", "the broker is not available now"),
+    137: ("unavailable", "the broker is busy"),
+    138: ("banned", "the broker has banned this client (its administrator lifts it)"),
+}
+
+
+def refusal(reason_code: Any) -> tuple[str, str]:
+    """(kind, what to do) for a CONNACK that refused the connection."""
+    value = getattr(reason_code, "value", reason_code)
+    return _REFUSALS.get(value, ("refused_by_broker", f"the broker refused it ({reason_code})"))

@@ -23,7 +23,7 @@ import paho.mqtt.client as mqtt
 from agent import flapping
 from agent.config import MqttConfig
 from agent.mqtt_client import set_nodelay
-from agent.mqtt_failure import explain
+from agent.mqtt_failure import explain, refusal
 from agent.mqtt_log import Outage
 
 logger = logging.getLogger("agent.mqtt")  # the transport's modules log as one
@@ -79,10 +79,21 @@ class Link:
         self._answered = True
         self._silent = 0
         if reason_code.is_failure:
-            logger.error("mqtt connect refused reason=%s", reason_code)
             if self.probing() and reason_code.value in _UNSUPPORTED_PROTOCOL:
+                logger.info("mqtt connect refused reason=%s: trying MQTT 3.1.1", reason_code)
                 self.fallback = True
                 self._wake()
+                return
+            # an ERROR line for each attempt, for as long as the credentials stay wrong, filled
+            # the journal: once per reason, the retries at DEBUG
+            kind, todo = refusal(reason_code)
+            self._outage.begin()
+            logger.log(
+                logging.ERROR if kind != self._failed else logging.DEBUG,
+                "mqtt connect refused reason=%s kind=%s: %s; retrying every %g s at most",
+                reason_code, kind, todo, self.cfg.reconnect_max,
+            )  # fmt: skip
+            self._failed = kind
             return
         down_s = self._outage.end()
         self._failed = None

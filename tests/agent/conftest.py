@@ -34,7 +34,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory):
     if shutil.which("mosquitto") is None:
         pytest.fail("mosquitto is not installed (apt-get install mosquitto mosquitto-clients)")
     # the demo's devices, and one each for the tests that need a device of their own
-    b = Broker(tmp_path_factory.mktemp("mosquitto"), devices=tuple(f"dev{i}" for i in range(1, 45)))
+    b = Broker(tmp_path_factory.mktemp("mosquitto"), devices=tuple(f"dev{i}" for i in range(1, 46)))
     b.start()
     yield b
     b.stop()

@@ -185,3 +185,29 @@ def test_a_broker_not_running_then_back_with_a_refused_certificate(running_broke
     assert [lvl for lvl, _ in loud] == [logging.WARNING, logging.INFO], loud
     assert "reason=certificate" in loud[1][1], loud
     assert len(said) > len(loud)  # the retries, at DEBUG
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_a_wrong_password_is_one_error_saying_what_to_check(
+    running_broker, tmp_path, mqtt_log, protocol
+):
+    """The broker refuses the credentials at every attempt: that was an ERROR line each time,
+    'mqtt connect refused reason=Not authorized' (mosquitto's answer to a wrong password), for
+    as long as it lasted, and nothing said what to check."""
+    r = reporter(running_broker, "dev45", tmp_path, password="not-the-password",
+                 protocol=protocol, reconnect_min=0.1, reconnect_max=0.2)  # fmt: skip
+    r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
+    try:
+        assert wait_until(lambda: mqtt_log.text.count("mqtt connect refused") >= 4, timeout=10)
+        assert not r.counters()["connected"]
+    finally:
+        r.stop(timeout=0.2)
+    said = [(x.levelno, x.getMessage()) for x in mqtt_log.records if "refused" in x.getMessage()]
+    loud = [m for lvl, m in said if lvl > logging.DEBUG]
+    assert len(loud) == 1 and said[0][0] == logging.ERROR, said
+    assert loud[0].startswith(
+        "mqtt connect refused reason=Not authorized kind=not_authorized: check mqtt.user and "
+        "its password (mqtt.password, ${PALM_MQTT_PASSWORD} from the service's EnvironmentFile, "
+        "or mqtt.password_file) against the broker's password file (mosquitto answers a wrong "
+        "password so)"
+    ), loud
