@@ -25,7 +25,7 @@ import paho.mqtt.client as mqtt
 
 from agent.config import MqttConfig
 from agent.homeassistant import decision_entity
-from agent.mqtt_client import discard, make_client
+from agent.mqtt_client import discard, make_client, tls_context
 from agent.mqtt_commands import Commands
 from agent.mqtt_link import SILENT_ATTEMPTS, Link
 from agent.mqtt_pump import HELD, WINDOW, DecisionProperties, Pump
@@ -55,6 +55,8 @@ class MqttReporter(Reporter):
         device_name: str = "Palm reader",
         version: str = "0",
     ) -> None:
+        if cfg.tls:
+            tls_context(cfg)  # its files are checked now: one line and exit 2 at start
         self.cfg = cfg
         self.device_id = device_id
         self.device_name = device_name

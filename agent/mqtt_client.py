@@ -8,6 +8,7 @@ callback of it runs again.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.config import MqttConfig
+from agent.config import ConfigError, MqttConfig
 from agent.mqtt_failure import Client
 from agent.mqtt_log import PahoLog
 
@@ -65,12 +66,7 @@ def make_client(
         if cfg.password_file is not None:
             client.on_pre_connect = _password_reader(cfg)
     if cfg.tls:
-        client.tls_set(
-            ca_certs=cfg.tls_ca_certs,
-            certfile=cfg.tls_client_cert,
-            keyfile=cfg.tls_client_key,
-            cert_reqs=ssl.CERT_REQUIRED,
-        )
+        client.tls_set_context(tls_context(cfg))
         client.tls_insecure_set(cfg.tls_insecure)
     client.will_set(will_topic, b"offline", qos=1, retain=True)
     client.reconnect_delay_set(first_delay, cfg.reconnect_max)  # type: ignore[arg-type]
@@ -87,6 +83,62 @@ def make_client(
         cfg.host, cfg.port, cfg.tls, "5" if v5 else "3.1.1",
     )  # fmt: skip
     return client
+
+
+def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
+    """The broker's TLS context from the config's files, read again for each new client (a
+    renewed certificate is taken at the next one).
+
+    The reporter builds one at start, so that a file that cannot serve stops the daemon there
+    with one line (:class:`agent.config.ConfigError`): paho's own ``tls_set`` raised on the
+    daemon's first step, a traceback and a restart every 5 s, and an encrypted key asked for
+    its passphrase on a terminal the service does not have.
+    """
+    try:
+        ctx = ssl.create_default_context(cafile=cfg.tls_ca_certs)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(
+            f"mqtt.tls_ca_certs: {cfg.tls_ca_certs}: {_reason(e)}; it must be the PEM "
+            "certificate of the CA that signed the broker's certificate"
+        ) from None
+    if cfg.tls_client_cert is None:
+        return ctx
+    cert, key = cfg.tls_client_cert, cfg.tls_client_key or cfg.tls_client_cert
+    asked: list[bool] = []
+
+    def passphrase() -> bytes:  # OpenSSL asks only for an encrypted key: no prompt, but said
+        asked.append(True)
+        return b""
+
+    try:
+        ctx.load_cert_chain(cert, cfg.tls_client_key, password=passphrase)
+    except PermissionError as e:
+        raise ConfigError(
+            f"mqtt.tls_client_cert/tls_client_key: {e.filename}: {e.strerror} for this process "
+            f"(uid {os.geteuid()}); hand the key to the service as a credential "
+            "(LoadCredential=, docs/deploy-pi.md) or make it readable by it"
+        ) from None
+    except (OSError, ssl.SSLError) as e:
+        why = _reason(e)
+        if "KEY_VALUES_MISMATCH" in str(e):
+            why = f"the key {key} is not the private key of the certificate {cert}"
+        elif asked:
+            why = (
+                f"the key {key} is encrypted with a passphrase, which a service cannot type: "
+                "store it without one (openssl pkey -in KEY -out KEY.plain) and protect the "
+                "file instead (mode 0600, or a systemd credential)"
+            )
+        raise ConfigError(f"mqtt.tls_client_cert/tls_client_key: {why}") from None
+    return ctx
+
+
+def _reason(e: BaseException) -> str:
+    """What OpenSSL or the file system said, without errno numbers and source lines."""
+    if isinstance(e, ssl.SSLError):
+        return f"not a usable PEM file ({e.reason or e})"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e)
 
 
 def _password_reader(cfg: MqttConfig) -> Any:

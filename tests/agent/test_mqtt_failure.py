@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import socket
 import ssl
+import subprocess
 import threading
 from pathlib import Path
 
@@ -211,3 +212,48 @@ def test_a_wrong_password_is_one_error_saying_what_to_check(
         "or mqtt.password_file) against the broker's password file (mosquitto answers a wrong "
         "password so)"
     ), loud
+
+
+@pytest.mark.parametrize("wrong", ["other_key", "encrypted_key", "key_for_ca"])
+def test_tls_files_that_cannot_serve_stop_the_start_in_one_line(
+    running_broker, palm_bundle, tmp_path, wrong
+):
+    """paho's tls_set raised on the daemon's first step: a traceback, exit code 1 and a restart
+    every 5 s; an encrypted key asked for its passphrase on a terminal the service lacks."""
+    from .test_daemon import agent_config, write_replay
+    from .test_run_cli import _cli
+
+    pki = running_broker.pki
+    cert, key = pki.clients["dev1"]
+    ca = pki.ca
+    if wrong == "other_key":
+        key = pki.clients["dev2"][1]
+    elif wrong == "encrypted_key":
+        enc = tmp_path / "dev1.enc.key"
+        subprocess.run(["openssl", "pkey", "-in", key, "-out", enc, "-aes256", "-passout",
+                        "pass:secret"], check=True)  # fmt: skip
+        key = enc
+    else:
+        ca = key
+
+    class TlsBroker:
+        def mqtt_section(self, device: str) -> dict:
+            return running_broker.mqtt_section(
+                device, port=running_broker.tls_port, tls=True, tls_ca_certs=str(ca),
+                tls_client_cert=str(cert), tls_client_key=str(key),
+            )  # fmt: skip
+
+    replay = write_replay(tmp_path / "r", [0])
+    cfg = agent_config(tmp_path, TlsBroker(), "dev1", palm_bundle, replay)
+    out = _cli("run", "--config", cfg)
+    said = out.stderr.strip()
+    assert out.returncode == 2 and "Traceback" not in said, said
+    line = said.splitlines()[-1]
+    expected = {
+        "other_key": f"palm-agent: mqtt.tls_client_cert/tls_client_key: the key {key} is not the "
+        f"private key of the certificate {cert}",
+        "encrypted_key": f"palm-agent: mqtt.tls_client_cert/tls_client_key: the key {key} is "
+        "encrypted with a passphrase, which a service cannot type",
+        "key_for_ca": f"palm-agent: mqtt.tls_ca_certs: {key}: not a usable PEM file (",
+    }[wrong]
+    assert line.startswith(expected), line
