@@ -17,15 +17,10 @@ import pytest
 from agent.manifest import BundleError
 
 from .conftest import make_bundle, on_main
-from .test_daemon import agent_config, write_replay
+from .test_daemon import NoBroker, agent_config, write_replay
 from .test_run_cli import _cli
 
 A, B = "a" * 64, "b" * 64
-
-
-class NoBroker:
-    def mqtt_section(self, device: str) -> dict:
-        return {"host": "broker.lan"}
 
 
 def _same_weights_other_bundle(root: Path) -> Path:

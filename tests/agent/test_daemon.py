@@ -46,6 +46,13 @@ def write_replay(d: Path, subjects: list[int], start: int = 0) -> Path:
     return d
 
 
+class NoBroker:
+    """The broker a command that never connects is configured with (enroll, a refused start)."""
+
+    def mqtt_section(self, device: str) -> dict:
+        return {"host": "broker.lan"}
+
+
 def agent_config(tmp: Path, broker, device: str, bundle: Path, replay: Path, **sections) -> Path:
     doc = {
         "device": {"id": device, "name": f"test {device}"},

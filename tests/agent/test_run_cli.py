@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .test_daemon import ROOT, Agent, agent_config, wait_until, write_replay
+from .test_daemon import ROOT, Agent, NoBroker, agent_config, wait_until, write_replay
 
 
 def _cli(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -224,10 +224,6 @@ def test_enroll_refuses_a_label_before_anyone_holds_a_hand_up(palm_bundle, tmp_p
     be revoked over MQTT; an enrolled one was refused only after every capture was taken."""
     from .test_daemon import enroll_cli
 
-    class NoBroker:
-        def mqtt_section(self, device: str) -> dict:
-            return {"host": "broker.lan"}
-
     replay = write_replay(tmp_path / "r", [0] * 4)
     cfg = agent_config(tmp_path, NoBroker(), "dev31", palm_bundle, replay, camera={"fps": 2})
     for label in ("a b", "x" * 65, ""):
@@ -261,10 +257,6 @@ def test_a_bundle_file_the_process_cannot_read_is_one_line(palm_bundle, tmp_path
     model.chmod(0)
     replay = write_replay(tmp_path / "r", [0])
 
-    class NoBroker:
-        def mqtt_section(self, device: str) -> dict:
-            return {"host": "broker.lan"}
-
     cfg = agent_config(tmp_path, NoBroker(), "dev29", bundle, replay)
     out = unprivileged(
         f"import sys\nfrom agent.cli import main\nsys.exit(main(['enroll', 'erin', '--config', "
@@ -283,10 +275,6 @@ def test_a_bundle_of_another_code_length_than_the_store_says_what_to_do(palm_bun
     from agent.store import TemplateStore
 
     replay = write_replay(tmp_path / "r", [0])
-
-    class NoBroker:
-        def mqtt_section(self, device: str) -> dict:
-            return {"host": "broker.lan"}
 
     cfg = agent_config(tmp_path, NoBroker(), "dev30", palm_bundle, replay)
     key = DeviceKey.load_or_create(tmp_path / "device.key")
@@ -331,10 +319,6 @@ def test_enroll_from_a_camera_that_gives_no_frame_says_it_is_the_camera(palm_bun
     """A camera that could not be opened ran the enrollment to its timeout, which then told
     the person to hold the palm flat and still."""
 
-    class NoBroker:
-        def mqtt_section(self, device: str) -> dict:
-            return {"host": "broker.lan"}
-
     cfg = agent_config(
         tmp_path, NoBroker(), "dev30", palm_bundle, tmp_path / "no-such-replay",
         enroll={"timeout": 1.5},
@@ -346,23 +330,25 @@ def test_enroll_from_a_camera_that_gives_no_frame_says_it_is_the_camera(palm_bun
     assert "no frame came from the camera" in said and "hold the palm" not in said, said
 
 
+def _state_folder_config(tmp_path: Path, device: str, bundle: Path) -> tuple[Path, Path]:
+    """(config, state folder): the store and key in a folder of their own, as under the
+    service (/var/lib/palm-agent), and no broker."""
+    replay = write_replay(tmp_path / "r", [0] * 4)
+    state = tmp_path / "state"
+    state.mkdir()
+    cfg = agent_config(
+        tmp_path, NoBroker(), device, bundle, replay,
+        store={"path": str(state / "templates.sqlite"), "key_path": str(state / "device.key")},
+    )  # fmt: skip
+    return cfg, state
+
+
 def test_enroll_without_the_right_to_the_state_folder_says_to_use_sudo(palm_bundle, tmp_path):
     """``palm-agent enroll`` without sudo, beside the service's state folder (mode 0700, the
     service's user's), said only "cannot open the store's lock: Permission denied"."""
     from .conftest import unprivileged
 
-    replay = write_replay(tmp_path / "r", [0])
-    state = tmp_path / "state"
-    state.mkdir()
-
-    class NoBroker:
-        def mqtt_section(self, device: str) -> dict:
-            return {"host": "broker.lan"}
-
-    cfg = agent_config(
-        tmp_path, NoBroker(), "dev30", palm_bundle, replay,
-        store={"path": str(state / "templates.sqlite"), "key_path": str(state / "device.key")},
-    )  # fmt: skip
+    cfg, state = _state_folder_config(tmp_path, "dev30", palm_bundle)
     state.chmod(0)
     try:
         out = unprivileged(
@@ -398,10 +384,6 @@ def test_enroll_on_a_damaged_store_is_one_line_saying_what_to_do(
     from .test_daemon import damage_file
 
     replay = write_replay(tmp_path / "r", [0] * 4)
-
-    class NoBroker:
-        def mqtt_section(self, device: str) -> dict:
-            return {"host": "broker.lan"}
 
     cfg = agent_config(tmp_path, NoBroker(), "dev9", palm_bundle, replay)
     assert _cli("enroll", "alice", "--config", cfg).returncode == 0
@@ -454,18 +436,7 @@ def test_a_state_folder_gone_read_only_says_so(palm_bundle, tmp_path):
     probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], check=False)
     if probe.returncode != 0:
         pytest.skip("no unprivileged user and mount namespaces here (unshare -Urm)")
-    replay = write_replay(tmp_path / "r", [0] * 4)
-    state = tmp_path / "state"
-    state.mkdir()
-
-    class NoBroker:
-        def mqtt_section(self, device: str) -> dict:
-            return {"host": "broker.lan"}
-
-    cfg = agent_config(
-        tmp_path, NoBroker(), "dev32", palm_bundle, replay,
-        store={"path": str(state / "templates.sqlite"), "key_path": str(state / "device.key")},
-    )  # fmt: skip
+    cfg, state = _state_folder_config(tmp_path, "dev32", palm_bundle)
     out = _cli("enroll", "carol", "--config", cfg)
     assert out.returncode == 0, out.stderr[-2000:]
     todo = "check it (journalctl -k), repair it (fsck) and mount it read-write again"
