@@ -60,6 +60,13 @@ def since_boot() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
+# how long a write waits for another process's lock on the outbox (an open sqlite3 shell):
+# only the daemon uses it, so nothing else should ever hold it. Python's default, 5 s, held the
+# capture loop that long on every decision, a door waiting 5 s a palm; past this one the
+# decision goes out from memory (agent.mqtt)
+LOCK_WAIT_S = 0.25
+
+
 @dataclass(frozen=True)
 class Pending:
     id: int
@@ -78,7 +85,9 @@ class Outbox:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_messages = max_messages
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(
+            str(path), check_same_thread=False, isolation_level=None, timeout=LOCK_WAIT_S
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL: a commit reaches the log without an fsync; sync() makes it survive a power cut
         self._db.execute("PRAGMA synchronous=NORMAL")

@@ -636,19 +636,22 @@ def test_an_outbox_locked_by_another_process_is_said_once(
     running_broker, subscribe, tmp_path, caplog
 ):
     """Another process (an open sqlite3 shell) holds the outbox's write lock past the wait for
-    it: one ERROR line naming it, not one per decision, and one INFO line once it lets go."""
+    it: one ERROR line naming it, not one per decision, and one INFO line once it lets go. The
+    wait was Python's default, 5 s, on the capture loop for every decision."""
     caplog.set_level(logging.INFO, logger="agent.mqtt")
     sub = subscribe("palm/dev1/decision")
     box = Outbox(tmp_path / "outbox.sqlite")
-    box._db.execute("PRAGMA busy_timeout = 100")
     other = sqlite3.connect(box.path, isolation_level=None, check_same_thread=False)
     other.execute("BEGIN EXCLUSIVE")
     r = reporter(running_broker, "dev1", tmp_path, outbox=box)
     r.start(Dispatcher(ctx=None))  # type: ignore[arg-type]
     try:
         assert wait_until(r._link.connected.is_set)
+        began = time.monotonic()
         for i in range(4):
             r.decision({"seq": i})
+        waited = time.monotonic() - began
+        assert waited < 4.0, f"{waited:.1f} s for 4 decisions"  # 20 s at 5 s each
         other.execute("COMMIT")
         r.decision({"seq": 4})
         got = sub.wait(lambda m: True, count=5)
