@@ -31,7 +31,7 @@ from agent.mqtt_link import SILENT_ATTEMPTS, Link
 from agent.mqtt_pump import HELD, WINDOW, DecisionProperties, Pump
 from agent.outbox import Outbox, since_boot
 from agent.reporter import CommandSink, Reporter
-from agent.store_unwritable import FAILED, Episode, problem, unwritable
+from agent.store_unwritable import Episode, any_write_error, problem
 
 __all__ = [
     "HELD",
@@ -166,7 +166,7 @@ class MqttReporter(Reporter):
     def _add_failed(self, err: sqlite3.Error, down: bool) -> None:
         """The outbox refused a decision: one ERROR line per episode, not per decision (a
         journal on a full disk got one for every capture), the rest at DEBUG."""
-        kind, what = unwritable(err) or (FAILED, str(err))
+        kind, what = any_write_error(err)
         path = self.outbox.path
         fate = "dropped (QoS 0 and no connection)" if down else "sent from memory"
         if not self._unwritable.refused_now(kind):

@@ -27,7 +27,7 @@ from agent.config import MqttConfig
 from agent.held import Held, HeldQueue
 from agent.mqtt_link import Link
 from agent.outbox import Outbox, since_boot
-from agent.store_unwritable import FAILED, Episode, problem, unwritable
+from agent.store_unwritable import Episode, any_write_error, problem
 
 logger = logging.getLogger("agent.mqtt")  # the transport's modules log as one
 
@@ -239,7 +239,7 @@ class Pump:
         could not be dropped stopped every row behind it: they are kept aside in memory
         instead, once per episode said at WARNING."""
         self._gone.update(rows)
-        kind, what = unwritable(err) or (FAILED, str(err))
+        kind, what = any_write_error(err)
         if not self._stuck.refused_now(kind):
             logger.debug(
                 "outbox still cannot forget sent rows kind=%s kept=%d", kind, len(self._gone)

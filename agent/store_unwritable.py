@@ -47,6 +47,12 @@ def unwritable(err: BaseException) -> tuple[str, str] | None:
     return None
 
 
+def any_write_error(err: sqlite3.Error) -> tuple[str, str]:
+    """(kind, what SQLite said) for any error on a write: :func:`unwritable`'s, else FAILED.
+    The outbox and its pump say every such error; the template store only those."""
+    return unwritable(err) or (FAILED, str(err))
+
+
 def problem(kind: str, path: str | Path) -> tuple[str, str]:
     """What is wrong with the store at ``path``, and what the operator does about it."""
     if kind == DISK_FULL:
